@@ -1,0 +1,240 @@
+"""Job files: load, validate against config/job.schema.json, apply defaults.
+
+Every problem is reported as one line ``FILE: key.path[i]: what is wrong
+(expected ...)`` and collected in a :class:`JobError`; nothing here raises a
+traceback at a user.  The stage sections are described by fragments in
+config/schema/<section>.schema.json referenced from the job schema.
+
+Defaults, in order of precedence (highest first): the job file, the
+``pyscf`` block of config/experiment.yaml (for dft.basis, dft.pseudo, dft.xc,
+dft.kmesh, formfactor.q_max_ame, formfactor.dq_ame), the ``default`` values
+of the schema.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+#: canonical stage order; a job's stages always run in this order
+STAGE_ORDER = ("materials", "dft", "bands", "formfactor", "dielectric", "rates", "nuclear", "oracle")
+#: stages that need another stage of the same job
+STAGE_NEEDS = {"bands": ("dft",), "formfactor": ("bands",), "dielectric": ("formfactor",)}
+#: stages that run once per material (the others run once per job)
+PER_MATERIAL = ("materials", "dft", "bands", "formfactor", "dielectric", "rates")
+
+
+class JobError(ValueError):
+    """Invalid job file; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def config_dir() -> Path:
+    """Directory holding job.schema.json, experiment.yaml and schema/
+    (``DMCA_HPC_CONFIG_DIR`` overrides; default: the source tree's config/,
+    else the copy installed with the package)."""
+    env = os.environ.get("DMCA_HPC_CONFIG_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "config", here / "data" / "config"):
+        if (cand / "job.schema.json").exists():
+            return cand
+    raise FileNotFoundError("dmca_hpc: config directory with job.schema.json not found; "
+                            "set DMCA_HPC_CONFIG_DIR")
+
+
+@lru_cache(maxsize=None)
+def _load_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def job_schema() -> dict:
+    """The job schema with the stage fragments inlined.  A fragment file
+    that does not exist yet stands as an object without constraints."""
+    d = config_dir()
+    schema = copy.deepcopy(_load_json(str(d / "job.schema.json")))
+    for key, sub in schema["properties"].items():
+        ref = sub.get("$ref") if isinstance(sub, dict) else None
+        if ref:
+            p = d / ref
+            frag = copy.deepcopy(_load_json(str(p))) if p.exists() else {"type": "object"}
+            frag.pop("$schema", None)
+            frag.pop("$id", None)
+            schema["properties"][key] = frag
+    return schema
+
+
+def experiment_defaults() -> dict:
+    """config/experiment.yaml as a dict."""
+    import yaml
+    with open(config_dir() / "experiment.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def key_path(parts) -> str:
+    """``['dft', 'kmesh', 2]`` -> ``dft.kmesh[2]``."""
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "(top level)"
+
+
+def _type_name(v) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "list", dict: "mapping", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _describe(err) -> list[tuple[str, str]]:
+    """(key path, message) pairs for one jsonschema error."""
+    path = list(err.absolute_path)
+    v, inst, sch = err.validator, err.instance, err.schema
+    if v == "additionalProperties":
+        allowed = sorted(sch.get("properties", {}))
+        out = []
+        for k in sorted(set(inst) - set(allowed)):
+            close = difflib.get_close_matches(str(k), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append((key_path(path + [k]),
+                        f"unknown key {k!r}{hint}; expected one of: {', '.join(allowed)}"))
+        return out
+    if v == "required":
+        missing = err.validator_value
+        names = [k for k in missing if k not in inst] if isinstance(inst, dict) else missing
+        return [(key_path(path + [k]), f"missing required key {k!r}") for k in names]
+    if v == "enum":
+        what = "material" if path[:1] == ["materials"] else "value"
+        extra = " (or a mapping with structure_file)" if what == "material" else ""
+        return [(key_path(path), f"unknown {what} {inst!r}; expected one of: "
+                 f"{', '.join(map(str, err.validator_value))}{extra}")]
+    if v == "type":
+        exp = err.validator_value
+        exp = " or ".join(exp) if isinstance(exp, list) else exp
+        return [(key_path(path), f"expected {exp}, got {_type_name(inst)} {inst!r}")]
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return [(key_path(path), f"got {inst!r}, expected a number {op} {err.validator_value}")]
+    if v in ("minItems", "maxItems"):
+        return [(key_path(path), f"expected a list of {'at least' if v == 'minItems' else 'at most'} "
+                 f"{err.validator_value} items, got {len(inst)}")]
+    if v == "uniqueItems":
+        return [(key_path(path), "expected every item once, got duplicates")]
+    if v == "pattern":
+        return [(key_path(path), f"got {inst!r}, expected text matching {err.validator_value}")]
+    if v in ("anyOf", "oneOf") and err.context:
+        from jsonschema.exceptions import best_match
+        return _describe(best_match(err.context))
+    return [(key_path(path), err.message)]
+
+
+def validate(job: Any, filename: str = "<job>") -> list[str]:
+    """All problems of ``job`` as ``FILE: key: message`` lines (empty = valid)."""
+    from jsonschema import Draft202012Validator
+    if not isinstance(job, dict):
+        return [f"{filename}: (top level): expected a mapping of keys, got {_type_name(job)}"]
+    val = Draft202012Validator(job_schema())
+    lines = []
+    for err in sorted(val.iter_errors(job), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
+        for kp, msg in _describe(err):
+            line = f"{filename}: {kp}: {msg}"
+            if line not in lines:
+                lines.append(line)
+    stages = job.get("stages") if isinstance(job.get("stages"), list) else []
+    for st in stages:
+        for need in STAGE_NEEDS.get(st, ()):
+            if need not in stages:
+                lines.append(f"{filename}: stages: stage {st!r} needs stage {need!r} in the same job")
+    needs_material = [s for s in stages if s in ("materials", "dft", "bands", "formfactor", "dielectric")]
+    if needs_material and not job.get("materials"):
+        lines.append(f"{filename}: materials: stages {', '.join(needs_material)} need at least one material")
+    return lines
+
+
+def _fill_defaults(obj: dict, schema: dict):
+    for key, sub in schema.get("properties", {}).items():
+        if not isinstance(sub, dict):
+            continue
+        if key not in obj and "default" in sub:
+            obj[key] = copy.deepcopy(sub["default"])
+        if sub.get("type") == "object" and isinstance(obj.get(key), dict):
+            _fill_defaults(obj[key], sub)
+
+
+def apply_defaults(job: dict) -> dict:
+    """A copy of a valid job with every default filled in."""
+    job = copy.deepcopy(job)
+    schema = job_schema()
+    exp = experiment_defaults().get("pyscf", {})
+    pyscf_map = {("dft", "basis"): exp.get("basis"), ("dft", "pseudo"): exp.get("pseudo"),
+                 ("dft", "xc"): exp.get("xc"), ("dft", "kmesh"): exp.get("kpts"),
+                 ("formfactor", "q_max_ame"): exp.get("q_max_ame")}
+    if exp.get("q_max_ame") and exp.get("q_points"):
+        pyscf_map[("formfactor", "dq_ame")] = exp["q_max_ame"] / exp["q_points"]
+    for (sec, key), val in pyscf_map.items():
+        props = schema["properties"].get(sec, {}).get("properties", {})
+        if val is not None and key in props and key not in job.get(sec, {}):
+            job.setdefault(sec, {})[key] = copy.deepcopy(val)
+    for sec in list(schema["properties"]):
+        if "$ref" in (_load_json(str(config_dir() / "job.schema.json"))["properties"].get(sec) or {}):
+            job.setdefault(sec, {})
+    _fill_defaults(job, schema)
+    return job
+
+
+def parse_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file; raises JobError with one line on any read/parse error."""
+    import yaml
+    p = str(path)
+    try:
+        with open(p) as fh:
+            return yaml.safe_load(fh)
+    except OSError as exc:
+        raise JobError([f"{p}: cannot read the file: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobError([f"{p}: (top level): malformed YAML{where}: {problem}"]) from None
+
+
+def load_job(path: str | os.PathLike) -> dict:
+    """Read, validate and complete a job file.
+
+    Returns the effective job (defaults applied) with ``_job_file`` and
+    ``_job_dir`` set; raises :class:`JobError` listing every problem.
+    """
+    raw = parse_yaml(path)
+    problems = validate(raw, str(path))
+    if not problems:
+        from .materials import MaterialError, material_from_spec
+        for i, spec in enumerate(raw.get("materials", [])):
+            try:
+                material_from_spec(spec, Path(path).parent)
+            except MaterialError as exc:
+                problems.append(f"{path}: materials[{i}]: {exc}")
+    if problems:
+        raise JobError(problems)
+    job = apply_defaults(raw)
+    job["_job_file"] = str(Path(path).resolve())
+    job["_job_dir"] = str(Path(path).resolve().parent)
+    return job
+
+
+def public_job(job: dict) -> dict:
+    """The job without private (``_``-prefixed) keys, as hashed and saved."""
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+def ordered_stages(job: dict) -> list[str]:
+    return [s for s in STAGE_ORDER if s in job.get("stages", [])]

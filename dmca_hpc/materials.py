@@ -1,0 +1,245 @@
+"""Detector target materials: built-in library and structure files.
+
+Every built-in target is built with ASE from its experimental lattice
+constant.  Numbers and sources:
+
+* Lattice constants a [angstrom] near 300 K and low-temperature band gaps
+  [eV]: shared/reference/README.md (Materials table), which follows
+  Kittel, *Introduction to Solid State Physics*, 8th ed., tables 1.3 and 8.1,
+  and Madelung, *Semiconductors: Data Handbook* (2004).
+* Scissor gaps (the gap a form-factor table is shifted to by default):
+  shared/design/physics.md ("default gaps": Si 1.11, Ge 0.67, GaAs 1.42,
+  diamond 5.47, SiC 2.36, NaI 5.9, CsI 6.2 eV); these are the values the
+  peer tables (QEdark, QCDark) use.
+* Electron-hole pair energies eps [eV]: Si 3.6 (Essig et al. 2016, some
+  tables use 3.8), Ge 2.9, GaAs 4.7 (physics.md), diamond 13.0 (Kozorezov
+  et al. / Canali et al.), 3C-SiC 7.8 (Bertuccio & Casiraghi, for 4H 7.8 eV;
+  used as an estimate).  NaI and CsI are scintillators: no pair energy is
+  given (None).
+* Densities [g/cm^3] (experimental, CRC Handbook): Si 2.329, Ge 5.323,
+  GaAs 5.3176, C 3.515, SiC 3.21, NaI 3.667, CsI 4.51.  Tests compare them
+  with the density of the built cell (cell mass / cell volume).
+* CsI has the CsCl (B2) structure, not rocksalt (Wyckoff 1963).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import units
+
+__all__ = ["Material", "LIBRARY", "get_material", "material_from_spec",
+           "list_materials", "select_material", "run_stage"]
+
+
+@dataclass(frozen=True)
+class Material:
+    """A detector target.
+
+    Attributes:
+        name: short name (``"Si"``).
+        structure: ASE crystal structure name (``diamond``, ``zincblende``,
+            ``rocksalt``, ``cesiumchloride``) or ``"file"``.
+        formula: chemical formula of the primitive cell basis (``"GaAs"``).
+        a_angstrom: cubic lattice constant [angstrom].
+        gap_ev: experimental low-temperature band gap [eV] (None if unknown).
+        gap_type: ``"indirect"`` or ``"direct"``.
+        scissor_gap_ev: gap that form-factor tables are shifted to by
+            default [eV] (physics.md; peer-table convention).
+        pair_energy_ev: mean energy per electron-hole pair [eV] (None: not
+            an ionization detector / unknown).
+        density_g_cm3: experimental density [g/cm^3].
+        structure_file: path of a structure file (only for ``"file"``).
+        source: where the numbers come from.
+    """
+
+    name: str
+    structure: str
+    formula: str
+    a_angstrom: float | None
+    gap_ev: float | None
+    gap_type: str | None
+    scissor_gap_ev: float | None
+    pair_energy_ev: float | None
+    density_g_cm3: float | None
+    structure_file: str | None = None
+    source: str = ""
+
+    def atoms(self):
+        """Primitive cell as ``ase.Atoms`` (angstrom)."""
+        if self.structure == "file":
+            from ase.io import read
+            return read(self.structure_file)
+        from ase.build import bulk
+        return bulk(self.formula, self.structure, a=self.a_angstrom)
+
+    @property
+    def cell_volume_angstrom3(self) -> float:
+        """Primitive cell volume [angstrom^3]."""
+        return float(self.atoms().get_volume())
+
+    @property
+    def cell_mass_ev(self) -> float:
+        """Mass of the primitive cell M_cell [eV] (sum of standard atomic
+        weights, 1 u = AMU_EV eV)."""
+        return float(self.atoms().get_masses().sum()) * units.AMU_EV
+
+    @property
+    def natoms(self) -> int:
+        return len(self.atoms())
+
+    def cell_density_g_cm3(self) -> float:
+        """Density of the built cell [g/cm^3] (M_cell / V_cell)."""
+        import scipy.constants as sc
+        m_g = self.atoms().get_masses().sum() * sc.atomic_mass * 1e3
+        return float(m_g / (self.cell_volume_angstrom3 * 1e-24))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description with units in the key names."""
+        d = asdict(self)
+        d["cell_volume_angstrom3"] = self.cell_volume_angstrom3
+        d["cell_mass_ev"] = self.cell_mass_ev
+        d["natoms"] = self.natoms
+        return d
+
+
+_KITTEL = "a: shared/reference/README.md (Kittel 8th ed.); gap: low-T experimental"
+
+LIBRARY: dict[str, Material] = {m.name: m for m in [
+    Material("Si", "diamond", "Si", 5.431, 1.17, "indirect", 1.11, 3.6, 2.329, source=_KITTEL),
+    Material("Ge", "diamond", "Ge", 5.658, 0.74, "indirect", 0.67, 2.9, 5.323, source=_KITTEL),
+    Material("GaAs", "zincblende", "GaAs", 5.653, 1.52, "direct", 1.42, 4.7, 5.3176, source=_KITTEL),
+    Material("C", "diamond", "C", 3.567, 5.47, "indirect", 5.47, 13.0, 3.515, source=_KITTEL),
+    Material("SiC", "zincblende", "SiC", 4.360, 2.36, "indirect", 2.36, 7.8, 3.21, source=_KITTEL),
+    Material("NaI", "rocksalt", "NaI", 6.47, 5.9, "direct", 5.9, None, 3.667, source=_KITTEL),
+    Material("CsI", "cesiumchloride", "CsI", 4.567, 6.2, "direct", 6.2, None, 4.51,
+             source=_KITTEL + "; CsCl (B2) structure, Wyckoff 1963"),
+]}
+
+#: aliases users type
+_ALIASES = {"diamond": "C", "3C-SiC": "SiC", "sic": "SiC", "gaas": "GaAs"}
+
+
+class MaterialError(ValueError):
+    """Unknown material or unreadable structure file."""
+
+
+def list_materials() -> list[str]:
+    return list(LIBRARY)
+
+
+def get_material(name: str) -> Material:
+    """Built-in material by name (case-insensitive; ``diamond`` = ``C``)."""
+    key = _ALIASES.get(name, _ALIASES.get(name.lower(), name))
+    for k, m in LIBRARY.items():
+        if k.lower() == key.lower():
+            return m
+    raise MaterialError(f"unknown material {name!r}; expected one of: "
+                        f"{', '.join(LIBRARY)} (or a structure file path)")
+
+
+def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> Material:
+    """Material from a job-file entry: a library name, or a mapping
+    ``{name, structure_file, gap_ev, pair_energy_ev, scissor_gap_ev}`` for a
+    structure ASE can read (CIF, POSCAR, extxyz...), relative paths taken
+    from ``base_dir`` (the job file's directory)."""
+    if isinstance(spec, str):
+        return get_material(spec)
+    if "structure_file" not in spec:
+        m = get_material(spec["name"])
+        over = {k: spec[k] for k in ("gap_ev", "pair_energy_ev", "scissor_gap_ev") if k in spec}
+        return Material(**{**asdict(m), **over}) if over else m
+    path = Path(spec["structure_file"])
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise MaterialError(f"structure_file {str(path)!r} does not exist")
+    try:
+        from ase.io import read
+        atoms = read(str(path))
+    except Exception as exc:
+        raise MaterialError(f"structure_file {str(path)!r}: ASE cannot read it ({exc})") from exc
+    name = spec.get("name") or path.stem
+    gap = spec.get("gap_ev")
+    return Material(name=name, structure="file", formula=atoms.get_chemical_formula(),
+                    a_angstrom=None, gap_ev=gap, gap_type=None,
+                    scissor_gap_ev=spec.get("scissor_gap_ev", gap),
+                    pair_energy_ev=spec.get("pair_energy_ev"), density_g_cm3=None,
+                    structure_file=str(path.resolve()), source=f"structure file {path}")
+
+
+def max_deposit_ev(m_chi_ev: float, target_mass_ev: float, v_max_km_s: float) -> float:
+    """Largest energy a halo particle can deposit [eV]: (1/2) mu v_max^2 with
+    mu the reduced mass of the DM particle and the target (here the crystal
+    cell, which absorbs the recoil momentum, so mu ~ m_chi for sub-GeV DM)."""
+    mu = m_chi_ev * target_mass_ev / (m_chi_ev + target_mass_ev)
+    return 0.5 * mu * units.km_s_to_c(v_max_km_s) ** 2
+
+
+def select_material(m_chi_ev: float, halo: str = "shm-2021",
+                    materials: list[str] | None = None) -> list[dict]:
+    """Which targets can see a DM particle of mass ``m_chi_ev`` [eV] at all.
+
+    Kinematic threshold: the maximum deposit (1/2) mu v_max^2 with
+    v_max = v_esc + v_E of the halo preset must exceed the band gap.
+
+    Returns:
+        One dict per material, viable ones first (ranked by the ratio of the
+        maximum deposit to the gap, largest first: a larger ratio opens more
+        of the phase space), each with ``name``, ``viable``, ``gap_ev``,
+        ``max_deposit_ev``, ``ratio`` and a human ``reason``.
+    """
+    from .halo import get_halo
+    v_max = get_halo(halo).v_max_km_s
+    out = []
+    for name in materials or list(LIBRARY):
+        m = get_material(name)
+        emax = max_deposit_ev(m_chi_ev, m.cell_mass_ev, v_max)
+        gap = m.scissor_gap_ev
+        viable = emax > gap
+        out.append({
+            "name": m.name, "viable": bool(viable), "gap_ev": gap,
+            "max_deposit_ev": emax, "ratio": emax / gap,
+            "reason": (f"max deposit {emax:.3g} eV {'>' if viable else '<='} gap {gap:g} eV "
+                       f"(v_max = v_esc + v_E = {v_max:g} km/s, halo {halo})"),
+        })
+    out.sort(key=lambda d: (not d["viable"], -d["ratio"]))
+    return out
+
+
+def run_stage(ctx) -> dict:
+    """Pipeline stage ``materials``: writes the target's structure and
+    properties (material.h5 with units, structure.cif) into the stage dir."""
+    import time
+    m = ctx.material
+    out = {}
+    if ctx.comm.Get_rank() == 0:
+        t0, c0 = time.perf_counter(), time.process_time()
+        import numpy as np
+        from ase.io import write
+        from .checkpoint import atomic_h5, write_dataset
+        atoms = m.atoms()
+        path = ctx.stage_dir / "material.h5"
+        with atomic_h5(path, input_hash=ctx.input_hash, stage="materials", prov=ctx.prov) as f:
+            f.attrs["material"] = m.name
+            f.attrs["structure"] = m.structure
+            f.attrs["formula"] = m.formula
+            write_dataset(f, "cell", np.asarray(atoms.cell), "angstrom", "lattice vectors (rows)")
+            write_dataset(f, "positions", atoms.positions, "angstrom", "cartesian positions")
+            write_dataset(f, "numbers", atoms.numbers, "1", "atomic numbers")
+            for key, unit in (("gap_ev", "eV"), ("scissor_gap_ev", "eV"), ("pair_energy_ev", "eV"),
+                              ("density_g_cm3", "g/cm^3"), ("a_angstrom", "angstrom")):
+                val = getattr(m, key)
+                write_dataset(f, key, np.nan if val is None else val, unit)
+            write_dataset(f, "cell_mass_ev", m.cell_mass_ev, "eV", "M_cell")
+            write_dataset(f, "cell_volume_angstrom3", m.cell_volume_angstrom3, "angstrom^3")
+        cif = ctx.stage_dir / "structure.cif"
+        write(str(cif), atoms)
+        out = {"material": str(path), "structure": str(cif)}
+        from .parallel import peak_memory_mb
+        ctx.telemetry.record("materials", m.name, "ok", time.perf_counter() - t0,
+                             time.process_time() - c0, peak_memory_mb(),
+                             physics={"material": m.name})
+    return out

@@ -1,0 +1,259 @@
+"""Run a job's stages in order, skipping stages whose outputs are current.
+
+Each stage is a function ``run_stage(ctx) -> dict`` in its own module (see
+:data:`STAGE_IMPL`), called on every rank with a :class:`StageContext`.  It
+reads earlier stages' files from ``ctx.outputs``, writes its own into
+``ctx.stage_dir``, records one telemetry record per unit and returns (on
+rank 0) ``{label: path}`` of what it wrote.
+
+A stage is *current* when its manifest ``stage.json`` holds the same input
+hash (the stage's job section, the material, the seed and the input hashes
+of the stages it reads) and every output it lists still exists; it is then
+skipped.  A changed input re-runs only the stages downstream of it.
+
+Output directory (``--out DIR``, default ``runs/<name>``)::
+
+    DIR/job.yaml                 effective job (defaults applied)
+    DIR/provenance.json          versions, git SHA, job hash, ranks, seed
+    DIR/<Material>/<stage>/      per-material stages (materials ... rates)
+    DIR/global/<stage>/          nuclear, oracle
+    DIR/<...>/<stage>/stage.json manifest: input hash, outputs, status
+    DIR/telemetry/rank-*.jsonl   per-rank telemetry, merged into telemetry.jsonl
+    DIR/summary.json, summary.md collector summary of the run
+
+Preemption: SIGUSR1 or SIGTERM (SLURM's pre-timeout signal) makes every rank
+exit at once with code 99.  Nothing is lost beyond the units in flight,
+because every finished unit is already in an atomic checkpoint; the same
+command run again resumes.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PER_MATERIAL, STAGE_NEEDS, ordered_stages, public_job
+
+#: exit code after a preemption signal: "checkpointed, run me again"
+EXIT_PREEMPTED = 99
+
+STAGE_IMPL = {
+    "materials": "dmca_hpc.materials",
+    "dft": "dmca_hpc.dft",
+    "bands": "dmca_hpc.bands",
+    "formfactor": "dmca_hpc.formfactor",
+    "dielectric": "dmca_hpc.dielectric",
+    "rates": "dmca_hpc.rates",
+    "nuclear": "dmca_hpc.nuclear",
+    "oracle": "dmca_hpc.oracle",
+}
+
+#: stages whose outputs a stage reads when they are in the same job
+STAGE_READS = {
+    "dft": ("materials",), "bands": ("dft",), "formfactor": ("bands",),
+    "dielectric": ("formfactor",), "rates": ("formfactor", "dielectric"),
+}
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: see the module docstring."""
+
+    name: str
+    job: dict
+    material: Any
+    stage_dir: Path
+    input_hash: str
+    outputs: dict
+    comm: Any
+    telemetry: Any
+    prov: dict
+    seed: int
+    run_dir: Path
+    extra: dict = field(default_factory=dict)
+
+
+def _stage_fn(name: str):
+    mod = importlib.import_module(STAGE_IMPL[name])
+    return mod.run_stage
+
+
+def stage_input_hash(job: dict, stage: str, material, upstream_hashes: dict) -> str:
+    from .checkpoint import config_hash
+    return config_hash({
+        "stage": stage,
+        "section": job.get(stage, {}),
+        "material": material.to_dict() if material is not None else None,
+        "seed": job.get("seed"),
+        "upstream": {k: upstream_hashes[k] for k in STAGE_READS.get(stage, ()) if k in upstream_hashes},
+    })
+
+
+def _manifest_current(stage_dir: Path, input_hash: str) -> dict | None:
+    man = stage_dir / "stage.json"
+    try:
+        data = json.loads(man.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("input_hash") != input_hash or data.get("status") != "ok":
+        return None
+    outs = data.get("outputs", {})
+    if not all(Path(p).exists() for p in outs.values()):
+        return None
+    return outs
+
+
+def _write_manifest(stage_dir: Path, stage: str, input_hash: str, outputs: dict,
+                    status: str, wall_s: float, error: str | None = None):
+    from .checkpoint import atomic_path
+    with atomic_path(stage_dir / "stage.json") as tmp:
+        tmp.write_text(json.dumps({"stage": stage, "input_hash": input_hash, "status": status,
+                                   "outputs": outputs, "wall_seconds": wall_s, "error": error,
+                                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                  indent=1))
+
+
+def install_preemption_handler():
+    """SIGUSR1/SIGTERM -> exit 99 at once (finished units are checkpointed)."""
+
+    def handler(signum, frame):
+        try:
+            os.write(2, (f"dmca-hpc: received {signal.Signals(signum).name}; finished units are "
+                         f"checkpointed; exiting with {EXIT_PREEMPTED} so the job can be "
+                         "requeued and resumed\n").encode())
+        finally:
+            os._exit(EXIT_PREEMPTED)
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> dict:
+    """Run every stage of a validated job (see :func:`dmca_hpc.config.load_job`).
+
+    Returns (on rank 0) a summary dict: run_dir, per-stage status and
+    outputs, telemetry path, summary paths, number of failed stages.
+    """
+    from .checkpoint import atomic_path, config_hash, provenance
+    from .materials import material_from_spec
+    from .parallel import get_comm
+    from .telemetry import Telemetry, merge_rank_files
+
+    comm = get_comm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = rank == 0
+    run_dir = Path(out_dir or Path("runs") / job["name"]).resolve()
+    pub = public_job(job)
+    job_hash = config_hash(pub)
+    seed = int(job.get("seed", 0))
+    prov = provenance(job_hash=job_hash, nranks=size, seeds={"seed": seed})
+    tcfg = job.get("telemetry", {}) or {}
+    tel_kwargs = {k: tcfg[k] for k in ("price_per_core_hour_usd", "step", "intervention") if k in tcfg}
+    if root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+        with atomic_path(run_dir / "job.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(pub, sort_keys=False))
+        with atomic_path(run_dir / "provenance.json") as tmp:
+            tmp.write_text(json.dumps(prov, indent=1))
+    comm.barrier()
+    telemetry = Telemetry(run_dir / "telemetry", rank=rank, job_id=os.environ.get("SLURM_JOB_ID") or job["name"],
+                          **tel_kwargs)
+    stages = ordered_stages(job)
+    materials = [material_from_spec(s, job.get("_job_dir", ".")) for s in job.get("materials", [])]
+    plan: list[tuple[str, Any]] = []
+    for mat in materials:
+        plan += [(st, mat) for st in stages if st in PER_MATERIAL]
+    if not materials and "rates" in stages:
+        plan.append(("rates", None))
+    plan += [(st, None) for st in stages if st not in PER_MATERIAL]
+
+    results: dict[str, dict] = {}
+    hashes: dict[str, dict] = {}
+    outputs: dict[str, dict] = {}
+    failed: dict[str, set] = {}
+    for stage, mat in plan:
+        key = mat.name if mat is not None else "global"
+        label = f"{key}/{stage}"
+        stage_dir = run_dir / key / stage
+        if root:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+        comm.barrier()
+        blocked = [n for n in STAGE_NEEDS.get(stage, ()) if n in failed.get(key, set())]
+        if blocked:
+            failed.setdefault(key, set()).add(stage)
+            results[label] = {"status": "skipped", "reason": f"needs failed stage {blocked[0]}"}
+            if root:
+                log(f"[{label}] skipped: it needs {blocked[0]}, which failed")
+            continue
+        ih = stage_input_hash(job, stage, mat, hashes.get(key, {}))
+        hashes.setdefault(key, {})[stage] = ih
+        current = _manifest_current(stage_dir, ih) if root else None
+        current = comm.bcast(current, root=0)
+        if current is not None:
+            outputs.setdefault(key, {})[stage] = current
+            results[label] = {"status": "current", "outputs": current}
+            if root:
+                log(f"[{label}] current (inputs unchanged), skipped")
+            continue
+        if root:
+            log(f"[{label}] running on {size} rank(s) ...")
+        ctx = StageContext(name=stage, job=job, material=mat, stage_dir=stage_dir, input_hash=ih,
+                           outputs=outputs.setdefault(key, {}), comm=comm, telemetry=telemetry,
+                           prov={**prov, "input_hash": ih, "stage": stage}, seed=seed, run_dir=run_dir)
+        t0 = time.perf_counter()
+        error = None
+        try:
+            outs = _stage_fn(stage)(ctx) or {}
+        except Exception as exc:  # a failed stage must not stop other materials' stages
+            import traceback
+            error = f"{type(exc).__name__}: {exc}"
+            telemetry.record(stage, label, "failed", time.perf_counter() - t0, 0.0, 0.0,
+                             error=error, physics={"material": mat.name} if mat else None)
+            if root:
+                log(f"[{label}] FAILED: {error}")
+                (stage_dir / "error.txt").write_text(traceback.format_exc())
+            outs = {}
+        wall = time.perf_counter() - t0
+        outs = comm.bcast(outs if root else None, root=0)
+        errors = comm.allgather(error)
+        error = next((e for e in errors if e), None)
+        status = "failed" if error else "ok"
+        if root:
+            _write_manifest(stage_dir, stage, ih, outs, status, wall, error)
+            if not error:
+                log(f"[{label}] done in {wall:.1f} s")
+        if error:
+            failed.setdefault(key, set()).add(stage)
+        else:
+            outputs[key][stage] = outs
+        results[label] = {"status": status, "outputs": outs, "wall_seconds": wall, "error": error}
+    comm.barrier()
+    summary = {"run_dir": str(run_dir), "stages": results,
+               "failed": sum(1 for r in results.values() if r["status"] in ("failed", "skipped"))}
+    if root:
+        tel = merge_rank_files(run_dir / "telemetry")
+        summary["telemetry"] = str(tel)
+        summary.update(_collector_summary(tel, run_dir))
+        with atomic_path(run_dir / "run.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1, default=str))
+    return summary if root else {}
+
+
+def _collector_summary(tel_path: Path, run_dir: Path) -> dict:
+    """Run the standalone collector on the run's telemetry (summary.json/.md)."""
+    try:
+        from . import collector
+    except ImportError:
+        return {}
+    try:
+        return collector.write_run_summary(tel_path, run_dir)
+    except Exception as exc:  # the run's results must not be lost to a report failure
+        print(f"dmca-hpc: collector summary failed: {exc}", file=sys.stderr)
+        return {}

@@ -1,0 +1,39 @@
+"""The command line: every command's --help works, fast, without heavy imports."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+from dmca_hpc.cli import available_commands
+
+HEAVY = ("pyscf", "numba", "mpi4py")
+
+
+def test_top_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for name in available_commands():
+        assert name in r.stdout
+
+
+def test_no_command_is_an_error_with_help():
+    r = run_cli()
+    assert r.returncode == 2 and "usage:" in r.stdout
+
+
+def test_unknown_command():
+    r = run_cli("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(available_commands()))
+def test_command_help_without_heavy_imports(name):
+    code = ("import sys; from dmca_hpc.cli import main\n"
+            f"try:\n    main([{name!r}, '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage: dmca-hpc " + name in r.stdout
+    assert "HEAVY []" in r.stdout, f"{name} --help imported {r.stdout.splitlines()[-1]}"
