@@ -48,3 +48,29 @@ def test_static_split_covers_everything(n, size):
 def test_bad_schedule():
     with pytest.raises(ValueError, match="schedule"):
         map_units(lambda x: x, [1], schedule="random")
+
+
+def test_exception_on_one_rank_aborts_instead_of_deadlock(tmp_path):
+    # The trap: rank 1 raises while rank 0 waits in a collective.  Without
+    # abort_on_exception the job hangs until the timeout; with it, mpiexec
+    # ends every rank with a non-zero code and the traceback is printed.
+    import subprocess
+    import sys
+    from conftest import mpiexec
+    exe = mpiexec()
+    if exe is None:
+        pytest.skip("mpiexec not found (pip install '.[mpi]')")
+    script = tmp_path / "boom.py"
+    script.write_text(
+        "from dmca_hpc.parallel import get_comm, abort_on_exception\n"
+        "@abort_on_exception\n"
+        "def main():\n"
+        "    comm = get_comm()\n"
+        "    if comm.Get_rank() == 1:\n"
+        "        raise RuntimeError('rank one failed')\n"
+        "    comm.barrier()\n"
+        "main()\n")
+    r = subprocess.run([exe, "-n", "2", sys.executable, str(script)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert "rank one failed" in r.stderr
