@@ -171,6 +171,45 @@ def _fill_defaults(obj: dict, schema: dict):
             _fill_defaults(obj[key], sub)
 
 
+def _path_props(schema: dict, prefix=()):
+    """(key path, is_list) of every property marked ``"format": "path"``."""
+    for key, sub in schema.get("properties", {}).items():
+        if not isinstance(sub, dict):
+            continue
+        if sub.get("format") == "path":
+            yield prefix + (key,), False
+        elif isinstance(sub.get("items"), dict) and sub["items"].get("format") == "path":
+            yield prefix + (key,), True
+        elif "properties" in sub:
+            yield from _path_props(sub, prefix + (key,))
+
+
+def resolve_paths(job: dict, base_dir: str | os.PathLike, filename: str = "<job>") -> list[str]:
+    """Make every path-valued key (schema ``"format": "path"``) absolute,
+    relative to the job file's directory, in place; returns one problem line
+    per path that does not exist."""
+    problems = []
+    for keys, is_list in _path_props(job_schema()):
+        parent = job
+        for k in keys[:-1]:
+            parent = parent.get(k) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or parent.get(keys[-1]) is None:
+            continue
+        vals = parent[keys[-1]]
+        items = list(enumerate(vals)) if is_list else [(None, vals)]
+        out = []
+        for i, v in items:
+            p = Path(os.path.expanduser(str(v)))
+            if not p.is_absolute():
+                p = (Path(base_dir) / p).resolve()
+            if not p.exists():
+                kp = key_path(list(keys) + ([i] if i is not None else []))
+                problems.append(f"{filename}: {kp}: file or directory {str(p)!r} does not exist")
+            out.append(str(p))
+        parent[keys[-1]] = out if is_list else out[0]
+    return problems
+
+
 def apply_defaults(job: dict) -> dict:
     """A copy of a valid job with every default filled in."""
     job = copy.deepcopy(job)
@@ -226,6 +265,9 @@ def load_job(path: str | os.PathLike) -> dict:
     if problems:
         raise JobError(problems)
     job = apply_defaults(raw)
+    problems = resolve_paths(job, Path(path).resolve().parent, str(path))
+    if problems:
+        raise JobError(problems)
     job["_job_file"] = str(Path(path).resolve())
     job["_job_dir"] = str(Path(path).resolve().parent)
     return job

@@ -135,3 +135,16 @@ def test_every_shipped_stage_has_its_section_schema():
             frag = ROOT / "config" / sub["$ref"]
             assert frag.exists(), f"{stage}: {sub['$ref']} missing"
             assert json.loads(frag.read_text()).get("additionalProperties") is False
+
+
+def test_paths_resolve_relative_to_the_job_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "t.hdf5").write_bytes(b"")
+    p = write(tmp_path / "sub", "name: t\nstages: [rates]\nrates:\n  table: ../t.hdf5\n")
+    job = load_job(p)
+    assert job["rates"]["table"] == str((tmp_path / "t.hdf5").resolve())
+    p2 = write(tmp_path / "sub", "name: t\nstages: [rates]\nrates:\n  table: missing.hdf5\n", "j2.yaml")
+    with pytest.raises(JobError) as ei:
+        load_job(p2)
+    assert ei.value.problems == [f"{p2}: rates.table: file or directory "
+                                 f"'{tmp_path / 'sub' / 'missing.hdf5'}' does not exist"]

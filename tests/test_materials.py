@@ -78,3 +78,26 @@ def test_materials_json_cli():
     assert {row["name"] for row in rows} == set(LIBRARY)
     for row in rows:
         assert {"name", "structure", "a_angstrom", "gap_ev"} <= set(row)
+
+
+def test_select_material_kinematic_threshold():
+    # 0.5 MeV in shm-2021 (v_esc + v_E = 544 + 250.2 km/s): E_max = mu v^2 / 2 = 1.75 eV
+    # (mu with the 2 x 28.0855 u Si cell), above the Ge, Si and GaAs gaps and
+    # below diamond's; computed by hand here.
+    from dmca_hpc.materials import select_material
+    v = (544 + 250.2) / units.C_KM_S
+    m_cell = 2 * 28.0855 * units.AMU_EV
+    emax = 0.5 * (0.5e6 * m_cell / (0.5e6 + m_cell)) * v**2
+    rows = select_material(0.5e6, halo="shm-2021")
+    by = {r["name"]: r for r in rows}
+    assert by["Si"]["max_deposit_ev"] == pytest.approx(emax, rel=1e-6)
+    assert [r["name"] for r in rows if r["viable"]] == ["Ge", "Si", "GaAs"]
+    assert not by["C"]["viable"] and "<= gap 5.47 eV" in by["C"]["reason"]
+    # 100 MeV: every target is open
+    assert all(r["viable"] for r in select_material(100e6))
+
+
+def test_select_cli_unknown_halo():
+    from conftest import run_cli
+    r = run_cli("select", "--mass-mev", "1", "--halo", "nope")
+    assert r.returncode == 2 and "known halos" in r.stdout
