@@ -71,7 +71,10 @@ class Material:
         """Primitive cell as ``ase.Atoms`` (angstrom)."""
         if self.structure == "file":
             from ase.io import read
-            return read(self.structure_file)
+            # parallel=False: under mpi4py ASE's read/write otherwise run on
+            # rank 0 and broadcast, a collective that deadlocks or corrupts
+            # messages when only some ranks call it
+            return read(self.structure_file, parallel=False)
         from ase.build import bulk
         return bulk(self.formula, self.structure, a=self.a_angstrom)
 
@@ -158,7 +161,7 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
         raise MaterialError(f"structure_file {str(path)!r} does not exist")
     try:
         from ase.io import read
-        atoms = read(str(path))
+        atoms = read(str(path), parallel=False)
     except Exception as exc:
         raise MaterialError(f"structure_file {str(path)!r}: ASE cannot read it ({exc})") from exc
     name = spec.get("name") or path.stem
@@ -236,7 +239,7 @@ def run_stage(ctx) -> dict:
             write_dataset(f, "cell_mass_ev", m.cell_mass_ev, "eV", "M_cell")
             write_dataset(f, "cell_volume_angstrom3", m.cell_volume_angstrom3, "angstrom^3")
         cif = ctx.stage_dir / "structure.cif"
-        write(str(cif), atoms)
+        write(str(cif), atoms, parallel=False)
         out = {"material": str(path), "structure": str(cif)}
         from .parallel import peak_memory_mb
         ctx.telemetry.record("materials", m.name, "ok", time.perf_counter() - t0,
