@@ -135,8 +135,11 @@ def _run_run(args) -> int:
                  if str(p).endswith((".png", ".pdf"))]
         print(f"plots:     {len(plots)} file(s)" + "".join(f"\n           {p}" for p in plots))
         print(f"telemetry: {summary.get('telemetry')}")
-        if summary.get("summary_json"):
-            print(f"summary:   {summary['summary_json']}  {summary.get('summary_md', '')}")
+        if summary.get("telemetry_summary"):
+            print(f"summary:   {summary['telemetry_summary']}  {summary.get('telemetry_summary_md', '')}"
+                  f"\n           cost {summary['cost_usd']:.4g} USD, p95 latency "
+                  f"{summary['latency_p95_ms']:.4g} ms, failed units {summary['failed_units']}, "
+                  f"FTI {summary['fti_avg']:.3g} ({summary['fti_grade_worst']})")
         print(f"run:       {rd}/run.json")
         if summary["failed"]:
             print(f"{summary['failed']} stage(s) failed or were skipped; see run.json and "

@@ -193,7 +193,7 @@ def resolve_paths(job: dict, base_dir: str | os.PathLike, filename: str = "<job>
         parent = job
         for k in keys[:-1]:
             parent = parent.get(k) if isinstance(parent, dict) else None
-        if not isinstance(parent, dict) or parent.get(keys[-1]) is None:
+        if not isinstance(parent, dict) or parent.get(keys[-1]) in (None, ""):
             continue
         vals = parent[keys[-1]]
         items = list(enumerate(vals)) if is_list else [(None, vals)]

@@ -19,7 +19,7 @@ Output directory (``--out DIR``, default ``runs/<name>``)::
     DIR/global/<stage>/          nuclear, oracle
     DIR/<...>/<stage>/stage.json manifest: input hash, outputs, status
     DIR/telemetry/rank-*.jsonl   per-rank telemetry, merged into telemetry.jsonl
-    DIR/summary.json, summary.md collector summary of the run
+    DIR/telemetry_summary.json   collector summary of the run (and .md)
 
 Preemption: SIGUSR1 or SIGTERM (SLURM's pre-timeout signal) makes every rank
 exit at once with code 99.  Nothing is lost beyond the units in flight,
@@ -153,8 +153,6 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
     job_hash = config_hash(pub)
     seed = int(job.get("seed", 0))
     prov = provenance(job_hash=job_hash, nranks=size, seeds={"seed": seed})
-    tcfg = job.get("telemetry", {}) or {}
-    tel_kwargs = {k: tcfg[k] for k in ("price_per_core_hour_usd", "step", "intervention") if k in tcfg}
     if root:
         run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -163,8 +161,8 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
         with atomic_path(run_dir / "provenance.json") as tmp:
             tmp.write_text(json.dumps(prov, indent=1))
     comm.barrier()
-    telemetry = Telemetry(run_dir / "telemetry", rank=rank, job_id=os.environ.get("SLURM_JOB_ID") or job["name"],
-                          **tel_kwargs)
+    telemetry = Telemetry.from_job(job.get("telemetry"), run_dir / "telemetry", rank=rank,
+                                   job_id=os.environ.get("SLURM_JOB_ID") or job["name"])
     stages = ordered_stages(job)
     materials = [material_from_spec(s, job.get("_job_dir", ".")) for s in job.get("materials", [])]
     plan: list[tuple[str, Any]] = []
