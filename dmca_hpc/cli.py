@@ -30,7 +30,12 @@ COMMANDS = {
     "collect": ("dmca_hpc.collector", "summarize telemetry files: cost, throughput, p95, FTI, failures"),
     "export": ("dmca_hpc.exporter", "serve telemetry metrics to Prometheus (or write a textfile)"),
     "submit": ("dmca_hpc.slurm", "render and submit a job file as a SLURM batch job"),
+    "slurm-selftest": ("dmca_hpc.slurm", "small requeue-safe MPI workload to check a cluster's signal/requeue path"),
+    "warmup": ("dmca_hpc.cli", "compile the Numba kernels into the on-disk cache once (before ranks start)"),
 }
+
+#: commands whose functions are not the module's add_arguments / run_cli
+_HOOKS = {"slurm-selftest": ("add_selftest_arguments", "run_selftest_cli")}
 
 EXIT_BAD_INPUT = 2
 
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
         adder, runner = _LOCAL[name]
     else:
         mod = importlib.import_module(modname)
-        adder, runner = mod.add_arguments, mod.run_cli
+        add_name, run_name = _HOOKS.get(name, ("add_arguments", "run_cli"))
+        adder, runner = getattr(mod, add_name), getattr(mod, run_name)
     adder(parser)
     args = parser.parse_args(rest)
     from .parallel import abort_on_exception
@@ -112,6 +118,29 @@ def _add_run(p):
     p.add_argument("job", metavar="JOB.yaml", nargs="?",
                    help="job file (default: the embedded quickstart job, jobs/quickstart.yaml)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/<job name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job key before validation, e.g. --set dft.kmesh=[3,3,3] "
+                        "(VALUE is YAML; repeatable)")
+    p.add_argument("--material", action="append", metavar="NAME",
+                   help="run only this material of the job (a library name also adds it); "
+                        "repeatable; used by SLURM array jobs")
+    p.add_argument("--mass-mev", action="append", type=float, metavar="M",
+                   help="DM mass(es) of the rates stage [MeV] (replaces rates.masses_mev); repeatable")
+
+
+def _overrides(args) -> dict:
+    import yaml
+    out = {}
+    for item in args.set:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. dft.kmesh=[3,3,3]")
+        out[key.strip()] = yaml.safe_load(val)
+    if args.material:
+        out["materials"] = list(args.material)
+    if args.mass_mev:
+        out["rates.masses_mev"] = list(args.mass_mev)
+    return out
 
 
 def _run_run(args) -> int:
@@ -120,10 +149,13 @@ def _run_run(args) -> int:
     from .pipeline import install_preemption_handler, run_job
     path = args.job or _quickstart_path()
     try:
-        job = load_job(path)
+        job = load_job(path, overrides=_overrides(args))
     except JobError as exc:
         for line in exc.problems:
             print(line)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
+        print(f"dmca-hpc run: {exc}")
         return EXIT_BAD_INPUT
     install_preemption_handler()
     comm = get_comm()
@@ -200,7 +232,35 @@ def _run_select(args) -> int:
     return 0
 
 
+def _add_warmup(p):
+    p.description += (". Run once on the batch host before the ranks start: parallel first "
+                      "compilations into one cache directory can crash (NUMBA_CACHE_DIR sets it).")
+
+
+def _run_warmup(args) -> int:
+    import time
+    import numpy as np
+    t0 = time.perf_counter()
+    done = []
+    from .rates import electron_rates
+    from .tables import FormFactorTable
+    from . import units
+    # a 20 x 10 table of a Si-like cell (40 angstrom^3, 52 GeV): only the types matter
+    tiny = FormFactorTable(f2=np.ones((20, 10)), dq_ame=0.02, de_ev=0.1,
+                           vcell_ev3=40.0 * units.ANGSTROM_CM**3 / units.HBARC_EV_CM**3,
+                           cell_mass_ev=52e9, gap_ev=0.1, material="warmup")
+    electron_rates(tiny, [1e7], fdm="heavy", pair_energy_ev=3.6)
+    done.append("rates")
+    from . import kernels
+    if hasattr(kernels, "warmup"):
+        kernels.warmup()
+        done.append("kernels (" + kernels.backend() + ")")
+    print(f"warmup: compiled {', '.join(done)} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 _LOCAL = {
+    "warmup": (_add_warmup, _run_warmup),
     "validate": (_add_validate, _run_validate),
     "run": (_add_run, _run_run),
     "materials": (_add_materials, _run_materials),

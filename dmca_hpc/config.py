@@ -247,13 +247,38 @@ def parse_yaml(path: str | os.PathLike) -> Any:
         raise JobError([f"{p}: (top level): malformed YAML{where}: {problem}"]) from None
 
 
-def load_job(path: str | os.PathLike) -> dict:
+def set_key(job: dict, dotted: str, value: Any) -> None:
+    """Set ``job['a']['b']`` for ``dotted = 'a.b'`` (creating mappings)."""
+    parts = dotted.split(".")
+    d = job
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def load_job(path: str | os.PathLike, overrides: dict | None = None) -> dict:
     """Read, validate and complete a job file.
+
+    Args:
+        path: the YAML job file.
+        overrides: ``{"dotted.key": value}`` applied before validation (the
+            command line's ``--set``, ``--material``, ``--mass-mev``).  With
+            ``materials`` given as names, entries of the job with the same
+            name are kept as written (structure files included).
 
     Returns the effective job (defaults applied) with ``_job_file`` and
     ``_job_dir`` set; raises :class:`JobError` listing every problem.
     """
     raw = parse_yaml(path)
+    if overrides and isinstance(raw, dict):
+        for key, val in overrides.items():
+            if key == "materials":
+                byname = {(m if isinstance(m, str) else m.get("name")): m for m in raw.get("materials", [])
+                          if isinstance(m, (str, dict))}
+                val = [byname.get(v, v) for v in val]
+            set_key(raw, key, val)
     problems = validate(raw, str(path))
     if not problems:
         from .materials import MaterialError, material_from_spec

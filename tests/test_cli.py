@@ -37,3 +37,23 @@ def test_command_help_without_heavy_imports(name):
     assert r.returncode == 0, r.stderr
     assert "usage: dmca-hpc " + name in r.stdout
     assert "HEAVY []" in r.stdout, f"{name} --help imported {r.stdout.splitlines()[-1]}"
+
+
+def test_run_overrides_select_material_and_keys(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("name: t\nmaterials: [Si, Ge]\nstages: [materials]\n")
+    r = run_cli("run", job, "--out", tmp_path / "o", "--material", "Ge", "--set", "seed=7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "o" / "Ge" / "materials" / "material.h5").exists()
+    assert not (tmp_path / "o" / "Si").exists()
+    assert "seed: 7" in (tmp_path / "o" / "job.yaml").read_text()
+    r = run_cli("run", job, "--material", "Unobtainium", "--out", tmp_path / "o2")
+    assert r.returncode == 2 and "materials[0]: unknown material 'Unobtainium'" in r.stdout
+    r = run_cli("run", job, "--set", "seed", "--out", tmp_path / "o3")
+    assert r.returncode == 2 and "expected KEY=VALUE" in r.stdout
+
+
+def test_warmup_compiles():
+    r = run_cli("warmup")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("warmup: compiled rates")
