@@ -15,7 +15,7 @@ F_DM = 1 (``heavy`` mediator) or (alpha m_e / q)^2 (``light``); the rate uses
 Ionization (step model): Q = 1 + floor((E_e - E_gap) / eps_pair) for
 E_e >= E_gap, with E_e the bin centre; R_Q = sum of dR/dE_e dE over the bins
 of that Q.  Gap and pair energy are inputs (defaults: the table's gap and
-:data:`PAIR_ENERGY_EV`).
+:func:`default_pair_energy`, from the materials library).
 
 Units: masses in eV internally (MeV on the command line), sigma_e in cm^2,
 rho in GeV/cm^3, rates in events / kg / year (year = 365.25 d), dR/dE_e in
@@ -41,8 +41,6 @@ import numpy as np
 
 from . import units as U
 
-#: default electron-hole pair energies [eV] (physics.md)
-PAIR_ENERGY_EV = {"Si": 3.6, "Ge": 2.9, "GaAs": 4.7}
 FDM_CHOICES = ("heavy", "light")
 
 
@@ -225,11 +223,19 @@ class ElectronRates:
 
 
 def default_pair_energy(table) -> float:
+    """Electron-hole pair energy [eV] of the table's material, from the
+    materials library (dmca_hpc.materials; physics.md values)."""
+    from .materials import LIBRARY, MaterialError, get_material
     mat = getattr(table, "material", "") or ""
-    if mat in PAIR_ENERGY_EV:
-        return PAIR_ENERGY_EV[mat]
-    raise ValueError(f"no default pair energy for material {mat!r} (known: "
-                     f"{PAIR_ENERGY_EV}); give pair_energy_ev / --pair-energy")
+    try:
+        eps = get_material(mat).pair_energy_ev if mat else None
+    except MaterialError:
+        eps = None
+    if eps is None:
+        known = {k: m.pair_energy_ev for k, m in LIBRARY.items() if m.pair_energy_ev}
+        raise ValueError(f"no default pair energy for material {mat!r} (known [eV]: {known}); "
+                         "give pair_energy_ev / --pair-energy")
+    return eps
 
 
 def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
@@ -321,7 +327,7 @@ def add_arguments(parser):
                         help="DM-electron cross section [cm^2] (default 1e-39)")
     parser.add_argument("--gap", type=float, default=None, help="band gap for Q [eV] (default: table's)")
     parser.add_argument("--pair-energy", type=float, default=None,
-                        help="energy per electron-hole pair [eV] (default: Si 3.6, Ge 2.9, GaAs 4.7)")
+                        help="energy per electron-hole pair [eV] (default: the materials library, e.g. Si 3.6, Ge 2.9, GaAs 4.7)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
