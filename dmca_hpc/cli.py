@@ -22,6 +22,8 @@ COMMANDS = {
     "run": ("dmca_hpc.cli", "run a job file's stages (validates first; resumes from checkpoints)"),
     "materials": ("dmca_hpc.cli", "list the built-in detector targets and their properties"),
     "select": ("dmca_hpc.cli", "which targets can see a DM mass at all (kinematic threshold)"),
+    "dft": ("dmca_hpc.dft", "PySCF SCF of a material (and dense-mesh bands with --dense-kmesh)"),
+    "formfactor": ("dmca_hpc.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
     "rates": ("dmca_hpc.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
     "reach": ("dmca_hpc.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
     "nuclear": ("dmca_hpc.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),

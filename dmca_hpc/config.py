@@ -7,7 +7,7 @@ config/schema/<section>.schema.json referenced from the job schema.
 
 Defaults, in order of precedence (highest first): the job file, the
 ``pyscf`` block of config/experiment.yaml (for dft.basis, dft.pseudo, dft.xc,
-dft.kmesh, formfactor.q_max_ame, formfactor.dq_ame), the ``default`` values
+dft.kmesh, formfactor.q_max, formfactor.dq), the ``default`` values
 of the schema.
 """
 from __future__ import annotations
@@ -217,9 +217,9 @@ def apply_defaults(job: dict) -> dict:
     exp = experiment_defaults().get("pyscf", {})
     pyscf_map = {("dft", "basis"): exp.get("basis"), ("dft", "pseudo"): exp.get("pseudo"),
                  ("dft", "xc"): exp.get("xc"), ("dft", "kmesh"): exp.get("kpts"),
-                 ("formfactor", "q_max_ame"): exp.get("q_max_ame")}
+                 ("formfactor", "q_max"): exp.get("q_max_ame")}
     if exp.get("q_max_ame") and exp.get("q_points"):
-        pyscf_map[("formfactor", "dq_ame")] = exp["q_max_ame"] / exp["q_points"]
+        pyscf_map[("formfactor", "dq")] = exp["q_max_ame"] / exp["q_points"]
     for (sec, key), val in pyscf_map.items():
         props = schema["properties"].get(sec, {}).get("properties", {})
         if val is not None and key in props and key not in job.get(sec, {}):

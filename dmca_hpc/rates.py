@@ -328,7 +328,24 @@ def add_arguments(parser):
     parser.add_argument("--gap", type=float, default=None, help="band gap for Q [eV] (default: table's)")
     parser.add_argument("--pair-energy", type=float, default=None,
                         help="energy per electron-hole pair [eV] (default: the materials library, e.g. Si 3.6, Ge 2.9, GaAs 4.7)")
+    parser.add_argument("--screening", choices=("none", "rpa", "tf"), default="none",
+                        help="divide the integrand by |eps(q, E)|^2: rpa = our RPA epsilon "
+                             "(from --dielectric, else built from the table), tf = Thomas-Fermi-like "
+                             "model of Si/Ge (Cappellini et al. 1993); default none")
+    parser.add_argument("--dielectric", metavar="PATH", default=None,
+                        help="dielectric.h5 of the dielectric stage (for --screening rpa)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def screening_eps2(table, model: str, dielectric=None):
+    """|eps(q, E)|^2 on the table's bins for ``model`` ('none' -> None), from
+    :func:`dmca_hpc.dielectric.screening_factor` (RPA from ``dielectric``, a
+    dielectric.h5 path, or else built from the table itself)."""
+    if model in (None, "none"):
+        return None
+    from .dielectric import screening_factor
+    src = dielectric if (model == "rpa" and dielectric) else table
+    return screening_factor(src, table.q_ame, table.e_ev, model=model, material=table.material or None)
 
 
 def rates_json(r: ElectronRates, i: int = 0) -> dict:
@@ -354,10 +371,12 @@ def run_cli(args) -> int:
     from .tables import TableFormatError, load
     try:
         table = load(args.table, args.material)
+        eps2 = screening_eps2(table, args.screening, args.dielectric)
         r = electron_rates(table, [args.mass_mev * U.MEV_EV], fdm=args.fdm, halo=args.halo,
                            sigma_e_cm2=args.sigma_e, gap_ev=args.gap,
-                           pair_energy_ev=args.pair_energy)
-    except (FileNotFoundError, TableFormatError, ValueError) as exc:
+                           pair_energy_ev=args.pair_energy, screening=eps2)
+        r.inputs["screening_model"] = args.screening
+    except (FileNotFoundError, TableFormatError, ValueError, KeyError) as exc:
         print(f"dmca-hpc rates: error: {exc}", file=sys.stderr)
         return 2
     out = rates_json(r)
@@ -396,8 +415,12 @@ def _section_table(ctx, sec):
                      "rates.table (path) or rates.material (shipped table)")
 
 
-def _screening(sec, table):
+def _screening(sec, table, ctx=None):
     path = sec.get("screening_file")
+    model = sec.get("screening", "none")
+    if not path and model != "none":
+        diel = ((ctx.outputs or {}).get("dielectric") or {}).get("dielectric") if ctx else None
+        return screening_eps2(table, model, diel)
     if not path:
         return None
     import h5py
@@ -424,7 +447,7 @@ def run_stage(ctx) -> dict:
     table = _section_table(ctx, sec)
     if ctx.material is not None and not table.material:
         table.material = ctx.material.name
-    screening = _screening(sec, table)
+    screening = _screening(sec, table, ctx)
     masses_mev = list(sec.get("masses_mev", [10.0, 100.0, 1000.0]))
     fdms = list(sec.get("fdm", ["heavy", "light"]))
     halo = sec.get("halo", "shm-2021")

@@ -17,6 +17,7 @@ REFERENCE = SHARED / "reference"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # every telemetry record a stage emits in the tests must satisfy the contract
 os.environ.setdefault("DMCA_TELEMETRY_STRICT", "1")
 

@@ -148,3 +148,15 @@ def test_paths_resolve_relative_to_the_job_file(tmp_path):
         load_job(p2)
     assert ei.value.problems == [f"{p2}: rates.table: file or directory "
                                  f"'{tmp_path / 'sub' / 'missing.hdf5'}' does not exist"]
+
+
+def test_experiment_pyscf_block_feeds_defaults(tmp_path):
+    from dmca_hpc.config import experiment_defaults
+    exp = experiment_defaults()
+    assert set(exp["hypotheses"]) == {"WIMP", "Axion", "DarkPhoton", "SterileNeutrino"}
+    job = load_job(write(tmp_path, GOOD))
+    py = exp["pyscf"]
+    assert job["dft"]["basis"] == py["basis"] and job["dft"]["xc"] == py["xc"]
+    assert job["dft"]["kmesh"] == py["kpts"]
+    assert job["formfactor"]["q_max"] == py["q_max_ame"]
+    assert job["formfactor"]["dq"] == pytest.approx(py["q_max_ame"] / py["q_points"])

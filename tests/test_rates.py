@@ -144,3 +144,33 @@ def test_run_stage(qcdark_ge, tmp_path):
         assert f["bands/sigma"].shape == (5, 5) and f["bands/sigma"].attrs["units"] == "cm^2"
     recs = [json.loads(x) for x in (tmp_path / "tel" / "rank-00000.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and recs[0]["physics"]["rate_total_per_kg_year"] > 0
+
+
+@pytest.mark.parametrize("model", ["tf", "rpa"])
+def test_screening_suppresses_low_q_most(qcdark_ge, model):
+    # In-medium screening |eps|^2 >= 1 divides the integrand; eps -> 1 at
+    # large q, so a light mediator (weight ~ q^-4, low q dominates) at 10 MeV
+    # must lose far more than a heavy mediator at 1 GeV (large q dominates).
+    from dmca_hpc.rates import electron_rates, screening_eps2
+    from dmca_hpc.tables import read_table
+    t = read_table(qcdark_ge)
+    eps2 = screening_eps2(t, model)
+    def ratio(m_ev, fdm):
+        kw = dict(fdm=fdm, halo="shm-2021", sigma_e_cm2=1e-39)
+        return (electron_rates(t, [m_ev], screening=eps2, **kw).total[0]
+                / electron_rates(t, [m_ev], **kw).total[0])
+    light, heavy = ratio(10e6, "light"), ratio(1e9, "heavy")
+    assert 0 < light < heavy <= 1.0
+    assert light < 0.7, light          # screening is an O(1) effect for light mediators
+    assert heavy > 0.5, heavy
+
+
+def test_rates_cli_screening_flag(qcdark_ge):
+    from conftest import run_cli
+    import json
+    base = json.loads(run_cli("rates", "--table", qcdark_ge, "--mass-mev", "10", "--fdm", "light",
+                              "--sigma-e", "1e-39", "--json").stdout)
+    scr = json.loads(run_cli("rates", "--table", qcdark_ge, "--mass-mev", "10", "--fdm", "light",
+                             "--sigma-e", "1e-39", "--screening", "tf", "--json").stdout)
+    assert scr["total_per_kg_year"] < base["total_per_kg_year"]
+    assert scr["inputs"]["screening_model"] == "tf" and scr["inputs"]["screening"] is True
