@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 #: name -> (module, one-line help); commands of the same module share it
@@ -65,7 +66,19 @@ def _top_parser(cmds) -> argparse.ArgumentParser:
     return p
 
 
+def _one_thread_per_rank():
+    """Under an MPI launcher, default OpenMP/BLAS threads to 1 per rank (set
+    before numpy loads BLAS): ranks already fill the cores, and oversubscribed
+    OpenBLAS threads made small eigensolves ~100x slower on a busy node.  An
+    explicit setting (e.g. SLURM's cpus_per_task in slurm/common.sh) wins."""
+    from .parallel import launched_by_mpi
+    if launched_by_mpi():
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
 def main(argv=None) -> int:
+    _one_thread_per_rank()
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = available_commands()
     if not argv or argv[0] not in cmds:

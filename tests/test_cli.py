@@ -57,3 +57,12 @@ def test_warmup_compiles():
     r = run_cli("warmup")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("warmup: compiled rates")
+
+
+def test_one_blas_thread_per_rank_under_a_launcher():
+    code = ("import os; os.environ.pop('OMP_NUM_THREADS', None); os.environ.pop('OPENBLAS_NUM_THREADS', None)\n"
+            "os.environ['PMI_RANK'] = '0'\n"
+            "from dmca_hpc.cli import _one_thread_per_rank; _one_thread_per_rank()\n"
+            "print(os.environ['OMP_NUM_THREADS'], os.environ['OPENBLAS_NUM_THREADS'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["1", "1"], r.stderr
