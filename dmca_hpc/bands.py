@@ -156,19 +156,15 @@ def choose_nbands(mo_energy, nocc: int, n_conduction: int | None = None,
 
 
 def gap_summary(energies, nocc: int, kpts_frac) -> dict:
-    """Indirect/direct gaps [eV], VBM/CBM [eV, DFT scale] and where they are."""
-    from .units import HARTREE_EV
-    e = np.asarray(energies)
-    v, c = e[:, nocc - 1], e[:, nocc]
-    iv, ic = int(np.argmax(v)), int(np.argmin(c))
-    d = c - v
-    idr = int(np.argmin(d))
-    return {"vbm_ev": float(v[iv] * HARTREE_EV), "cbm_ev": float(c[ic] * HARTREE_EV),
-            "gap_indirect_ev": float((c[ic] - v[iv]) * HARTREE_EV),
-            "gap_direct_ev": float(d[idr] * HARTREE_EV),
-            "vbm_kpt_frac": np.asarray(kpts_frac[iv], float),
-            "cbm_kpt_frac": np.asarray(kpts_frac[ic], float),
-            "direct_gap_kpt_frac": np.asarray(kpts_frac[idr], float)}
+    """Indirect/direct gaps [eV], VBM/CBM [eV, DFT scale] and where they are
+    (:func:`dmca_hpc.dft.band_gap_from` plus the k-points, fractional)."""
+    from .dft import band_gap_from
+    g = band_gap_from(energies, nocc)
+    out = {k: g[k] for k in ("vbm_ev", "cbm_ev", "gap_indirect_ev", "gap_direct_ev")}
+    for name, key in (("vbm_kpt_frac", "vbm_k"), ("cbm_kpt_frac", "cbm_k"),
+                      ("direct_gap_kpt_frac", "direct_k")):
+        out[name] = np.asarray(kpts_frac[g[key]], float)
+    return out
 
 
 def apply_scissor(energies, nocc: int, vbm_ev: float, gap_dft_ev: float,

@@ -693,6 +693,4 @@ def pbe_band_gap_ev(material: str = "Si", basis: str = "gth-dzvp", kmesh=(3, 3, 
     bp = atoms.cell.bandpath(npoints=int(npoints))
     e_path, _ = mf.get_bands(cell.get_abs_kpts(bp.kpts))
     e = np.vstack([np.asarray(mf.mo_energy), np.asarray(e_path)])
-    nocc = cell.nelectron // 2
-    from .units import HARTREE_EV
-    return float((e[:, nocc].min() - e[:, nocc - 1].max()) * HARTREE_EV)
+    return band_gap_from(e, cell.nelectron // 2)["gap_indirect_ev"]
