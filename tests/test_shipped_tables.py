@@ -39,3 +39,20 @@ def test_rates_material_si_from_a_fresh_install():
     # the Q spectrum sums to the total (all charge bins listed)
     assert sum(d["Q_per_kg_year"]) == pytest.approx(d["total_per_kg_year"], rel=1e-9)
     assert d["total_per_kg_year"] > 0
+
+
+@pytest.mark.parametrize("mass_mev", [5.0, 10.0])
+def test_shipped_ge_matches_qcdark_at_low_mass(qcdark_ge, mass_mev):
+    # Low-mass DM (E_max = m v_max^2 / 2 ~ 18-36 eV, q <~ 2 alpha m_e) probes
+    # only the 4s4p valence band, which both tables describe with PBE and a
+    # 0.67 eV scissor: QCDark's Ge table (shared/reference; all-electron-like
+    # basis with the 3d shell) and ours (GTH q4, no 3d) must agree there.
+    # Tolerance 5%: the two differ in basis and pseudopotential (PBE band
+    # energies of Ge differ by ~0.1 eV between such setups); measured 1.5%.
+    # Above ~30 MeV they part (3d shell, high q): README "Shipped tables".
+    from dmca_hpc.rates import electron_rates
+    if not any(p.stem == "Ge" for p in SHIPPED):
+        pytest.skip("no shipped Ge table")
+    ours = electron_rates(table_for_material("Ge"), [mass_mev * 1e6]).total[0]
+    ref = electron_rates(qcdark_ge, [mass_mev * 1e6]).total[0]
+    assert ours == pytest.approx(ref, rel=0.05)
