@@ -649,16 +649,27 @@ class DielectricFunction:
         out[~np.isfinite(out)] = 1.0
         return out
 
-    def static_dielectric_constant(self, method: str = "fit") -> float:
+    def static_dielectric_constant(self, method: str = "auto") -> float:
         """eps(q -> 0, w = 0).
 
-        ``"fit"`` (default): the fit of 1/(eps(q, 0) - 1) = A + B q^2 over
+        ``"auto"`` (default): ``"states"`` when the optical limit came from
+        the DFT states, else ``"fit"``.
+        ``"states"``: the exact transition sum 1 + (16 pi / V) sum |d|^2 / w_cv
+        of :mod:`dmca_hpc.optical` (no broadening, no Kramers-Kronig).
+        ``"fit"``: the fit of 1/(eps(q, 0) - 1) = A + B q^2 over
         the lowest populated bins (:func:`static_limit_fit`), stored in
         ``meta['eps_static_fit']`` when the table was built;
         ``"spectrum"``: Re eps of the extrapolated optical spectrum,
         extrapolated linearly to w = 0 from the first two bins (below the gap
         Re eps is flat to O(w^2)).
         """
+        if method == "auto":
+            method = "states" if "eps_static_states" in self.meta else "fit"
+        if method == "states":
+            if "eps_static_states" not in self.meta:
+                raise DielectricError("static_dielectric_constant('states'): this eps has no "
+                                      "optical limit from the DFT states")
+            return float(self.meta["eps_static_states"])
         if method == "fit" and "eps_static_fit" in self.meta:
             return float(self.meta["eps_static_fit"])
         w, r = self.e_ev, self.eps0_re
@@ -718,7 +729,7 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
                           optical_bins: int = 3, static_bins: int = 6,
                           optical_method: str = "quadratic", broadening_ev: float = 0.0,
                           tail: str = "power", tail_exponent: float = DEFAULT_TAIL_EXPONENT,
-                          sampling: str = "auto") -> DielectricFunction:
+                          sampling: str = "auto", optical: dict | None = None) -> DielectricFunction:
     """Build eps(q, w) and its optical limit from a form-factor table.
 
     Args:
@@ -738,6 +749,10 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
         tail, tail_exponent: high-energy continuation for Kramers-Kronig.
         sampling: ``"auto"`` (fine-lattice correction when the mesh is known,
             else none) , ``"lattice"`` (required) or ``"none"``.
+        optical: the optical limit from the DFT states
+            (:func:`dmca_hpc.optical.optical_from_scf` on the table's energy
+            bins); it replaces the q -> 0 extrapolation of the table and
+            anchors the interpolation of the empty low-q bins.
     """
     from .tables import FormFactorTable, read_table
     if not isinstance(table, FormFactorTable):
@@ -764,6 +779,11 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
     im_c = _gaussian_smooth(np.where(np.isfinite(im_c), im_c, 0.0), table.de_ev, broadening_ev)
     im_c[~populated] = np.nan
     im0, info = optical_limit(q, im_c, weights, q_optical_max_ame, optical_method, optical_bins)
+    if optical is not None:
+        if np.shape(optical["eps_im"]) != np.shape(w):
+            raise DielectricError(f"optical limit has {np.size(optical['eps_im'])} energies, the "
+                                  f"table {len(w)}: compute it on the table's energy bins")
+        im0 = np.asarray(optical["eps_im"], float)
     # fill empty bins: linear in q between populated bins, anchored at q = 0 by the optical limit
     qp = np.concatenate([[0.0], q[populated]])
     yp = np.vstack([im0[None, :], im_c[populated]])
@@ -775,7 +795,8 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
     beyond = q > qp[-1]
     im_full[beyond] = yp[-1]
     re_full = kk_real_from_imag(w, im_full, tail=tail, tail_exponent=tail_exponent)
-    re0 = kk_real_from_imag(w, im0, tail=tail, tail_exponent=tail_exponent)
+    re0 = (np.asarray(optical["eps_re"], float) if optical is not None
+           else kk_real_from_imag(w, im0, tail=tail, tail_exponent=tail_exponent))
     meta = {
         "relation": "|f|^2 = q^5 V_cell Im eps / (8 pi^2 alpha^2 m_e^2) (DarkELF eq. 16)",
         "kramers_kronig": "piecewise-linear Im eps, closed-form segments, Im eps(0) = 0",
@@ -783,6 +804,7 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
         "sampling": "fine-lattice n_cont/n_disc" if km is not None else "none",
         "kmesh": [int(x) for x in km] if km is not None else [],
         "kmesh_source": how,
+        "optical_route": "states" if optical is not None else "table",
         "optical_method": info["method"], "q_optical_max_ame": info["q_max_ame"],
         "optical_bins": [int(i) for i in info["bins"]],
         "broadening_ev": float(broadening_ev),
@@ -797,6 +819,14 @@ def dielectric_from_table(table, material=None, kmesh=None, q_optical_max_ame: f
                      "static_fit_q_range_ame": list(q_rng)})
     except DielectricError as exc:
         meta["eps_static_fit_error"] = str(exc)
+    if optical is not None:
+        om = optical.get("meta", {})
+        meta.update({"eps_static_states": float(optical["eps_static"]),
+                     "optical_states_kmesh": list(om.get("kmesh", [])),
+                     "optical_states_sigma_ev": float(om.get("sigma_ev", float("nan"))),
+                     "optical_states_scissor_ev": float(om.get("scissor_shift_ev", float("nan"))),
+                     "optical_states_dq_bohr": float(om.get("dq_bohr", float("nan"))),
+                     "optical_states_method": str(om.get("method", ""))})
     numval = table.metadata.get("numval")
     if numval is not None:
         meta["numval"] = int(numval)
@@ -1015,14 +1045,57 @@ DEFAULTS = {
     "n_events": 3.0,
     "rho_chi_gev_cm3": 0.3,
     "reference_mass_ev": 10.0,
+    # optical limit from the DFT states (dmca_hpc.optical)
+    "optical_route": "auto",       # auto: states when the job ran the dft stage, else table
+    "optical_kmesh": [12, 12, 12],
+    "optical_dq_bohr": 1.0e-4,
+    "optical_sigma_ev": 0.15,
+    "optical_chunk": 4,
 }
+
+
+def _optical_plan(ctx, cfg) -> dict:
+    """Rank 0: table path, its energy bins, and whether / how to compute the
+    optical limit from the DFT states (scf path, scissor shift [eV])."""
+    from .tables import read_table
+    try:
+        table_path = ctx.outputs["formfactor"]["table"]
+    except (KeyError, TypeError):
+        raise DielectricError("dielectric stage: ctx.outputs['formfactor']['table'] missing "
+                              "(expected the form-factor stage's table path)") from None
+    route = cfg["optical_route"]
+    if route not in ("auto", "states", "table"):
+        raise DielectricError(f"dielectric.optical_route: expected auto, states or table, "
+                              f"got {route!r}")
+    table = read_table(table_path)
+    scf = None
+    if route != "table":
+        scf = ((ctx.outputs or {}).get("dft") or {}).get("scf")
+        if scf is None and route == "states":
+            raise DielectricError("dielectric.optical_route = states needs the dft stage's "
+                                  "scf.h5 in the same job (add 'dft' to stages)")
+    scissor = 0.0
+    if scf is not None:
+        scissor = table.metadata.get("scissor_shift_ev")
+        if scissor is None:
+            from .dft import band_gap_from, load_scf
+            dd = load_scf(scf)
+            nocc = int(round(dd["cell"].nelectron)) // 2
+            gap = band_gap_from(np.asarray(dd["mo_energy"]), nocc)["gap_indirect_ev"]
+            target = getattr(ctx.material, "scissor_gap_ev", None) or table.gap_ev
+            scissor = float(target - gap) if target else 0.0
+    return {"table": str(table_path), "e_ev": np.asarray(table.e_ev, float), "scf": scf,
+            "scissor_ev": float(scissor or 0.0),
+            "label": table.material or getattr(ctx.material, "name", "")}
 
 
 def run_stage(ctx) -> dict:
     """Pipeline stage ``dielectric``: eps(q, w), optical limit, ELF, and the
     dark-photon / ALP absorption rates and reach (dmca_hpc.absorption) from
-    the form-factor stage's table.  Rank 0 does the work (a few seconds for a
-    1000 x 500 table); the other ranks return {}.
+    the form-factor stage's table.  The optical limit from the DFT states
+    (:mod:`dmca_hpc.optical`, when the job ran the dft stage) is spread over
+    all ranks; the rest runs on rank 0 (a few seconds for a 1000 x 500
+    table); the other ranks return {}.
 
     Writes ``dielectric.h5`` (units on every dataset), ``dielectric.png``
     and ``absorption.png``; telemetry physics block carries
@@ -1030,24 +1103,39 @@ def run_stage(ctx) -> dict:
     ``reference_mass_ev``, 3 events / exposure).
     """
     from .parallel import peak_memory_mb
-    cfg = {**DEFAULTS, **(ctx.job.get("dielectric") or {})}
-    if ctx.comm.Get_rank() != 0:
-        return {}
-    t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        table_path = ctx.outputs["formfactor"]["table"]
-    except (KeyError, TypeError):
-        raise DielectricError("dielectric stage: ctx.outputs['formfactor']['table'] missing "
-                              "(expected the form-factor stage's table path)") from None
     from .tables import read_table
+    cfg = {**DEFAULTS, **(ctx.job.get("dielectric") or {})}
+    comm = ctx.comm
+    rank = comm.Get_rank()
+    t0, c0 = time.perf_counter(), time.process_time()
+    plan = None
+    if rank == 0:
+        try:
+            plan = _optical_plan(ctx, cfg)
+        except Exception as exc:
+            plan = {"error": f"{type(exc).__name__}: {exc}"}
+    plan = comm.bcast(plan, root=0)
+    if "error" in plan:
+        raise DielectricError(plan["error"])
+    optical = None
+    if plan["scf"]:
+        from .optical import optical_from_scf
+        optical = optical_from_scf(
+            plan["scf"], plan["e_ev"], kmesh=cfg["optical_kmesh"], sigma_ev=cfg["optical_sigma_ev"],
+            scissor_ev=plan["scissor_ev"], dq_bohr=cfg["optical_dq_bohr"], comm=comm,
+            workdir=Path(ctx.stage_dir) / "optical_units", input_hash=ctx.input_hash,
+            chunk=cfg["optical_chunk"], telemetry=ctx.telemetry, label=plan["label"],
+            tail=cfg["kk_tail"], tail_exponent=cfg["kk_tail_exponent"])
+    if rank != 0:
+        return {}
     from . import absorption as absn
-    table = read_table(table_path)
+    table = read_table(plan["table"])
     d = dielectric_from_table(table, material=ctx.material, kmesh=cfg["kmesh"],
                               q_optical_max_ame=cfg["q_optical_max_ame"],
                               optical_bins=cfg["optical_bins"], static_bins=cfg["static_bins"],
                               optical_method=cfg["optical_method"],
                               broadening_ev=cfg["broadening_ev"], tail=cfg["kk_tail"],
-                              tail_exponent=cfg["kk_tail_exponent"])
+                              tail_exponent=cfg["kk_tail_exponent"], optical=optical)
     if ctx.material is not None and not d.material:
         d.material = ctx.material.name
     out_h5 = Path(ctx.stage_dir) / "dielectric.h5"
@@ -1065,7 +1153,7 @@ def run_stage(ctx) -> dict:
                         "reference_mass_ev": cfg["reference_mass_ev"]})
         png = absn.plot_absorption(res, Path(ctx.stage_dir) / "absorption.png", d.material)
         outs["absorption_plot"] = str(png)
-    eps_static = d.static_dielectric_constant("fit")
+    eps_static = d.static_dielectric_constant()
     eps_static_kk = d.static_dielectric_constant("spectrum")
     elf_peak = d.plasmon_peak_ev()
     physics.update({"eps_static": eps_static, "eps_static_spectrum": eps_static_kk,

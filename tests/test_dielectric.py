@@ -187,17 +187,15 @@ def test_si_static_dielectric_constant():
     "ELF is broadened by 1 eV) vs the measured 16.7 eV; Re eps(q->0) does cross zero near 16 eV, "
     "but the coarse mesh leaves Im eps spiky between 14 and 22 eV and the q->0 limit is "
     "extrapolated from q >= 0.17 alpha m_e. Same direction as Ge on QCDark's table (18.6 vs 16.0). "
-    "Open in issue 8: optical limit from velocity matrix elements."))
+    "This is the table-only route (peer tables); with the DFT states the optical limit "
+    "comes from density matrix elements and passes: tests/test_optical.py (17.9 eV)."))
 def test_si_plasmon_peak():
-    """Issue 8: bulk plasmon of Si near the measured 16.7 eV (15%, as eps0)."""
+    """Bulk plasmon of Si from the table-only q -> 0 extrapolation (15%, as eps0)."""
     d = D.dielectric_from_table(_si_table())
     assert abs(d.plasmon_peak_ev() / 16.7 - 1) < 0.15
 
 
-@pytest.mark.skip(reason="waits for the form-factor engine (dmca_hpc/formfactor.py) to expose "
-                         "band-pair matrix elements: Im eps from matrix elements vs from |f|^2")
-def test_im_eps_matrix_elements_vs_f2_table():
-    pass
+# Im eps from matrix elements vs from |f|^2: tests/test_optical.py
 
 
 # ---------------------------------------------------------------- screening
