@@ -196,12 +196,13 @@ def _run_run(args) -> int:
 
 
 def _quickstart_path() -> str:
-    from pathlib import Path
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "jobs" / "quickstart.yaml", here / "data" / "quickstart.yaml"):
+    from .config import install_roots
+    tried = [root / "jobs" / "quickstart.yaml" for root in install_roots()]
+    for cand in tried:
         if cand.exists():
             return str(cand)
-    raise FileNotFoundError("the embedded quickstart job was not found")
+    raise FileNotFoundError("the embedded quickstart job was not found (looked in "
+                            + ", ".join(map(str, tried)) + ")")
 
 
 def _add_materials(p):

@@ -36,19 +36,35 @@ class JobError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def install_roots() -> list[Path]:
+    """Where the project's config/ and jobs/ may live, in order: the source
+    tree beside the package (editable install, checkout), ``$DMCA_HPC_HOME``
+    (the container's source copy), and ``<prefix>/share/dmca_hpc`` (what a
+    wheel installs through setup.cfg's data_files; also the user base)."""
+    import site
+    import sys
+    roots = [Path(__file__).resolve().parent.parent]
+    if os.environ.get("DMCA_HPC_HOME"):
+        roots.append(Path(os.environ["DMCA_HPC_HOME"]))
+    for prefix in (sys.prefix, getattr(site, "USER_BASE", None) or ""):
+        if prefix:
+            roots.append(Path(prefix) / "share" / "dmca_hpc")
+    return roots
+
+
 def config_dir() -> Path:
     """Directory holding job.schema.json, experiment.yaml and schema/
-    (``DMCA_HPC_CONFIG_DIR`` overrides; default: the source tree's config/,
-    else the copy installed with the package)."""
+    (``DMCA_HPC_CONFIG_DIR`` overrides; default: the first
+    :func:`install_roots` entry with a config/)."""
     env = os.environ.get("DMCA_HPC_CONFIG_DIR")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "config", here / "data" / "config"):
+    tried = [root / "config" for root in install_roots()]
+    for cand in tried:
         if (cand / "job.schema.json").exists():
             return cand
-    raise FileNotFoundError("dmca_hpc: config directory with job.schema.json not found; "
-                            "set DMCA_HPC_CONFIG_DIR")
+    raise FileNotFoundError("dmca_hpc: config directory with job.schema.json not found (looked in "
+                            + ", ".join(map(str, tried)) + "); set DMCA_HPC_CONFIG_DIR")
 
 
 @lru_cache(maxsize=None)

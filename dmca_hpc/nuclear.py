@@ -254,17 +254,20 @@ def run_stage(ctx) -> dict:
     if ctx.comm.Get_rank() != 0:
         return {}
     failed = [r for r in results if not r.ok]
-    if failed:
-        raise RuntimeError("nuclear stage: units failed: "
-                           + "; ".join(f"{r.unit}: {r.error}" for r in failed))
+    summary = "; ".join(f"{r.unit}: {r.error}" for r in failed)
+    if len(failed) == len(results):
+        raise RuntimeError(f"nuclear stage: every unit failed: {summary}")
     path = ctx.stage_dir / "nuclear.h5"
     with atomic_h5(path, input_hash=ctx.input_hash, stage="nuclear", prov=ctx.prov) as f:
         f.attrs["model"] = model
         f.attrs["convention"] = "Helm, A = standard atomic weight, nucleon mass = u"
         write_dataset(f, "E_R", e_kev, "keV", "recoil energies")
         write_dataset(f, "mass", np.array(masses, dtype=float), "GeV", "DM masses")
+        f.attrs["failed_units"] = json.dumps([[list(r.unit), r.error] for r in failed])
         for t in targets:
-            rows = np.vstack([r.value for r in results if r.unit[0] == t])
+            # a failed unit keeps its row as NaN: the finished ones are written
+            rows = np.vstack([r.value if r.ok else np.full(len(e_kev), np.nan)
+                              for r in results if r.unit[0] == t])
             write_dataset(f, f"{t}/dR_dE", rows, "1/(tonne*year*keV)",
                           f"dR/dE_R, rows = masses, model {model}")
             f[t].attrs["mass_fractions"] = json.dumps(dict(target_composition(t)))
@@ -272,7 +275,7 @@ def run_stage(ctx) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in results:
+    for r in (r for r in results if r.ok):
         y = np.where(r.value > 0, r.value, np.nan)
         ax.plot(e_kev, y, label=f"{r.unit[0]} {r.unit[1]:g} GeV")
     ax.set_yscale("log")
@@ -284,4 +287,7 @@ def run_stage(ctx) -> dict:
     png = ctx.stage_dir / "nuclear.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
+    if failed:
+        raise RuntimeError(f"nuclear stage: {len(failed)} of {len(results)} units failed (the "
+                           f"finished ones are in {path}): {summary}")
     return {"nuclear": str(path), "nuclear_plot": str(png)}

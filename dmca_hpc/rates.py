@@ -483,33 +483,47 @@ def run_stage(ctx) -> dict:
     if rank != 0:
         return {}
     failed = [r for r in results if not r.ok]
-    if failed:
-        raise RuntimeError("rates stage: units failed: "
-                           + "; ".join(f"{r.unit}: {r.error}" for r in failed))
+    ok = [r for r in results if r.ok]
+    summary = "; ".join(f"{r.unit}: {r.error}" for r in failed)
+    if not ok:
+        raise RuntimeError(f"rates stage: every unit failed: {summary}")
+    # the finished units are written even when others failed (NaN rows mark
+    # the failed ones), then the stage reports the failure
     path = ctx.stage_dir / "rates.h5"
     with atomic_h5(path, input_hash=ctx.input_hash, stage="rates", prov=ctx.prov) as f:
         f.attrs["material"] = table.material
         f.attrs["convention"] = ("physics.md: E bin centres, midpoint q sum, "
                                  "Q = 1 + floor((E - gap)/pair_energy)")
-        f.attrs["halo"] = json.dumps(results[0].value.inputs["halo"])
+        f.attrs["halo"] = json.dumps(ok[0].value.inputs["halo"])
+        f.attrs["failed_units"] = json.dumps([[list(r.unit), r.error] for r in failed])
         write_dataset(f, "E", table.e_ev, "eV", "energy bin centres")
         for fdm in fdms:
-            rs = [r.value for r in results if r.unit[0] == fdm]
+            rr = [r for r in results if r.unit[0] == fdm]
+            vals = [r.value for r in rr if r.ok]
+            nQ = max((v.dr_dq.shape[1] for v in vals), default=1)
+            de = np.full((len(rr), table.ne), np.nan)
+            tot = np.full(len(rr), np.nan)
+            dq = np.full((len(rr), nQ), np.nan)
+            for i, r in enumerate(rr):
+                if r.ok:
+                    de[i], tot[i] = r.value.dr_de[0], r.value.total[0]
+                    dq[i] = 0.0
+                    dq[i, :r.value.dr_dq.shape[1]] = r.value.dr_dq[0]
             g = f.create_group(fdm)
-            write_dataset(g, "mass", np.array([r.masses_ev[0] for r in rs]) / U.MEV_EV, "MeV")
-            write_dataset(g, "dR_dE", np.vstack([r.dr_de for r in rs]), "1/(kg*year*eV)",
-                          "dR/dE_e at sigma_e, rows = masses")
-            write_dataset(g, "total", np.concatenate([r.total for r in rs]), "1/(kg*year)")
-            nQ = max(r.dr_dq.shape[1] for r in rs)
-            dq = np.zeros((len(rs), nQ))
-            for i, r in enumerate(rs):
-                dq[i, :r.dr_dq.shape[1]] = r.dr_dq[0]
+            write_dataset(g, "mass", np.array([r.unit[1] for r in rr], dtype=float), "MeV")
+            write_dataset(g, "dR_dE", de, "1/(kg*year*eV)",
+                          "dR/dE_e at sigma_e, rows = masses (NaN: unit failed)")
+            write_dataset(g, "total", tot, "1/(kg*year)")
             write_dataset(g, "dR_dQ", dq, "1/(kg*year)", "rate in Q = 1, 2, ... (columns)")
             g.attrs["sigma_e_cm2"] = sigma
-            g.attrs["notes"] = json.dumps([r.notes[0] for r in rs])
+            g.attrs["notes"] = json.dumps([r.value.notes[0] if r.ok else f"failed: {r.error}"
+                                           for r in rr])
     outputs["rates"] = str(path)
-    outputs.update(plot_spectra(results, fdms, ctx.stage_dir, table.material))
+    outputs.update(plot_spectra(ok, fdms, ctx.stage_dir, table.material))
     outputs.update(reach_out)
+    if failed:
+        raise RuntimeError(f"rates stage: {len(failed)} of {len(results)} units failed (the "
+                           f"finished ones are in {path}): {summary}")
     return outputs
 
 

@@ -13,6 +13,7 @@ the package in pip's build isolation.
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -178,3 +179,17 @@ def test_post_pip_steps_run_in_throwaway_venv(recipe, tmp_path):
     # and the console script it runs is the setup.cfg entry point
     text = (venv / "bin" / "dmca-hpc").read_text()
     assert "from dmca_hpc.cli import main" in text
+    # a non-editable install carries config/ and the job catalogue (setup.cfg
+    # data_files): the quickstart validates with nothing of the source tree
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DMCA_HPC_CONFIG_DIR", "DMCA_HPC_HOME")}
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "from dmca_hpc.config import config_dir; from dmca_hpc.cli import "
+                            "_quickstart_path; print(config_dir()); print(_quickstart_path())"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert probe.returncode == 0, probe.stderr
+    cfg, qs = probe.stdout.split()
+    assert cfg.startswith(str(venv)) and qs.startswith(str(venv)), probe.stdout
+    val = subprocess.run([str(venv / "bin" / "dmca-hpc"), "validate", qs], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert val.returncode == 0, val.stdout + val.stderr

@@ -46,13 +46,25 @@ def make_si_bands(cache_dir) -> str:
     return r2["bands"]
 
 
+def cached_si_bands(request, mkdtemp=None) -> str:
+    """bands.h5 of :func:`make_si_bands` in pytest's cache directory (shared by
+    the test modules and runs), or in ``mkdtemp(name)`` / a temporary
+    directory when the cache is off (-p no:cacheprovider).  Its SCF is
+    ``<dir>/dft/scf.h5``."""
+    import tempfile
+    import pyscf
+    cache = getattr(request.config, "cache", None)
+    name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
+    if cache is not None:
+        d = cache.mkdir(name)
+    else:
+        d = mkdtemp(name) if mkdtemp is not None else Path(tempfile.mkdtemp(prefix=name))
+    return make_si_bands(d)
+
+
 @pytest.fixture(scope="session")
 def si_bands(request, tmp_path_factory):
-    import pyscf
-    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
-    name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
-    d = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
-    return make_si_bands(d)
+    return cached_si_bands(request, tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="session")

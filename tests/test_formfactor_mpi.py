@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_formfactor import SMALL, make_si_bands
+from test_formfactor import SMALL, cached_si_bands
 
 
 @pytest.mark.mpi(min_size=2)
 def test_two_ranks_same_table_as_one(request):
-    import pyscf
     from dmca_hpc.formfactor import compute_table, settings
     from dmca_hpc.matrix_elements import load_bands
     from dmca_hpc.parallel import SerialComm, get_comm
@@ -28,10 +27,7 @@ def test_two_ranks_same_table_as_one(request):
     rank = comm.Get_rank()
     path = work = None
     if rank == 0:
-        cache = getattr(request.config, "cache", None)
-        name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
-        d = cache.mkdir(name) if cache is not None else Path(tempfile.mkdtemp(prefix=name))
-        path = make_si_bands(d)
+        path = cached_si_bands(request)
         work = tempfile.mkdtemp(prefix="ff-mpi-")
     path, work = comm.bcast((path, work), root=0)
     bd = load_bands(path)

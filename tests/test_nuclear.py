@@ -122,3 +122,24 @@ def test_run_stage(tmp_path):
     with h5py.File(out["nuclear"]) as f:
         assert f["Xe/dR_dE"].shape == (1, 20) and f["E_R"].attrs["units"] == "keV"
     assert (tmp_path / "nuclear.png").exists()
+
+
+def test_run_stage_keeps_finished_units_when_one_fails(tmp_path):
+    """One bad unit (a negative mass) fails; the others are written, then the
+    stage reports the failure."""
+    import h5py
+    from types import SimpleNamespace
+    from dmca_hpc.parallel import SerialComm
+    from dmca_hpc.telemetry import Telemetry
+    ctx = SimpleNamespace(job={"nuclear": {"targets": ["Xe"], "masses_gev": [50.0, -1.0],
+                                           "n_energies": 20}},
+                          material=None, stage_dir=tmp_path, input_hash="h", outputs={},
+                          comm=SerialComm(), telemetry=Telemetry(tmp_path / "t", 0, "j"),
+                          prov={}, seed=1)
+    with pytest.raises(RuntimeError, match="1 of 2 units failed.*nuclear.h5"):
+        nuclear.run_stage(ctx)
+    with h5py.File(tmp_path / "nuclear.h5") as f:
+        rows = f["Xe/dR_dE"][()]
+        assert np.all(np.isfinite(rows[0])) and rows[0].max() > 0
+        assert np.all(np.isnan(rows[1]))
+        assert "-1" in f.attrs["failed_units"]

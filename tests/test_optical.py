@@ -142,17 +142,13 @@ def test_im_eps_matrix_elements_vs_f2_table(tmp_path, request, tmp_path_factory)
     correction) equals Im eps written directly from the band-pair matrix
     elements (Adler-Wiser, PySCF's analytic AO-pair transform) on the first
     populated q bin of a 2x2x2 Si table."""
-    import pyscf
-    from test_formfactor import make_si_bands
+    from test_formfactor import cached_si_bands
     from dmca_hpc import dielectric as D
     from dmca_hpc import units as U
     from dmca_hpc.formfactor import compute_table, settings
     from dmca_hpc.matrix_elements import aopair_matrix_elements, load_bands
     from pyscf.pbc import gto
-    cache = getattr(request.config, "cache", None)
-    name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
-    d = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
-    bd = load_bands(make_si_bands(d))
+    bd = load_bands(cached_si_bands(request, tmp_path_factory.mktemp))
     dq, de = 0.01, 0.5
     s = settings({"q_max": 1.0, "dq": dq, "de": de, "e_max": 30.0, "scissor": "none"})
     with warnings.catch_warnings():
@@ -205,14 +201,9 @@ def test_im_eps_matrix_elements_vs_f2_table(tmp_path, request, tmp_path_factory)
 def test_killed_run_resumes_from_unit_checkpoints(tmp_path, request, tmp_path_factory):
     """Units lost (as after a kill) are recomputed; the finished ones are read
     back; the result equals an uninterrupted run."""
-    import pyscf
-    from test_formfactor import make_si_bands
+    from test_formfactor import cached_si_bands
     from dmca_hpc.optical import compute_transitions
-    cache = getattr(request.config, "cache", None)
-    name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
-    d = cache.mkdir(name) if cache is not None else tmp_path_factory.mktemp(name)
-    make_si_bands(d)
-    scf = Path(d) / "dft" / "scf.h5"
+    scf = Path(cached_si_bands(request, tmp_path_factory.mktemp)).parents[1] / "dft" / "scf.h5"
     full = compute_transitions(scf, [4, 4, 4], chunk=2, workdir=tmp_path / "u", input_hash="a")
     files = sorted((tmp_path / "u").glob("unit-*.h5"))
     assert len(files) == 4

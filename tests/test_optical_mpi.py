@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_formfactor import make_si_bands
+from test_formfactor import cached_si_bands
 
 
 @pytest.mark.mpi(min_size=2)
 def test_two_ranks_same_optical_limit_as_one(request):
-    import pyscf
     from dmca_hpc.optical import compute_transitions
     from dmca_hpc.parallel import SerialComm, get_comm
     from dmca_hpc.telemetry import Telemetry
@@ -23,11 +22,7 @@ def test_two_ranks_same_optical_limit_as_one(request):
     rank = comm.Get_rank()
     scf = work = None
     if rank == 0:
-        cache = getattr(request.config, "cache", None)
-        name = f"dmca_formfactor_si_szv222_pyscf{pyscf.__version__}"
-        d = cache.mkdir(name) if cache is not None else Path(tempfile.mkdtemp(prefix=name))
-        make_si_bands(d)
-        scf = str(Path(d) / "dft" / "scf.h5")
+        scf = str(Path(cached_si_bands(request)).parents[1] / "dft" / "scf.h5")
         work = tempfile.mkdtemp(prefix="optical-mpi-")
     scf, work = comm.bcast((scf, work), root=0)
     tel = Telemetry(Path(work) / "telemetry", rank=rank)

@@ -174,3 +174,21 @@ def test_rates_cli_screening_flag(qcdark_ge):
                              "--sigma-e", "1e-39", "--screening", "tf", "--json").stdout)
     assert scr["total_per_kg_year"] < base["total_per_kg_year"]
     assert scr["inputs"]["screening_model"] == "tf" and scr["inputs"]["screening"] is True
+
+
+def test_run_stage_keeps_finished_units_when_one_fails(qcdark_ge, tmp_path):
+    import h5py
+    from types import SimpleNamespace
+    from dmca_hpc.parallel import SerialComm
+    from dmca_hpc.telemetry import Telemetry
+    job = {"rates": {"table": str(qcdark_ge), "masses_mev": [10.0, -5.0], "fdm": ["heavy"],
+                     "exposure_kg_year": 0.0}}
+    ctx = SimpleNamespace(job=job, material=None, stage_dir=tmp_path, input_hash="h", outputs={},
+                          comm=SerialComm(), telemetry=Telemetry(tmp_path / "tel", 0, "t"),
+                          prov={}, seed=7)
+    with pytest.raises(RuntimeError, match="1 of 2 units failed.*rates.h5"):
+        rates.run_stage(ctx)
+    with h5py.File(tmp_path / "rates.h5") as f:
+        tot = f["heavy/total"][()]
+        assert tot[0] == pytest.approx(401.19, rel=0.01) and np.isnan(tot[1])
+        assert "-5" in f.attrs["failed_units"]
