@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1051,6 +1052,7 @@ DEFAULTS = {
     "optical_dq_bohr": 1.0e-4,
     "optical_sigma_ev": 0.15,
     "optical_chunk": 4,
+    "optical_min_gap_ev": 0.1,
 }
 
 
@@ -1128,6 +1130,21 @@ def run_stage(ctx) -> dict:
             tail=cfg["kk_tail"], tail_exponent=cfg["kk_tail_exponent"])
     if rank != 0:
         return {}
+    rejected = ""
+    if optical is not None:
+        gap = optical["meta"]["gap_direct_dft_ev"]
+        if gap < cfg["optical_min_gap_ev"]:
+            # near-degenerate valence/conduction pairs (a semilocal functional
+            # closing the gap, e.g. PBE Ge at Gamma) make d_cv ~ p / w_cv blow
+            # up, and a scissor moves w_cv but not d_cv: the sum is meaningless
+            rejected = (f"smallest direct DFT gap on the optical mesh is {gap:.3f} eV < "
+                        f"dielectric.optical_min_gap_ev = {cfg['optical_min_gap_ev']} eV: the "
+                        "states route is unreliable (the functional closes the gap; use a "
+                        "hybrid such as PBE0)")
+            if cfg["optical_route"] == "auto":
+                rejected += "; using the table's q -> 0 extrapolation instead"
+                optical = None
+            print(f"dmca_hpc dielectric: WARNING: {rejected}", file=sys.stderr)
     from . import absorption as absn
     table = read_table(plan["table"])
     d = dielectric_from_table(table, material=ctx.material, kmesh=cfg["kmesh"],
@@ -1136,6 +1153,8 @@ def run_stage(ctx) -> dict:
                               optical_method=cfg["optical_method"],
                               broadening_ev=cfg["broadening_ev"], tail=cfg["kk_tail"],
                               tail_exponent=cfg["kk_tail_exponent"], optical=optical)
+    if rejected:
+        d.meta["optical_states_warning"] = rejected
     if ctx.material is not None and not d.material:
         d.material = ctx.material.name
     out_h5 = Path(ctx.stage_dir) / "dielectric.h5"

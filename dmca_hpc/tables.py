@@ -375,9 +375,16 @@ def write_table(path: str | os.PathLike, table: FormFactorTable, input_hash: str
 
 
 def table_for_material(name: str) -> Path:
-    """Path of the shipped table ``dmca_hpc/data/tables/<name>.hdf5``.
+    """Path of the shipped table ``dmca_hpc/data/tables/<name>.hdf5``; library
+    names and aliases resolve case-insensitively (``diamond`` -> ``C.hdf5``,
+    ``si`` -> ``Si.hdf5``).
 
     Raises FileNotFoundError listing the shipped tables when absent."""
+    from .materials import get_material
+    try:
+        name = get_material(name).name
+    except (KeyError, ValueError):
+        pass  # not a library material: look for the file as named
     p = DATA_DIR / f"{name}.hdf5"
     if p.exists():
         return p

@@ -223,3 +223,31 @@ def test_bad_optical_input_names_the_key(si_scf):
         compute_transitions(si_scf, [4, 0, 4])
     with pytest.raises(OpticalError, match="optical_dq_bohr"):
         compute_transitions(si_scf, [4, 4, 4], dq_bohr=0.5)
+
+
+@pytest.mark.parametrize("route", ["auto", "states"])
+def test_stage_distrusts_states_when_the_functional_closes_the_gap(route, tmp_path, request,
+                                                                   tmp_path_factory, si_table, capsys):
+    """A direct DFT gap below dielectric.optical_min_gap_ev (PBE Ge at Gamma:
+    0.06 eV, eps_inf ~ 275 from the states) is flagged; 'auto' falls back to
+    the table's q -> 0 extrapolation, 'states' keeps the states and warns.
+    Real Si states with the threshold set above their 2.5 eV direct gap."""
+    import json
+    from types import SimpleNamespace
+    from test_formfactor import cached_si_bands
+    from dmca_hpc import dielectric as D
+    from dmca_hpc.materials import get_material
+    from dmca_hpc.parallel import SerialComm
+    from dmca_hpc.telemetry import Telemetry
+    scf = Path(cached_si_bands(request, tmp_path_factory.mktemp)).parents[1] / "dft" / "scf.h5"
+    job = {"dielectric": {"optical_route": route, "optical_kmesh": [2, 2, 2],
+                          "optical_min_gap_ev": 100.0, "absorption": False}}
+    ctx = SimpleNamespace(job=job, material=get_material("Si"), stage_dir=tmp_path,
+                          input_hash="h", comm=SerialComm(), prov={}, seed=1,
+                          telemetry=Telemetry(tmp_path / "tel", rank=0, job_id="t"),
+                          outputs={"formfactor": {"table": str(SI_TABLE)}, "dft": {"scf": str(scf)}})
+    outs = D.run_stage(ctx)
+    d = D.read_dielectric(outs["dielectric"])
+    assert "optical_min_gap_ev" in d.meta["optical_states_warning"]
+    assert "optical_min_gap_ev" in capsys.readouterr().err
+    assert d.meta["optical_route"] == ("table" if route == "auto" else "states")

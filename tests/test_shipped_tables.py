@@ -56,3 +56,12 @@ def test_shipped_ge_matches_qcdark_at_low_mass(qcdark_ge, mass_mev):
     ours = electron_rates(table_for_material("Ge"), [mass_mev * 1e6]).total[0]
     ref = electron_rates(qcdark_ge, [mass_mev * 1e6]).total[0]
     assert ours == pytest.approx(ref, rel=0.05)
+
+
+def test_material_aliases_find_the_shipped_table():
+    if not any(p.stem == "C" for p in SHIPPED):
+        pytest.skip("no shipped diamond table")
+    assert table_for_material("diamond").name == "C.hdf5"
+    assert table_for_material("si").name == "Si.hdf5"
+    with pytest.raises(FileNotFoundError, match="shipped tables: .*C"):
+        table_for_material("Unobtainium")
