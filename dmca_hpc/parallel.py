@@ -115,8 +115,21 @@ def is_root(comm=None) -> bool:
 
 
 def peak_memory_mb() -> float:
-    """Peak resident set size of this process [MiB] (ru_maxrss, kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process [MiB].
+
+    Linux: VmHWM of /proc/self/status (the high-water mark of this address
+    space; ru_maxrss survives exec, so a worker started by a large parent
+    would report the parent's peak); elsewhere ru_maxrss (kB on Linux, bytes
+    on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
 @dataclass
