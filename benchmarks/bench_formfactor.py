@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -141,20 +140,10 @@ def run_worker(bands, work, tag, nranks, full=False, block=8, extra=None, reuse=
     if reuse and done.exists() and (Path(work) / "f2.npy").exists():
         return json.loads(done.read_text())
     shutil.rmtree(work, ignore_errors=True)
-    cmd = [sys.executable, __file__, "--worker", "--bands", bands, "--work", str(work),
-           "--tag", tag, "--block", str(block), "--extra", json.dumps(extra or {})]
-    if full:
-        cmd.append("--full")
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if nranks > 1:
-        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(nranks)] + cmd
-    else:
-        env["DMCA_HPC_MPI"] = "0"
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"worker failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    res = json.loads(lines[-1][7:])
+    from benchlib import run_worker_cmd
+    args = ["--bands", bands, "--work", str(work), "--tag", tag, "--block", str(block),
+            "--extra", json.dumps(extra or {})] + (["--full"] if full else [])
+    res = run_worker_cmd(__file__, args, nranks)
     done.write_text(json.dumps(res))
     return res
 

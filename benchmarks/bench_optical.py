@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -85,18 +84,9 @@ def run_worker(scf: str, work: Path, kmesh: int, nranks: int) -> dict:
     import shutil
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    cmd = [sys.executable, __file__, "--worker", "--scf", scf, "--work", str(work),
-           "--kmesh", str(kmesh)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if nranks > 1:
-        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(nranks)] + cmd
-    else:
-        env["DMCA_HPC_MPI"] = "0"
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        raise RuntimeError(f"worker failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1][7:])
+    from benchlib import run_worker_cmd
+    return run_worker_cmd(__file__, ["--scf", scf, "--work", str(work), "--kmesh", str(kmesh)],
+                          nranks)
 
 
 def worker(args) -> int:

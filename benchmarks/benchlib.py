@@ -1,0 +1,24 @@
+"""Shared by the benchmarks: run a benchmark's own ``--worker`` mode on N
+ranks (real ``mpiexec -n N`` from the venv, one BLAS/OpenMP thread per
+rank; N = 1 runs serially without MPI) and read its ``RESULT {json}`` line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_worker_cmd(script: str, args: list[str], nranks: int) -> dict:
+    cmd = [sys.executable, script, "--worker", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if nranks > 1:
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(nranks)] + cmd
+    else:
+        env["DMCA_HPC_MPI"] = "0"
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"worker failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1][7:])
