@@ -33,10 +33,12 @@ phi_{mu,k}(r) = sum_T e^{ik.T} chi_mu(r - T),
 with S and R = sum_T e^{ik.T} <chi_mu|r|chi_nu(.-T)> from ``cell.pbc_intor``
 ('int1e_ovlp', 'int1e_r').  The bands at k + q come from the same
 Kohn-Sham Hamiltonian as the bands stage (:class:`dmca_hpc.bands._Worker`),
-so M_cv = C_{k+q}^dagger (S + i q.R) C_k.  At q = 1e-4 bohr^-1 this equals
-PySCF's analytic AO-pair Fourier transform (``ft_aopair_kpts``, 3 s per
-call) to 2e-5 relative and costs 0.08 s (tests/test_optical.py checks both
-and the convergence in q).
+so M_cv = C_{k+q}^dagger (S + i q.R) C_k.  The neglected q^2 term biases
+|d|^2 by ~ c q^2: against PySCF's analytic AO-pair Fourier transform
+(``ft_aopair_kpts``, exact in q, ~1.6 s per call) it is 0.14% at the default
+q = 1e-4 bohr^-1 and 0.03% at 3e-5 (round-off grows as 1/q below that);
+the integrals cost ~0.02 s per k (tests/test_optical.py checks both,
+benchmarks/bench_optical.py times them).
 
 **Broadening.**  Each transition is a Gaussian of width ``sigma_ev``
 integrated over the output energy bins (bin centres w_b, width dE), so
