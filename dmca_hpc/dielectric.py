@@ -1056,9 +1056,10 @@ DEFAULTS = {
 }
 
 
-def _optical_plan(ctx, cfg) -> dict:
-    """Rank 0: table path, its energy bins, and whether / how to compute the
-    optical limit from the DFT states (scf path, scissor shift [eV])."""
+def _optical_plan(ctx, cfg):
+    """Rank 0: (plan, table): the plan holds the table path, its energy bins
+    [eV] and whether / how to compute the optical limit from the DFT states
+    (scf path, scissor shift [eV]); the table is kept for rank 0's own use."""
     from .tables import read_table
     try:
         table_path = ctx.outputs["formfactor"]["table"]
@@ -1086,9 +1087,10 @@ def _optical_plan(ctx, cfg) -> dict:
             gap = band_gap_from(np.asarray(dd["mo_energy"]), nocc)["gap_indirect_ev"]
             target = getattr(ctx.material, "scissor_gap_ev", None) or table.gap_ev
             scissor = float(target - gap) if target else 0.0
-    return {"table": str(table_path), "e_ev": np.asarray(table.e_ev, float), "scf": scf,
+    plan = {"table": str(table_path), "e_ev": np.asarray(table.e_ev, float), "scf": scf,
             "scissor_ev": float(scissor or 0.0),
             "label": table.material or getattr(ctx.material, "name", "")}
+    return plan, table
 
 
 def run_stage(ctx) -> dict:
@@ -1105,15 +1107,14 @@ def run_stage(ctx) -> dict:
     ``reference_mass_ev``, 3 events / exposure).
     """
     from .parallel import peak_memory_mb
-    from .tables import read_table
     cfg = {**DEFAULTS, **(ctx.job.get("dielectric") or {})}
     comm = ctx.comm
     rank = comm.Get_rank()
     t0, c0 = time.perf_counter(), time.process_time()
-    plan = None
+    plan = table = None
     if rank == 0:
         try:
-            plan = _optical_plan(ctx, cfg)
+            plan, table = _optical_plan(ctx, cfg)
         except Exception as exc:
             plan = {"error": f"{type(exc).__name__}: {exc}"}
     plan = comm.bcast(plan, root=0)
@@ -1146,7 +1147,6 @@ def run_stage(ctx) -> dict:
                 optical = None
             print(f"dmca_hpc dielectric: WARNING: {rejected}", file=sys.stderr)
     from . import absorption as absn
-    table = read_table(plan["table"])
     d = dielectric_from_table(table, material=ctx.material, kmesh=cfg["kmesh"],
                               q_optical_max_ame=cfg["q_optical_max_ame"],
                               optical_bins=cfg["optical_bins"], static_bins=cfg["static_bins"],
