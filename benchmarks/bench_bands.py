@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: dense-mesh band stage (dmca_hpc.bands) for Si on 1 and 2 MPI ranks.
+"""Benchmark: dense-mesh band stage (dmca_hpc.electronic.bands) for Si on 1 and 2 MPI ranks.
 
 One command:
 
@@ -7,7 +7,7 @@ One command:
 
 Runs the SCF once (serially, 2x2x2), then the bands stage from scratch with
 1 rank and with ``mpiexec -n 2`` (same SCF, fresh unit checkpoints), each as
-the real command ``python -m dmca_hpc.dft`` with OMP_NUM_THREADS=1 and
+the real command ``python -m dmca_hpc.electronic.scf`` with OMP_NUM_THREADS=1 and
 OPENBLAS_NUM_THREADS=1, and prints
 
 * the bands-stage wall time [s] from the telemetry (first chunk start to the
@@ -52,7 +52,7 @@ def _records(out: Path):
 
 
 def run(out: Path, nranks: int, args) -> dict:
-    cmd = [sys.executable, "-m", "dmca_hpc.dft", "Si", "--out", str(out), "--basis", args.basis,
+    cmd = [sys.executable, "-m", "dmca_hpc.electronic.scf", "Si", "--out", str(out), "--basis", args.basis,
            "--kmesh", *map(str, args.kmesh), "--dense-kmesh", *map(str, args.dense_kmesh),
            "--chunk-size", str(args.chunk_size), "--band-path-npoints", "0", "--no-plots"]
     if args.ke_cutoff_hartree is not None:

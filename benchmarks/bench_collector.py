@@ -7,7 +7,7 @@ them: 4 stages, 3 materials, 64 ranks, 1 % failed units, log-normal
 latencies; seeded, so the file is the same every run), then times, each in
 a fresh subprocess so peak RSS is that of the method alone:
 
-* ``collect``: dmca_hpc.collector.collect (streaming, schema-checked, sketch quantiles);
+* ``collect``: dmca_hpc.monitoring.collector.collect (streaming, schema-checked, sketch quantiles);
 * ``naive``: ``[json.loads(l) for l in f]`` kept in a list, then exact p95 by
   sorting (what one writes first; no validation, so it does *less* work).
 
@@ -35,7 +35,7 @@ MATERIALS = ("Si", "Ge", "GaAs")
 
 def generate(path: Path, n: int, seed: int = 12345, encrypt_fraction: float = 0.0) -> None:
     """Write ``n`` telemetry lines to ``path`` (deterministic for a given seed)."""
-    from dmca_hpc.telemetry import Telemetry
+    from dmca_hpc.monitoring.telemetry import Telemetry
     rng = random.Random(seed)
     key = bytes(range(32)) if encrypt_fraction > 0 else None
     tel = Telemetry(path.parent, rank=0, job_id="bench", validate="off", key=key)
@@ -74,7 +74,7 @@ _COLLECT = r"""
 import json, sys, time
 HWM
 t = time.perf_counter()
-from dmca_hpc.collector import collect
+from dmca_hpc.monitoring.collector import collect
 rep = collect([sys.argv[1]], key=bytes(range(32)))
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "peak_rss_mb": hwm(),
@@ -98,7 +98,7 @@ print(json.dumps({"seconds": dt, "peak_rss_mb": hwm(),
 _EMPTY = r"""
 import json
 HWM
-import dmca_hpc.collector
+import dmca_hpc.monitoring.collector
 print(json.dumps({"peak_rss_mb": hwm()}))
 """
 

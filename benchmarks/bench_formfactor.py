@@ -42,10 +42,11 @@ CASE = {"q_max": 10.0, "dq": 0.02, "de": 0.1, "e_max": 50.0, "gap_ev": 1.11}
 
 
 def make_bands(workdir: Path, kmesh=(4, 4, 4), basis="gth-dzvp") -> str:
-    from dmca_hpc import bands, dft
-    from dmca_hpc.checkpoint import is_complete
+    from dmca_hpc.electronic import bands
+    from dmca_hpc.electronic import scf as dft
+    from dmca_hpc.hpc.checkpoint import is_complete
     from dmca_hpc.materials import get_material
-    from dmca_hpc.parallel import SerialComm
+    from dmca_hpc.hpc.parallel import SerialComm
     out = workdir / f"si_{basis}_{'x'.join(map(str, kmesh))}"
     p = out / "bands" / "bands.h5"
     if p.exists() and is_complete(p):
@@ -66,9 +67,9 @@ def make_bands(workdir: Path, kmesh=(4, 4, 4), basis="gth-dzvp") -> str:
 def time_pairs(bd, s, pairs, aopair=True):
     """Seconds per k-pair of (a) our FFT kernel, (b) the AO-pair route, both
     binning into the same table, and the max |M|^2 difference."""
-    from dmca_hpc.formfactor import Engine
-    from dmca_hpc.kernels import bin_pair, e_bins, q_bins
-    from dmca_hpc.matrix_elements import aopair_matrix_elements
+    from dmca_hpc.electronic.formfactor import Engine
+    from dmca_hpc.electronic.kernels import bin_pair, e_bins, q_bins
+    from dmca_hpc.electronic.matrix_elements import aopair_matrix_elements
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         eng = Engine(bd, s, s["gap_ev"])
@@ -108,9 +109,9 @@ def time_pairs(bd, s, pairs, aopair=True):
 
 def worker(args):
     """One wedge (or full) table under the current launcher; prints JSON."""
-    from dmca_hpc.formfactor import compute_table, settings
-    from dmca_hpc.matrix_elements import load_bands
-    from dmca_hpc.parallel import get_comm, peak_memory_mb
+    from dmca_hpc.electronic.formfactor import compute_table, settings
+    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.hpc.parallel import get_comm, peak_memory_mb
     comm = get_comm()
     bd = load_bands(args.bands)
     s = settings({**CASE, "use_symmetry": not args.full, "kprime_block": args.block,
@@ -167,8 +168,8 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from dmca_hpc.formfactor import settings
-    from dmca_hpc.matrix_elements import load_bands
+    from dmca_hpc.electronic.formfactor import settings
+    from dmca_hpc.electronic.matrix_elements import load_bands
     wd = Path(args.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     res = {"case": {"material": "Si", "basis": "gth-dzvp", "xc": "PBE", "kmesh": [4, 4, 4],
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     res["case"].update(nbands=bd.nbands, nocc=bd.nocc, n_k=bd.nk, n_ibz=int(len(bd.ibz_index)))
     print(f"bands: {bands} ({res['bands_s']:.0f} s), {bd.nbands} bands, {len(bd.ibz_index)} "
           f"irreducible k of {bd.nk}", flush=True)
-    from dmca_hpc.formfactor import bethe_sum_ratio
+    from dmca_hpc.electronic.formfactor import bethe_sum_ratio
     nc_all = bd.nbands - bd.nocc
     fs = bethe_sum_ratio(bd, [4, 8, 16, nc_all], n_shells=4, q_limit=4.0)
     res["bethe_f_sum_ratio"] = {str(nc): {f"{q:.3f}": round(v, 4) for q, v in d.items()}

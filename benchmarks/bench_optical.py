@@ -36,9 +36,9 @@ SCF = {"basis": "gth-dzvp", "pseudo": "gth-pbe", "xc": "PBE", "kmesh": [3, 3, 3]
 
 
 def make_scf(workdir: Path) -> str:
-    from dmca_hpc import dft
+    from dmca_hpc.electronic import scf as dft
     from dmca_hpc.materials import get_material
-    from dmca_hpc.parallel import SerialComm
+    from dmca_hpc.hpc.parallel import SerialComm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ctx = dft.make_context("dft", workdir / "si", get_material("Si"), {"dft": SCF},
@@ -47,10 +47,10 @@ def make_scf(workdir: Path) -> str:
 
 
 def time_kernel(scf: str, n_k: int, dq: float = 1e-4) -> dict:
-    from dmca_hpc.bands import _Worker
-    from dmca_hpc.dft import load_scf
-    from dmca_hpc.matrix_elements import ft_aopair_bloch
-    from dmca_hpc.optical import transitions_at_k
+    from dmca_hpc.electronic.bands import _Worker
+    from dmca_hpc.electronic.scf import load_scf
+    from dmca_hpc.electronic.matrix_elements import ft_aopair_bloch
+    from dmca_hpc.response.optical import transitions_at_k
     d = load_scf(scf)
     cell = d["cell"]
     nocc = int(round(cell.nelectron)) // 2
@@ -90,8 +90,8 @@ def run_worker(scf: str, work: Path, kmesh: int, nranks: int) -> dict:
 
 
 def worker(args) -> int:
-    from dmca_hpc.optical import compute_transitions
-    from dmca_hpc.parallel import get_comm, peak_memory_mb
+    from dmca_hpc.response.optical import compute_transitions
+    from dmca_hpc.hpc.parallel import get_comm, peak_memory_mb
     comm = get_comm()
     comm.Barrier()
     t0 = time.perf_counter()

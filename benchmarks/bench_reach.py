@@ -1,7 +1,7 @@
 """Benchmark: a 50-mass reach curve from a form-factor table, timed against a
 straightforward quadrature of the same integrals in the same run.
 
-Fast path: dmca_hpc.reach.reach_curve (one Numba kernel over all masses, closed
+Fast path: dmca_hpc.detection.reach.reach_curve (one Numba kernel over all masses, closed
 form eta, analytic pruning of the q range where v_min > v_esc + v_E).
 
 Baseline ("straightforward", QCDark's dark_matter_rates.py style): for each
@@ -37,7 +37,7 @@ def baseline_reach(table, masses_ev, halo, exposure, q_threshold, gap, eps, sigm
     """Straightforward scipy.integrate evaluation of the same reach."""
     from scipy.integrate import trapezoid
     from dmca_hpc import units as U
-    from dmca_hpc.rates import rate_prefactor_per_kg_year, q_bins
+    from dmca_hpc.detection.rates import rate_prefactor_per_kg_year, q_bins
     q = table.q_ev
     e = table.e_ev
     f2 = table.f2
@@ -80,8 +80,10 @@ def main(argv=None) -> int:
                    help="time the baseline on this many of the masses (evenly picked) and scale")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    from dmca_hpc import reach, tables, units as U
-    from dmca_hpc.halo import get_halo
+    from dmca_hpc.detection import reach
+    from dmca_hpc import tables
+    from dmca_hpc import units as U
+    from dmca_hpc.detection.halo import get_halo
     if not Path(a.table).exists():
         print(f"table {a.table} not found; pass --table", file=sys.stderr)
         return 2

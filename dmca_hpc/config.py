@@ -20,12 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-#: canonical stage order; a job's stages always run in this order
-STAGE_ORDER = ("materials", "dft", "bands", "formfactor", "dielectric", "rates", "nuclear", "oracle")
-#: stages that need another stage of the same job
-STAGE_NEEDS = {"bands": ("dft",), "formfactor": ("bands",), "dielectric": ("formfactor",)}
-#: stages that run once per material (the others run once per job)
-PER_MATERIAL = ("materials", "dft", "bands", "formfactor", "dielectric", "rates")
+from dmca_hpc.stages.registry import PER_MATERIAL, STAGE_NEEDS, STAGE_ORDER  # noqa: F401
 
 
 class JobError(ValueError):
@@ -36,35 +31,7 @@ class JobError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
-def install_roots() -> list[Path]:
-    """Where the project's config/ and jobs/ may live, in order: the source
-    tree beside the package (editable install, checkout), ``$DMCA_HPC_HOME``
-    (the container's source copy), and ``<prefix>/share/dmca_hpc`` (what a
-    wheel installs through setup.cfg's data_files; also the user base)."""
-    import site
-    import sys
-    roots = [Path(__file__).resolve().parent.parent]
-    if os.environ.get("DMCA_HPC_HOME"):
-        roots.append(Path(os.environ["DMCA_HPC_HOME"]))
-    for prefix in (sys.prefix, getattr(site, "USER_BASE", None) or ""):
-        if prefix:
-            roots.append(Path(prefix) / "share" / "dmca_hpc")
-    return roots
-
-
-def config_dir() -> Path:
-    """Directory holding job.schema.json, experiment.yaml and schema/
-    (``DMCA_HPC_CONFIG_DIR`` overrides; default: the first
-    :func:`install_roots` entry with a config/)."""
-    env = os.environ.get("DMCA_HPC_CONFIG_DIR")
-    if env:
-        return Path(env)
-    tried = [root / "config" for root in install_roots()]
-    for cand in tried:
-        if (cand / "job.schema.json").exists():
-            return cand
-    raise FileNotFoundError("dmca_hpc: config directory with job.schema.json not found (looked in "
-                            + ", ".join(map(str, tried)) + "); set DMCA_HPC_CONFIG_DIR")
+from dmca_hpc.resources import config_dir, install_roots  # noqa: E402  (the one locator)
 
 
 @lru_cache(maxsize=None)
@@ -297,7 +264,7 @@ def load_job(path: str | os.PathLike, overrides: dict | None = None) -> dict:
             set_key(raw, key, val)
     problems = validate(raw, str(path))
     if not problems:
-        from .materials import MaterialError, material_from_spec
+        from dmca_hpc.materials import MaterialError, material_from_spec
         for i, spec in enumerate(raw.get("materials", [])):
             try:
                 material_from_spec(spec, Path(path).parent)
@@ -320,4 +287,5 @@ def public_job(job: dict) -> dict:
 
 
 def ordered_stages(job: dict) -> list[str]:
-    return [s for s in STAGE_ORDER if s in job.get("stages", [])]
+    from dmca_hpc.stages.registry import ordered
+    return ordered(job.get("stages", []))

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import units
+from dmca_hpc import units
 
 __all__ = ["Material", "LIBRARY", "get_material", "material_from_spec",
            "list_materials", "select_material", "run_stage"]
@@ -194,7 +194,7 @@ def select_material(m_chi_ev: float, halo: str = "shm-2021",
         of the phase space), each with ``name``, ``viable``, ``gap_ev``,
         ``max_deposit_ev``, ``ratio`` and a human ``reason``.
     """
-    from .halo import get_halo
+    from dmca_hpc.detection.halo import get_halo
     v_max = get_halo(halo).v_max_km_s
     out = []
     for name in materials or list(LIBRARY):
@@ -222,7 +222,7 @@ def run_stage(ctx) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         import numpy as np
         from ase.io import write
-        from .checkpoint import atomic_h5, write_dataset
+        from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
         atoms = m.atoms()
         path = ctx.stage_dir / "material.h5"
         with atomic_h5(path, input_hash=ctx.input_hash, stage="materials", prov=ctx.prov) as f:
@@ -241,7 +241,7 @@ def run_stage(ctx) -> dict:
         cif = ctx.stage_dir / "structure.cif"
         write(str(cif), atoms, parallel=False)
         out = {"material": str(path), "structure": str(cif)}
-        from .parallel import peak_memory_mb
+        from dmca_hpc.hpc.parallel import peak_memory_mb
         ctx.telemetry.record("materials", m.name, "ok", time.perf_counter() - t0,
                              time.process_time() - c0, peak_memory_mb(),
                              physics={"material": m.name})

@@ -1,7 +1,7 @@
 """Run a job's stages in order, skipping stages whose outputs are current.
 
 Each stage is a function ``run_stage(ctx) -> dict`` in its own module (see
-:data:`STAGE_IMPL`), called on every rank with a :class:`StageContext`.  It
+:mod:`dmca_hpc.stages.registry`), called on every rank with a :class:`StageContext`.  It
 reads earlier stages' files from ``ctx.outputs``, writes its own into
 ``ctx.stage_dir``, records one telemetry record per unit and returns (on
 rank 0) ``{label: path}`` of what it wrote.
@@ -28,7 +28,6 @@ command run again resumes.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -38,28 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PER_MATERIAL, STAGE_NEEDS, ordered_stages, public_job
+from dmca_hpc.config import ordered_stages, public_job
+from dmca_hpc.stages.registry import PER_MATERIAL, STAGE_NEEDS, STAGE_READS, implementation
 
 #: exit code after a preemption signal: "checkpointed, run me again"
 EXIT_PREEMPTED = 99
-
-STAGE_IMPL = {
-    "materials": "dmca_hpc.materials",
-    "dft": "dmca_hpc.dft",
-    "bands": "dmca_hpc.bands",
-    "formfactor": "dmca_hpc.formfactor",
-    "dielectric": "dmca_hpc.dielectric",
-    "rates": "dmca_hpc.rates",
-    "nuclear": "dmca_hpc.nuclear",
-    "oracle": "dmca_hpc.oracle",
-}
-
-#: stages whose outputs a stage reads when they are in the same job
-STAGE_READS = {
-    "dft": ("materials",), "bands": ("dft",), "formfactor": ("bands",),
-    "dielectric": ("formfactor",), "rates": ("formfactor", "dielectric"),
-}
-
 
 @dataclass
 class StageContext:
@@ -79,13 +61,10 @@ class StageContext:
     extra: dict = field(default_factory=dict)
 
 
-def _stage_fn(name: str):
-    mod = importlib.import_module(STAGE_IMPL[name])
-    return mod.run_stage
 
 
 def stage_input_hash(job: dict, stage: str, material, upstream_hashes: dict) -> str:
-    from .checkpoint import config_hash
+    from dmca_hpc.hpc.checkpoint import config_hash
     return config_hash({
         "stage": stage,
         "section": job.get(stage, {}),
@@ -111,7 +90,7 @@ def _manifest_current(stage_dir: Path, input_hash: str) -> dict | None:
 
 def _write_manifest(stage_dir: Path, stage: str, input_hash: str, outputs: dict,
                     status: str, wall_s: float, error: str | None = None):
-    from .checkpoint import atomic_path
+    from dmca_hpc.hpc.checkpoint import atomic_path
     with atomic_path(stage_dir / "stage.json") as tmp:
         tmp.write_text(json.dumps({"stage": stage, "input_hash": input_hash, "status": status,
                                    "outputs": outputs, "wall_seconds": wall_s, "error": error,
@@ -140,10 +119,10 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
     Returns (on rank 0) a summary dict: run_dir, per-stage status and
     outputs, telemetry path, summary paths, number of failed stages.
     """
-    from .checkpoint import atomic_path, config_hash, provenance
-    from .materials import material_from_spec
-    from .parallel import get_comm
-    from .telemetry import Telemetry, merge_rank_files
+    from dmca_hpc.hpc.checkpoint import atomic_path, config_hash, provenance
+    from dmca_hpc.materials import material_from_spec
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
 
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -208,7 +187,7 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
         t0 = time.perf_counter()
         error = None
         try:
-            outs = _stage_fn(stage)(ctx) or {}
+            outs = implementation(stage)(ctx) or {}
         except Exception as exc:  # a failed stage must not stop other materials' stages
             import traceback
             error = f"{type(exc).__name__}: {exc}"
@@ -247,7 +226,7 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
 def _collector_summary(tel_path: Path, run_dir: Path) -> dict:
     """Run the standalone collector on the run's telemetry (summary.json/.md)."""
     try:
-        from . import collector
+        from dmca_hpc.monitoring import collector
     except ImportError:
         return {}
     try:

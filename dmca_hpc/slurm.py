@@ -12,7 +12,7 @@
   that contract; the batch script requeues the job on exit code 99 and the
   next run resumes from the checkpoints.
 * :func:`selftest` is a small real MPI workload that follows the contract
-  (units of fixed cost, :class:`~dmca_hpc.checkpoint.UnitStore` checkpoints,
+  (units of fixed cost, :class:`~dmca_hpc.hpc.checkpoint.UnitStore` checkpoints,
   telemetry), used to prove a cluster's signal/requeue path before a long run.
 
 Command lines (wired into ``dmca-hpc`` by the lead; also ``python -m dmca_hpc.slurm``)::
@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from dmca_hpc import resources
+
 #: exit code of a run that checkpointed on request and wants to be resubmitted
 EXIT_CHECKPOINTED = 99
 
@@ -54,26 +56,16 @@ class SlurmConfigError(ValueError):
 
 # --------------------------------------------------------------------------- files
 
-def project_home() -> Path:
-    """Directory holding ``slurm/`` and ``config/``: ``$DMCA_HPC_HOME`` if set
-    (the container sets it), else the source checkout this module lives in."""
-    env = os.environ.get("DMCA_HPC_HOME")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent
-
-
 def template_dir() -> Path:
-    d = Path(os.environ.get("DMCA_HPC_SLURM_DIR") or project_home() / "slurm")
-    if not (d / "common.sh").is_file():
-        raise SlurmConfigError(
-            f"sbatch templates not found in {d} (expected {d / 'common.sh'}); "
-            "set DMCA_HPC_HOME to the dmca_hpc source tree or DMCA_HPC_SLURM_DIR to its slurm/ folder")
-    return d
+    """Folder of the sbatch templates (see :mod:`dmca_hpc.resources`)."""
+    try:
+        return resources.slurm_dir()
+    except FileNotFoundError as exc:
+        raise SlurmConfigError(str(exc)) from None
 
 
 def schema_path() -> Path:
-    return project_home() / "config" / "schema" / "slurm.schema.json"
+    return resources.config_dir() / "schema" / "slurm.schema.json"
 
 
 def load_schema() -> dict:
@@ -383,9 +375,10 @@ def selftest(out_dir: str | os.PathLike, n_units: int = 8, unit_seconds: float =
     units failed.
     """
     import numpy as np
-    from .checkpoint import UnitStore, atomic_h5, config_hash, provenance, write_dataset
-    from .parallel import get_comm, map_units
-    from .telemetry import Telemetry, merge_rank_files
+    from dmca_hpc import resources
+    from dmca_hpc.hpc.checkpoint import UnitStore, atomic_h5, config_hash, provenance, write_dataset
+    from dmca_hpc.hpc.parallel import get_comm, map_units
+    from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
 
     comm = comm or get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -512,7 +505,7 @@ def add_selftest_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_selftest_cli(args: argparse.Namespace) -> int:
     """``dmca-hpc slurm-selftest``: run :func:`selftest` (under any launcher)."""
-    from .parallel import abort_on_exception
+    from dmca_hpc.hpc.parallel import abort_on_exception
     return abort_on_exception(selftest)(args.out, args.units, args.unit_seconds, args.seed)
 
 

@@ -41,7 +41,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import units as U
+from dmca_hpc import units as U
 
 #: root attribute ``format`` of our HDF5 tables
 FORMAT_TAG = "dmca_hpc-formfactor"
@@ -61,7 +61,9 @@ REQUIRED_RESULT_ATTRS = {
 }
 
 #: directory of the tables shipped with the package
-DATA_DIR = Path(__file__).resolve().parent / "data" / "tables"
+from dmca_hpc.resources import tables_dir  # noqa: E402
+
+DATA_DIR = tables_dir()
 
 
 class TableFormatError(ValueError):
@@ -317,7 +319,7 @@ def write_qedark_text(path: str | os.PathLike, table: FormFactorTable,
                       prefactor_ev: float) -> Path:
     """Write ``table`` in QEdark's text convention (inverse of
     :func:`read_qedark_text`); used for tests and for feeding QEdark-era tools."""
-    from .checkpoint import atomic_path
+    from dmca_hpc.hpc.checkpoint import atomic_path
     qi = np.arange(1, table.nq + 1, dtype=float)[:, None]
     raw = table.f2 / (prefactor_ev * qi / table.de_ev * (QEDARK_WK / 4.0))
     with atomic_path(path) as tmp:
@@ -332,8 +334,8 @@ def write_qedark_text(path: str | os.PathLike, table: FormFactorTable,
 def write_table(path: str | os.PathLike, table: FormFactorTable, input_hash: str = "",
                 prov: Mapping | None = None) -> Path:
     """Write ``table`` in our HDF5 format (QCDark layout + units + metadata),
-    atomically (:func:`dmca_hpc.checkpoint.atomic_h5`)."""
-    from .checkpoint import atomic_h5, canonical_json, write_dataset
+    atomically (:func:`dmca_hpc.hpc.checkpoint.atomic_h5`)."""
+    from dmca_hpc.hpc.checkpoint import atomic_h5, canonical_json, write_dataset
     path = Path(path)
     meta = dict(table.metadata)
     meta.pop("provenance", None)
@@ -380,7 +382,7 @@ def table_for_material(name: str) -> Path:
     ``si`` -> ``Si.hdf5``).
 
     Raises FileNotFoundError listing the shipped tables when absent."""
-    from .materials import get_material
+    from dmca_hpc.materials import get_material
     try:
         name = get_material(name).name
     except (KeyError, ValueError):

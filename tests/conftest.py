@@ -1,8 +1,19 @@
-"""Shared test fixtures.  Tests are grouped by what they need: plain unit
-tests, MPI tests (``@pytest.mark.mpi``, run under ``mpiexec -n 2 python -m
-pytest --with-mpi``), integration tests with real pw.x / SLURM (skipped with
-the reason when the program is missing), and physics-reference tests that
-read ../shared/reference."""
+"""Shared test fixtures and the folder markers.
+
+Tests are grouped in folders by what they need, and each folder's tests get
+its marker (``--strict-markers``: the markers are declared in setup.cfg):
+
+* ``tests/unit/<package>/`` -> ``unit``: one module or package, in-process;
+* ``tests/mpi/`` -> ``mpi``: run under ``mpiexec -n 2 python -m pytest --with-mpi -m mpi``
+  (skipped in the serial pass);
+* ``tests/integration/`` -> ``integration``: real pw.x, SLURM, container/wheel,
+  HTTP and Prometheus (skipped with the reason when the program is missing);
+* ``tests/reference/`` -> ``reference``: numbers nobody here chose (peer tables,
+  handbook values), asserted to a stated number of digits; the data come from
+  ../shared/reference, and a plain clone without it skips them with the reason.
+
+``slow`` marks a test that takes more than ~30 s; the fast subset is
+``pytest -m "unit and not slow"``."""
 import os
 import shutil
 import subprocess
@@ -22,8 +33,21 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("DMCA_TELEMETRY_STRICT", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~30 s")
+FOLDER_MARKERS = {"unit": "unit", "mpi": "mpi", "integration": "integration", "reference": "reference"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by its folder (before -m selects)."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            top = Path(str(item.fspath)).resolve().relative_to(here).parts[0]
+        except ValueError:
+            continue
+        name = FOLDER_MARKERS.get(top)
+        if name and item.get_closest_marker(name) is None:
+            item.add_marker(getattr(pytest.mark, name))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +73,7 @@ def mpiexec():
 
 def run_cli(*args, env=None, cwd=None, timeout=600, mpi=0):
     """Run ``dmca-hpc`` in a subprocess (optionally under mpiexec -n mpi)."""
-    cmd = [sys.executable, "-m", "dmca_hpc.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "dmca_hpc.cli.main", *map(str, args)]
     if mpi:
         exe = mpiexec()
         if exe is None:

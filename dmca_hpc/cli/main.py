@@ -1,0 +1,282 @@
+"""``dmca-hpc``: the command line.
+
+Each command lives in the module that holds its physics or machinery and
+exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``.  Only the
+module of the command being run is imported, so ``dmca-hpc --help`` and
+``dmca-hpc <command> --help`` never import pyscf, numba or mpi4py.
+
+Exit codes: 0 success; 1 a stage or unit failed (finished work is kept);
+2 bad input (job file, arguments, tables); 99 preempted by a signal after
+checkpointing (run the same command again to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+#: name -> (module, one-line help); commands of the same module share it
+COMMANDS = {
+    "validate": ("dmca_hpc.cli.main", "check job files against the schema; one line per problem"),
+    "run": ("dmca_hpc.cli.main", "run a job file's stages (validates first; resumes from checkpoints)"),
+    "materials": ("dmca_hpc.cli.main", "list the built-in detector targets and their properties"),
+    "select": ("dmca_hpc.cli.main", "which targets can see a DM mass at all (kinematic threshold)"),
+    "dft": ("dmca_hpc.electronic.scf", "PySCF SCF of a material (and dense-mesh bands with --dense-kmesh)"),
+    "formfactor": ("dmca_hpc.electronic.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
+    "rates": ("dmca_hpc.detection.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
+    "reach": ("dmca_hpc.detection.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
+    "nuclear": ("dmca_hpc.detection.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),
+    "absorption": ("dmca_hpc.detection.absorption", "dark-photon and ALP absorption rates and reach"),
+    "oracle": ("dmca_hpc.oracle.pwx", "label structures with self-correcting Quantum ESPRESSO runs"),
+    "collect": ("dmca_hpc.monitoring.collector", "summarize telemetry files: cost, throughput, p95, FTI, failures"),
+    "export": ("dmca_hpc.monitoring.exporter", "serve telemetry metrics to Prometheus (or write a textfile)"),
+    "submit": ("dmca_hpc.slurm", "render and submit a job file as a SLURM batch job"),
+    "slurm-selftest": ("dmca_hpc.slurm", "small requeue-safe MPI workload to check a cluster's signal/requeue path"),
+    "warmup": ("dmca_hpc.cli.main", "compile the Numba kernels into the on-disk cache once (before ranks start)"),
+}
+
+#: commands whose functions are not the module's add_arguments / run_cli
+_HOOKS = {"slurm-selftest": ("add_selftest_arguments", "run_selftest_cli")}
+
+EXIT_BAD_INPUT = 2
+
+
+def available_commands() -> dict:
+    """Commands whose module is installed (checked without importing it)."""
+    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def _top_parser(cmds) -> argparse.ArgumentParser:
+    from dmca_hpc import __version__
+    p = argparse.ArgumentParser(
+        prog="dmca-hpc",
+        description="First-principles dark-matter detector predictions (crystal form factors, "
+                    "DM-electron rates, dielectric response and absorption, nuclear recoil, "
+                    "Quantum ESPRESSO oracle) from a laptop to a SLURM cluster. "
+                    "Run under 'mpiexec -n N dmca-hpc ...' to spread work over N ranks.",
+        epilog="Commands:\n" + "\n".join(f"  {k:<11} {v[1]}" for k, v in cmds.items())
+               + "\n\n'dmca-hpc COMMAND --help' explains a command. Exit codes: 0 ok, 1 a stage "
+                 "or unit failed (finished work kept), 2 bad input, 99 preempted (rerun to resume).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"dmca_hpc {__version__}")
+    p.add_argument("command", nargs="?", choices=list(cmds), metavar="COMMAND",
+                   help="one of: " + ", ".join(cmds))
+    return p
+
+
+def _one_thread_per_rank():
+    """Under an MPI launcher, default OpenMP/BLAS threads to 1 per rank (set
+    before numpy loads BLAS): ranks already fill the cores, and oversubscribed
+    OpenBLAS threads made small eigensolves ~100x slower on a busy node.  An
+    explicit setting (e.g. SLURM's cpus_per_task in slurm/common.sh) wins."""
+    from dmca_hpc.hpc.parallel import launched_by_mpi
+    if launched_by_mpi():
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
+def main(argv=None) -> int:
+    _one_thread_per_rank()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = available_commands()
+    if not argv or argv[0] not in cmds:
+        p = _top_parser(cmds)
+        if not argv:
+            p.print_help()
+            return EXIT_BAD_INPUT
+        p.parse_args(argv[:1])  # prints help/version, or an error naming the choices
+        return EXIT_BAD_INPUT
+    name, rest = argv[0], argv[1:]
+    modname, helptext = cmds[name]
+    parser = argparse.ArgumentParser(prog=f"dmca-hpc {name}", description=helptext,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if modname == "dmca_hpc.cli.main":
+        adder, runner = _LOCAL[name]
+    else:
+        mod = importlib.import_module(modname)
+        add_name, run_name = _HOOKS.get(name, ("add_arguments", "run_cli"))
+        adder, runner = getattr(mod, add_name), getattr(mod, run_name)
+    adder(parser)
+    args = parser.parse_args(rest)
+    from dmca_hpc.hpc.parallel import abort_on_exception
+    return int(abort_on_exception(runner)(args) or 0)
+
+
+# --- commands implemented here -------------------------------------------------
+
+def _add_validate(p):
+    p.add_argument("jobs", nargs="+", metavar="JOB.yaml", help="job files to check")
+
+
+def _run_validate(args) -> int:
+    from dmca_hpc.config import JobError, load_job
+    bad = 0
+    for path in args.jobs:
+        try:
+            load_job(path)
+        except JobError as exc:
+            bad += 1
+            for line in exc.problems:
+                print(line)
+        else:
+            print(f"{path}: valid")
+    return EXIT_BAD_INPUT if bad else 0
+
+
+def _add_run(p):
+    p.description += (". Stages run in the order materials, dft, bands, formfactor, dielectric, "
+                      "rates, nuclear, oracle (those the job lists); a stage whose outputs are "
+                      "current for its inputs is skipped; an interrupted run resumes from its "
+                      "checkpoints when run again.")
+    p.add_argument("job", metavar="JOB.yaml", nargs="?",
+                   help="job file (default: the embedded quickstart job, jobs/quickstart.yaml)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/<job name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job key before validation, e.g. --set dft.kmesh=[3,3,3] "
+                        "(VALUE is YAML; repeatable)")
+    p.add_argument("--material", action="append", metavar="NAME",
+                   help="run only this material of the job (a library name also adds it); "
+                        "repeatable; used by SLURM array jobs")
+    p.add_argument("--mass-mev", action="append", type=float, metavar="M",
+                   help="DM mass(es) of the rates stage [MeV] (replaces rates.masses_mev); repeatable")
+
+
+def _overrides(args) -> dict:
+    import yaml
+    out = {}
+    for item in args.set:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. dft.kmesh=[3,3,3]")
+        out[key.strip()] = yaml.safe_load(val)
+    if args.material:
+        out["materials"] = list(args.material)
+    if args.mass_mev:
+        out["rates.masses_mev"] = list(args.mass_mev)
+    return out
+
+
+def _run_run(args) -> int:
+    from dmca_hpc.config import JobError, load_job
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.pipeline import install_preemption_handler, run_job
+    path = args.job or _quickstart_path()
+    try:
+        job = load_job(path, overrides=_overrides(args))
+    except JobError as exc:
+        for line in exc.problems:
+            print(line)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
+        print(f"dmca-hpc run: {exc}")
+        return EXIT_BAD_INPUT
+    install_preemption_handler()
+    comm = get_comm()
+    summary = run_job(job, args.out)
+    if comm.Get_rank() == 0:
+        rd = summary["run_dir"]
+        print(f"\nresults:   {rd}/<material>/<stage>/ (HDF5, units on every dataset)")
+        plots = [p for r in summary["stages"].values() for k, p in (r.get("outputs") or {}).items()
+                 if str(p).endswith((".png", ".pdf"))]
+        print(f"plots:     {len(plots)} file(s)" + "".join(f"\n           {p}" for p in plots))
+        print(f"telemetry: {summary.get('telemetry')}")
+        if summary.get("telemetry_summary"):
+            print(f"summary:   {summary['telemetry_summary']}  {summary.get('telemetry_summary_md', '')}"
+                  f"\n           cost {summary['cost_usd']:.4g} USD, p95 latency "
+                  f"{summary['latency_p95_ms']:.4g} ms, failed units {summary['failed_units']}, "
+                  f"FTI {summary['fti_avg']:.3g} ({summary['fti_grade_worst']})")
+        print(f"run:       {rd}/run.json")
+        if summary["failed"]:
+            print(f"{summary['failed']} stage(s) failed or were skipped; see run.json and "
+                  f"<stage>/error.txt")
+    failed = comm.bcast(summary.get("failed", 0) if comm.Get_rank() == 0 else None, root=0)
+    return 1 if failed else 0
+
+
+def _quickstart_path() -> str:
+    from dmca_hpc import resources
+    return str(resources.job_file("quickstart.yaml"))
+
+
+def _add_materials(p):
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+
+
+def _run_materials(args) -> int:
+    import json
+    from dmca_hpc.materials import LIBRARY
+    rows = [m.to_dict() for m in LIBRARY.values()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<5} {'structure':<15} {'a [A]':>7} {'gap [eV]':>9} {'scissor [eV]':>12} "
+          f"{'pair [eV]':>9} {'rho [g/cm3]':>11} {'M_cell [GeV]':>12} {'V_cell [A^3]':>12}")
+    for r in rows:
+        pe = f"{r['pair_energy_ev']:.2f}" if r["pair_energy_ev"] else "-"
+        print(f"{r['name']:<5} {r['structure']:<15} {r['a_angstrom']:7.3f} {r['gap_ev']:9.2f} "
+              f"{r['scissor_gap_ev']:12.2f} {pe:>9} {r['density_g_cm3']:11.3f} "
+              f"{r['cell_mass_ev'] / 1e9:12.3f} {r['cell_volume_angstrom3']:12.3f}")
+    return 0
+
+
+def _add_select(p):
+    p.add_argument("--mass-mev", type=float, required=True, help="DM mass [MeV]")
+    p.add_argument("--halo", default="shm-2021", help="halo preset (default shm-2021)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_select(args) -> int:
+    import json
+    from dmca_hpc.materials import select_material
+    try:
+        rows = select_material(args.mass_mev * 1e6, halo=args.halo)
+    except (KeyError, ValueError) as exc:
+        print(f"dmca-hpc select: {exc}")
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for r in rows:
+            print(f"{r['name']:<5} {'yes' if r['viable'] else 'no ':<4} {r['reason']}")
+    return 0
+
+
+def _add_warmup(p):
+    p.description += (". Run once on the batch host before the ranks start: parallel first "
+                      "compilations into one cache directory can crash (NUMBA_CACHE_DIR sets it).")
+
+
+def _run_warmup(args) -> int:
+    import time
+    import numpy as np
+    t0 = time.perf_counter()
+    done = []
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.tables import FormFactorTable
+    from dmca_hpc import units
+    # a 20 x 10 table of a Si-like cell (40 angstrom^3, 52 GeV): only the types matter
+    tiny = FormFactorTable(f2=np.ones((20, 10)), dq_ame=0.02, de_ev=0.1,
+                           vcell_ev3=40.0 * units.ANGSTROM_CM**3 / units.HBARC_EV_CM**3,
+                           cell_mass_ev=52e9, gap_ev=0.1, material="warmup")
+    electron_rates(tiny, [1e7], fdm="heavy", pair_energy_ev=3.6)
+    done.append("rates")
+    from dmca_hpc.electronic import kernels
+    if hasattr(kernels, "warmup"):
+        kernels.warmup()
+        done.append("kernels (" + kernels.backend() + ")")
+    print(f"warmup: compiled {', '.join(done)} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+_LOCAL = {
+    "warmup": (_add_warmup, _run_warmup),
+    "validate": (_add_validate, _run_validate),
+    "run": (_add_run, _run_run),
+    "materials": (_add_materials, _run_materials),
+    "select": (_add_select, _run_select),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

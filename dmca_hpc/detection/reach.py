@@ -1,0 +1,448 @@
+"""Reach and limits versus DM mass, and their uncertainty bands.
+
+* Background-free reach: the cross section giving ``n_events`` (default 3)
+  events in Q in [q_threshold, q_max] for an exposure in kg-year:
+  sigma = n_events * sigma_ref / (exposure * R(sigma_ref)); rates are linear
+  in sigma_e, so one rate evaluation per mass suffices.
+* Poisson upper limit from observed counts per Q bin, no background
+  subtraction: ``mode="combined"`` sums counts and expected rate over the Q
+  range and uses the classical upper limit mu_up(n, CL) =
+  chi2.ppf(CL, 2(n+1)) / 2 (zero counts at 95% CL: 2.996 events);
+  ``mode="per-bin"`` takes, for each mass, the most constraining single Q bin
+  (SENSEI/DAMIC practice; no trials factor applied).
+* Uncertainty: Monte Carlo over halo parameters (independent Gaussians with
+  the spreads of :data:`HALO_SPREADS`, truncated to physical values) and over
+  two or more tables of the same material (the DFT systematic: each sample
+  draws one table uniformly); 2.5/16/50/84/97.5 percentiles give the 68% and
+  95% bands of dR/dQ and of the reach.  Fixed seed -> identical bands.
+
+Units: masses in eV internally (MeV in files and on the command line),
+cross sections in cm^2, exposure in kg-year, rates in events/kg/year.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dmca_hpc import units as U
+
+#: 1-sigma spreads of the halo Monte Carlo (Gaussian, absolute units):
+#: v0 [km/s] spans the 220-238 km/s determinations (Baxter et al. 2021 sec. 2);
+#: v_esc [km/s] ~ Piffl et al. 2014 (533 +54 -41) / Deason et al. 2019 (528 +24 -25);
+#: v_E [km/s] follows v0 (v_E = v_circ + 12 km/s peculiar), so its spread matches v0's;
+#: rho [GeV/cm^3] spans 0.3-0.5 (Read 2014 review).
+HALO_SPREADS = {"v0_km_s": 10.0, "v_esc_km_s": 30.0, "v_earth_km_s": 10.0, "rho_gev_cm3": 0.1}
+#: percentiles reported: 95% low, 68% low, median, 68% high, 95% high
+PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
+
+
+def poisson_upper_limit(n_observed: int, cl: float = 0.95) -> float:
+    """Classical one-sided Poisson upper limit on the mean for ``n_observed``
+    events and no background: mu_up = chi2.ppf(cl, 2 (n + 1)) / 2
+    (n = 0, cl = 0.95: -ln(0.05) = 2.9957)."""
+    from scipy.stats import chi2
+    n = int(n_observed)
+    if n < 0:
+        raise ValueError(f"observed counts must be >= 0, got {n_observed}")
+    if not 0 < cl < 1:
+        raise ValueError(f"confidence level must be in (0, 1), got {cl}")
+    return 0.5 * float(chi2.ppf(cl, 2 * (n + 1)))
+
+
+@dataclass
+class Reach:
+    """A reach or limit curve.
+
+    Attributes:
+        masses_ev: [nm] DM masses [eV].
+        sigma_cm2: [nm] cross section reached [cm^2] (inf where the rate is zero).
+        rate_ref: [nm] rate in the Q range at sigma_ref [events/kg/year].
+        inputs: every input, units in the key names.
+        notes: list of notes.
+    """
+
+    masses_ev: np.ndarray
+    sigma_cm2: np.ndarray
+    rate_ref: np.ndarray
+    inputs: dict
+    notes: list = field(default_factory=list)
+
+
+def reach_from_rates(rates, exposure_kg_year: float, q_threshold: int = 1,
+                     q_max: int | None = None, n_events: float | None = None,
+                     observed_counts=None, cl: float = 0.95, mode: str = "combined"):
+    """Reach from an :class:`dmca_hpc.detection.rates.ElectronRates` (rates at sigma_ref).
+
+    Exactly one of ``n_events`` (background-free, default 3) or
+    ``observed_counts`` (list of counts for Q = 1, 2, ...) is used."""
+    from dmca_hpc.detection.rates import rate_in_q_range
+    if not (exposure_kg_year > 0):
+        raise ValueError(f"exposure must be > 0 kg-year, got {exposure_kg_year}")
+    if int(q_threshold) < 1:
+        raise ValueError(f"Q threshold must be >= 1, got {q_threshold}")
+    sigma_ref = rates.inputs["sigma_e_cm2"]
+    nQ = rates.dr_dq.shape[1]
+    hi = nQ if q_max is None else min(int(q_max), nQ)
+    notes = []
+    if observed_counts is None:
+        n = 3.0 if n_events is None else float(n_events)
+        if not n > 0:
+            raise ValueError(f"n_events must be > 0, got {n_events}")
+        r = rate_in_q_range(rates, q_threshold, hi)
+        with np.errstate(divide="ignore"):
+            sigma = np.where(r > 0, n * sigma_ref / (exposure_kg_year * np.where(r > 0, r, 1)),
+                             np.inf)
+        how = {"method": "background-free", "n_events": n}
+    else:
+        counts = [int(c) for c in observed_counts]
+        if any(c < 0 for c in counts):
+            raise ValueError(f"observed counts must be >= 0, got {observed_counts}")
+        bins = list(range(int(q_threshold), hi + 1))
+        if len(counts) < hi:
+            raise ValueError(f"observed_counts has {len(counts)} entries (Q = 1..); need at "
+                             f"least Q = {hi} for the Q range [{q_threshold}, {hi}]")
+        if mode == "combined":
+            ntot = sum(counts[k - 1] for k in bins)
+            mu = poisson_upper_limit(ntot, cl)
+            r = rate_in_q_range(rates, q_threshold, hi)
+            with np.errstate(divide="ignore"):
+                sigma = np.where(r > 0, mu * sigma_ref / (exposure_kg_year * np.where(r > 0, r, 1)),
+                                 np.inf)
+            how = {"method": "poisson-combined", "observed_total": ntot, "mu_up": mu, "cl": cl}
+        elif mode == "per-bin":
+            sig = np.full((rates.dr_dq.shape[0], len(bins)), np.inf)
+            for j, k in enumerate(bins):
+                mu = poisson_upper_limit(counts[k - 1], cl)
+                rk = rates.dr_dq[:, k - 1]
+                pos = rk > 0
+                sig[pos, j] = mu * sigma_ref / (exposure_kg_year * rk[pos])
+            sigma = sig.min(axis=1)
+            r = rate_in_q_range(rates, q_threshold, hi)
+            how = {"method": "poisson-per-bin", "cl": cl,
+                   "note": "most constraining single Q bin; no trials factor"}
+        else:
+            raise ValueError(f"mode must be 'combined' or 'per-bin', got {mode!r}")
+    for i, m in enumerate(rates.masses_ev):
+        if not np.isfinite(sigma[i]):
+            notes.append(f"m_chi = {m / U.MEV_EV:g} MeV: zero rate in Q >= {q_threshold} "
+                         "(kinematically inaccessible): no reach")
+    inputs = dict(rates.inputs, exposure_kg_year=exposure_kg_year, q_threshold=int(q_threshold),
+                  q_max=hi, **how)
+    return Reach(masses_ev=rates.masses_ev.copy(), sigma_cm2=sigma, rate_ref=r, inputs=inputs,
+                 notes=notes)
+
+
+def reach_curve(table, masses_ev, exposure_kg_year: float, q_threshold: int = 1,
+                q_max: int | None = None, fdm: str = "heavy", halo="shm-2021",
+                n_events: float | None = None, observed_counts=None, cl: float = 0.95,
+                mode: str = "combined", gap_ev=None, pair_energy_ev=None,
+                screening=None) -> Reach:
+    """Reach (or limit) for many masses [eV] in one call (one vectorized rate
+    evaluation at sigma_ref = 1e-39 cm^2)."""
+    from dmca_hpc.detection.rates import electron_rates
+    r = electron_rates(table, masses_ev, fdm=fdm, halo=halo, sigma_e_cm2=1e-39, gap_ev=gap_ev,
+                       pair_energy_ev=pair_energy_ev, screening=screening)
+    return reach_from_rates(r, exposure_kg_year, q_threshold, q_max, n_events, observed_counts,
+                            cl, mode)
+
+
+def sample_halos(base, n: int, seed: int, spreads: dict | None = None) -> list:
+    """``n`` SHM variants of ``base`` with parameters drawn from independent
+    Gaussians (``spreads``, default :data:`HALO_SPREADS`), redrawn until
+    physical (v0, v_esc, rho > 0, v_E >= 0, v_esc > v0)."""
+    from dmca_hpc.detection.halo import SHM, get_halo
+    base = get_halo(base)
+    if not isinstance(base, SHM):
+        raise ValueError("halo Monte Carlo needs an SHM-type halo (shm-2021, qedark-2016, "
+                         "legacy or custom)")
+    sp = dict(HALO_SPREADS if spreads is None else spreads)
+    bad = set(sp) - set(HALO_SPREADS)
+    if bad:
+        raise ValueError(f"unknown halo spread keys {sorted(bad)} (known: {sorted(HALO_SPREADS)})")
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        kw = {k: getattr(base, k) + (sp.get(k, 0.0) * rng.standard_normal()) for k in HALO_SPREADS}
+        if kw["v0_km_s"] > 0 and kw["v_esc_km_s"] > kw["v0_km_s"] and kw["rho_gev_cm3"] > 0 \
+                and kw["v_earth_km_s"] >= 0:
+            out.append(SHM(name=f"{base.name}-mc{len(out)}", **kw))
+    return out
+
+
+@dataclass
+class Bands:
+    """Percentile bands (``PERCENTILES``) over Monte Carlo samples.
+
+    Attributes:
+        masses_ev: [nm].
+        dr_dq: [5, nm, nQ] percentiles of dR/dQ at sigma_ref [events/kg/year].
+        sigma_cm2: [5, nm] percentiles of the reach [cm^2].
+        samples_sigma_cm2: [ns, nm] every sample's reach.
+        nominal: the :class:`Reach` of the nominal halo and first table.
+        inputs: dict (seed, n_samples, spreads, tables).
+    """
+
+    masses_ev: np.ndarray
+    dr_dq: np.ndarray
+    sigma_cm2: np.ndarray
+    samples_sigma_cm2: np.ndarray
+    nominal: Reach
+    inputs: dict
+
+
+def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: int = 50,
+                      seed: int = 0, halo="shm-2021", spreads: dict | None = None,
+                      fdm: str = "heavy", q_threshold: int = 1, q_max: int | None = None,
+                      n_events: float | None = None, observed_counts=None, cl: float = 0.95,
+                      mode: str = "combined", gap_ev=None, pair_energy_ev=None,
+                      screening=None, comm=None) -> Bands:
+    """68%/95% bands of dR/dQ and reach over halo parameters and tables.
+
+    ``tables_``: one table (halo uncertainty only) or a list of >= 2 tables
+    of the same material (adds the DFT systematic).  Samples can be spread
+    over MPI ranks with ``comm`` (results are identical for any rank count:
+    each sample's parameters are drawn up front from ``seed``)."""
+    from dmca_hpc.tables import load
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.detection.halo import get_halo
+    if not isinstance(tables_, (list, tuple)):
+        tables_ = [tables_]
+    tabs = [load(t) for t in tables_]
+    mats = {t.material for t in tabs if t.material}
+    if len(mats) > 1:
+        raise ValueError(f"DFT-systematic tables must be of one material, got {sorted(mats)}")
+    if n_samples < 2:
+        raise ValueError(f"n_samples must be >= 2 for bands, got {n_samples}")
+    masses = np.atleast_1d(np.asarray(masses_ev, dtype=float))
+    halos = sample_halos(halo, n_samples, seed, spreads)
+    rng = np.random.default_rng([seed, 1])
+    which = rng.integers(0, len(tabs), size=n_samples) if len(tabs) > 1 else np.zeros(n_samples, int)
+    kw = dict(fdm=fdm, sigma_e_cm2=1e-39, gap_ev=gap_ev, pair_energy_ev=pair_energy_ev,
+              screening=screening)
+    nominal_rates = electron_rates(tabs[0], masses, halo=get_halo(halo), **kw)
+    nominal = reach_from_rates(nominal_rates, exposure_kg_year, q_threshold, q_max, n_events,
+                               observed_counts, cl, mode)
+    nQ = nominal_rates.dr_dq.shape[1]
+
+    def one(i):
+        r = electron_rates(tabs[which[i]], masses, halo=halos[i], n_q_max=nQ, **kw)
+        rc = reach_from_rates(r, exposure_kg_year, q_threshold, q_max, n_events,
+                              observed_counts, cl, mode)
+        return r.dr_dq, rc.sigma_cm2
+
+    if comm is not None and comm.Get_size() > 1:
+        from dmca_hpc.hpc.parallel import map_units
+        res = map_units(one, list(range(n_samples)), comm=comm, schedule="static",
+                        root_only=False)
+        failed = [r for r in res if not r.ok]
+        if failed:
+            raise RuntimeError(f"uncertainty sample {failed[0].unit} failed: {failed[0].error}")
+        vals = [r.value for r in res]
+    else:
+        vals = [one(i) for i in range(n_samples)]
+    dq = np.stack([v[0] for v in vals])
+    sg = np.stack([v[1] for v in vals])
+    with np.errstate(invalid="ignore"):
+        pdq = np.percentile(dq, PERCENTILES, axis=0)
+        psg = np.percentile(sg, PERCENTILES, axis=0)
+    inputs = {"seed": seed, "n_samples": n_samples, "spreads": dict(spreads or HALO_SPREADS),
+              "n_tables": len(tabs), "percentiles": list(PERCENTILES),
+              "tables": [t.metadata.get("source_file", "") for t in tabs]}
+    return Bands(masses_ev=masses, dr_dq=pdq, sigma_cm2=psg, samples_sigma_cm2=sg,
+                 nominal=nominal, inputs=inputs)
+
+
+# ---------------------------------------------------------------------------
+# output: HDF5 and plots
+# ---------------------------------------------------------------------------
+
+def write_reach_h5(path, curves: dict, bands: "Bands | None" = None, input_hash: str = "",
+                   prov=None) -> Path:
+    """Write reach curves {label: Reach} (and bands) with units on every dataset."""
+    from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
+    with atomic_h5(path, input_hash=input_hash, stage="reach", prov=prov) as f:
+        for label, rc in curves.items():
+            g = f.create_group(label)
+            write_dataset(g, "mass", rc.masses_ev / U.MEV_EV, "MeV")
+            write_dataset(g, "sigma", rc.sigma_cm2, "cm^2", "cross section reached (inf = none)")
+            write_dataset(g, "rate_ref", rc.rate_ref, "1/(kg*year)",
+                          "rate in the Q range at sigma_ref = 1e-39 cm^2")
+            g.attrs["inputs"] = json.dumps(rc.inputs, default=str)
+            g.attrs["notes"] = json.dumps(rc.notes)
+        if bands is not None:
+            g = f.create_group("bands")
+            write_dataset(g, "mass", bands.masses_ev / U.MEV_EV, "MeV")
+            write_dataset(g, "percentiles", np.array(PERCENTILES), "percent")
+            write_dataset(g, "sigma", bands.sigma_cm2, "cm^2", "[percentile, mass]")
+            write_dataset(g, "dR_dQ", bands.dr_dq, "1/(kg*year)",
+                          "[percentile, mass, Q-1] at sigma_ref = 1e-39 cm^2")
+            write_dataset(g, "samples_sigma", bands.samples_sigma_cm2, "cm^2", "[sample, mass]")
+            g.attrs["inputs"] = json.dumps(bands.inputs, default=str)
+    return Path(path)
+
+
+def plot_reach(path, curves: dict, bands: "Bands | None" = None, title: str = "") -> Path:
+    """Reach curves (log-log) with optional 68%/95% bands (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if bands is not None:
+        m = bands.masses_ev / U.MEV_EV
+        s = np.where(np.isfinite(bands.sigma_cm2), bands.sigma_cm2, np.nan)
+        ax.fill_between(m, s[0], s[4], color="gold", alpha=0.5, label="95% band")
+        ax.fill_between(m, s[1], s[3], color="limegreen", alpha=0.6, label="68% band")
+    for label, rc in curves.items():
+        s = np.where(np.isfinite(rc.sigma_cm2), rc.sigma_cm2, np.nan)
+        ax.plot(rc.masses_ev / U.MEV_EV, s, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("m_chi [MeV]")
+    ax.set_ylabel("sigma_e [cm^2]")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def stage_reach(ctx, sec, table, screening, gap, eps) -> dict:
+    """Reach part of the ``rates`` stage (called on all ranks; rank 0 writes)."""
+    import time
+    from dmca_hpc.hpc.parallel import peak_memory_mb
+    t0, c0 = time.perf_counter(), time.process_time()
+    masses = np.logspace(np.log10(float(sec.get("reach_mass_min_mev", 0.5))),
+                         np.log10(float(sec.get("reach_mass_max_mev", 1000.0))),
+                         int(sec.get("reach_n_masses", 50))) * U.MEV_EV
+    common = dict(exposure_kg_year=float(sec["exposure_kg_year"]),
+                  q_threshold=int(sec.get("q_threshold", 1)), q_max=sec.get("q_max"),
+                  n_events=sec.get("n_events"), observed_counts=sec.get("observed_counts"),
+                  cl=float(sec.get("cl", 0.95)), mode=sec.get("limit_mode", "combined"),
+                  gap_ev=gap, pair_energy_ev=eps, screening=screening)
+    halo = sec.get("halo", "shm-2021")
+    curves = {}
+    bands = None
+    for fdm in sec.get("fdm", ["heavy", "light"]):
+        curves[f"{fdm}"] = reach_curve(table, masses, fdm=fdm, halo=halo, **common)
+    nmc = int(sec.get("uncertainty_samples", 0))
+    if nmc > 0:
+        extra = [table] + list(sec.get("systematic_tables", []))
+        bands = uncertainty_bands(extra, masses, n_samples=nmc, seed=int(ctx.seed), halo=halo,
+                                  fdm=sec.get("fdm", ["heavy"])[0], comm=ctx.comm, **common)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    heavy = curves.get("heavy") or next(iter(curves.values()))
+    fin = heavy.sigma_cm2[np.isfinite(heavy.sigma_cm2)]
+    ctx.telemetry.record("rates", f"{table.material}:reach", "ok", wall, cpu, peak_memory_mb(),
+                         physics={"material": table.material or "unknown",
+                                  "q_scan_points": int(masses.size),
+                                  "reach_min_sigma_cm2": float(fin.min()) if fin.size else None,
+                                  "uncertainty_samples": nmc,
+                                  "computation_time_sec": wall})
+    if ctx.comm.Get_rank() != 0:
+        return {}
+    p = write_reach_h5(ctx.stage_dir / "reach.h5", curves, bands, ctx.input_hash, ctx.prov)
+    img = plot_reach(ctx.stage_dir / "reach.png", curves, bands,
+                     f"{table.material} exposure {common['exposure_kg_year']:g} kg-yr, "
+                     f"Q >= {common['q_threshold']}")
+    return {"reach": str(p), "reach_plot": str(img)}
+
+
+# ---------------------------------------------------------------------------
+# command line: dmca-hpc reach
+# ---------------------------------------------------------------------------
+
+def add_arguments(parser):
+    """Arguments of ``dmca-hpc reach``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", nargs="+",
+                     help="form-factor table(s); two or more of one material add the DFT "
+                          "systematic to the bands")
+    src.add_argument("--material", help="use the shipped table of this material")
+    parser.add_argument("--mass-min-mev", type=float, default=0.5, help="lowest mass [MeV]")
+    parser.add_argument("--mass-max-mev", type=float, default=1000.0, help="highest mass [MeV]")
+    parser.add_argument("--n-masses", type=int, default=50, help="log-spaced masses")
+    parser.add_argument("--exposure", type=float, required=True, help="exposure [kg-year]")
+    parser.add_argument("--q-threshold", type=int, default=1, help="lowest Q bin counted")
+    parser.add_argument("--q-max", type=int, default=None, help="highest Q bin counted")
+    parser.add_argument("--n-events", type=float, default=None,
+                        help="background-free events (default 3)")
+    parser.add_argument("--observed", type=int, nargs="+", default=None,
+                        help="observed counts in Q = 1, 2, ... (Poisson limit instead of reach)")
+    parser.add_argument("--cl", type=float, default=0.95, help="confidence level of the limit")
+    parser.add_argument("--mode", choices=("combined", "per-bin"), default="combined",
+                        help="Poisson limit from summed counts or the best single Q bin")
+    parser.add_argument("--fdm", choices=("heavy", "light"), default="heavy")
+    parser.add_argument("--halo", default="shm-2021")
+    parser.add_argument("--gap", type=float, default=None, help="gap [eV]")
+    parser.add_argument("--pair-energy", type=float, default=None, help="pair energy [eV]")
+    parser.add_argument("--uncertainty", type=int, default=0,
+                        help="number of Monte Carlo samples for 68/95%% bands (0: none)")
+    parser.add_argument("--seed", type=int, default=12345, help="Monte Carlo seed")
+    parser.add_argument("--out", default=None, help="write reach.h5 and reach.png to this directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_cli(args) -> int:
+    """``dmca-hpc reach``: reach curve for many masses (optionally bands)."""
+    import time
+    from dmca_hpc.tables import TableFormatError, load, table_for_material
+    try:
+        paths = args.table if args.table else [table_for_material(args.material)]
+        tabs = [load(p) for p in paths]
+        masses = np.logspace(np.log10(args.mass_min_mev), np.log10(args.mass_max_mev),
+                             args.n_masses) * U.MEV_EV
+        common = dict(exposure_kg_year=args.exposure, q_threshold=args.q_threshold,
+                      q_max=args.q_max, n_events=args.n_events, observed_counts=args.observed,
+                      cl=args.cl, mode=args.mode, gap_ev=args.gap,
+                      pair_energy_ev=args.pair_energy)
+        t0 = time.perf_counter()
+        rc = reach_curve(tabs[0], masses, fdm=args.fdm, halo=args.halo, **common)
+        wall = time.perf_counter() - t0
+        bands = None
+        if args.uncertainty:
+            bands = uncertainty_bands(tabs, masses, n_samples=args.uncertainty, seed=args.seed,
+                                      halo=args.halo, fdm=args.fdm, **common)
+    except (FileNotFoundError, TableFormatError, ValueError) as exc:
+        print(f"dmca-hpc reach: error: {exc}", file=sys.stderr)
+        return 2
+    files = {}
+    if args.out:
+        d = Path(args.out)
+        d.mkdir(parents=True, exist_ok=True)
+        files["reach"] = str(write_reach_h5(d / "reach.h5", {args.fdm: rc}, bands))
+        files["plot"] = str(plot_reach(d / "reach.png", {args.fdm: rc}, bands,
+                                       f"{tabs[0].material} {args.exposure:g} kg-yr"))
+    if args.json:
+        out = {"mass_mev": list(rc.masses_ev / U.MEV_EV),
+               "sigma_cm2": [float(s) if np.isfinite(s) else None for s in rc.sigma_cm2],
+               "inputs": rc.inputs, "notes": rc.notes, "wall_seconds": wall, "files": files,
+               "units": {"mass_mev": "MeV", "sigma_cm2": "cm^2 (null: no reach)",
+                         "exposure_kg_year": "kg year"}}
+        if bands is not None:
+            out["bands_sigma_cm2"] = {f"p{p:g}": [float(x) if np.isfinite(x) else None
+                                                  for x in bands.sigma_cm2[i]]
+                                      for i, p in enumerate(PERCENTILES)}
+        print(json.dumps(out, indent=1, default=str))
+        return 0
+    print(f"reach: {tabs[0].material} exposure {args.exposure:g} kg-year, Q >= {args.q_threshold}, "
+          f"F_DM {args.fdm}, halo {args.halo} ({rc.inputs['method']}); {wall * 1e3:.0f} ms")
+    hdr = "  m_chi [MeV]    sigma_e [cm^2]"
+    if bands is not None:
+        hdr += "    68% band              95% band"
+    print(hdr)
+    for i, m in enumerate(rc.masses_ev):
+        line = f"  {m / U.MEV_EV:11.4g}    {rc.sigma_cm2[i]:12.4g}"
+        if bands is not None:
+            s = bands.sigma_cm2[:, i]
+            line += f"    [{s[1]:.3g}, {s[3]:.3g}]   [{s[0]:.3g}, {s[4]:.3g}]"
+        print(line)
+    for n in rc.notes:
+        print(f"  note: {n}")
+    for k, v in files.items():
+        print(f"  wrote {k}: {v}")
+    return 0

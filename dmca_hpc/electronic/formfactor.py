@@ -1,0 +1,483 @@
+"""Crystal form factor |f_crystal(q, E)|^2 from the bands stage (issue 4).
+
+Definition and normalization (shared/design/physics.md, QCDark convention):
+
+    f2[a, b] = (2 pi^2 / (alpha m_e^2 V_cell)) * (q_a / (dq dE))
+               * sum_{k, k'} w_k w_k' sum_{i in val, i' in cond}
+                 sum_{G: |k'-k+G| in bin a, E_i'k' - E_ik in bin b} |M_i'i(k', k, G)|^2
+
+with ``M = <i'k'| exp(i(k'-k+G).r) |ik>`` (dmca_hpc.electronic.matrix_elements, FFT
+route), w = 1/N_k, bin centres ``q_a = (a+1/2) dq`` [alpha m_e] and ``E_b =
+(b+1/2) dE`` [eV]; bins hold ``a dq <= |q| < (a+1) dq``; f2 is dimensionless.
+Spin is not summed (spatial orbitals, as QCDark and QEdark do).
+
+Scissor: the transition energies are shifted by ``Delta = gap_target -
+gap_DFT`` (indirect DFT gap over the mesh).  QCDark ("qcdark") shifts only the
+conduction bands and puts the VBM at 0, QEdark ("qedark") moves valence down
+and conduction up by Delta/2 each: both give the same transition energies, so
+the table is the same; the scheme is recorded in the output.  "none" keeps
+the DFT gap.  The default target is the material's scissor gap
+(dmca_hpc.materials), or ``formfactor.gap_ev``.
+
+Symmetry (why k may run over the irreducible wedge only): let S be an
+operation of the crystal's space group {S|tau} (or time reversal).  The
+Bloch states at Sk are, up to a unitary rotation within each degenerate set,
+``psi_n,Sk(r) = psi_nk(S^-1 (r - tau))`` with ``E_n,Sk = E_nk``.  Substituting
+``r -> S r + tau`` in M shows ``M_i'i(Sk', Sk, SG) = exp(i S(q).tau)
+M_i'i(k', k, G)`` with ``q = k'-k+G``: the phase drops out of |M|^2, the
+unitary rotations drop out of the sum over the degenerate bands, ``|Sq| =
+|q|`` and the energies are unchanged.  Since the full Gamma-centred mesh of
+k' and the set of G are closed under S, the inner sum over (k', G, i, i')
+binned by (|q|, E) is the same for k and Sk.  (Time reversal maps M to its
+complex conjugate at (-k', -k, -G).)  Hence the double sum over the full
+mesh equals the sum over the irreducible k with weight ``w_ibz(k)`` (number
+of star members / N_k) against all k' with 1/N_k.  This cuts the work by
+about the order of the point group (8 -> 3 pairs' rows for 2x2x2 Si, 216 ->
+16 for 6x6x6); ``use_symmetry: false`` runs the full double sum, and
+tests/test_formfactor.py shows the two agree.
+
+Work units, parallelism, checkpoints: a unit is one irreducible k against a
+block of ``kprime_block`` consecutive k' of the full mesh; units are dealt by
+dynamic dispatch (dmca_hpc.hpc.parallel.map_units).  Each unit writes its partial
+(unnormalized) table to a checkpoint file (``units/unit-NNNNNNN.h5``, gzip);
+rank 0 sums the unit tables in unit-index order from the checkpoints, so the
+result is bitwise the same for any rank count and after a kill and restart
+(finished units are not recomputed).
+
+Memory per rank: at most the valence u of one k, the conduction u of one k',
+one batch of products of the FFT grid (see
+:meth:`dmca_hpc.electronic.matrix_elements.GridEngine.memory_bytes`), the bands' AO
+coefficients and one [nq, nE] float64 table (4 MB at the defaults).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmca_hpc import units as U
+
+STAGE = "formfactor"
+
+#: defaults of the job section ``formfactor`` (config/schema/formfactor.schema.json)
+DEFAULTS = {
+    "dq": 0.02,            # q bin width [alpha m_e]
+    "de": 0.1,             # E bin width [eV]
+    "q_max": 20.0,         # upper edge of the q range [alpha m_e]
+    "e_max": 50.0,         # upper edge of the E range [eV]
+    "scissor": "qcdark",   # qcdark | qedark | none
+    "gap_ev": None,        # scissor target [eV]; null: the material's scissor gap
+    "use_symmetry": True,  # k over the irreducible wedge
+    "kprime_block": 8,     # k' per work unit
+    "n_conduction": None,  # conduction bands used; null: all in the bands file
+    "mesh": None,          # FFT mesh; null: chosen from q_max (matrix_elements.choose_mesh)
+    "precision": 1e-8,     # relative precision of the plane-wave expansion of the basis
+    "schedule": "dynamic",
+    "plot": True,
+}
+
+
+class FormFactorError(ValueError):
+    """Bad input to the form-factor stage (message names the quantity)."""
+
+
+def settings(section: dict | None) -> dict:
+    """The job section with defaults applied and checked."""
+    s = dict(DEFAULTS)
+    s.update({k: v for k, v in (section or {}).items()})
+    unknown = set(s) - set(DEFAULTS)
+    if unknown:
+        raise FormFactorError(f"formfactor: unknown key(s) {sorted(unknown)}; "
+                              f"allowed: {sorted(DEFAULTS)}")
+    for k in ("dq", "de", "q_max", "e_max"):
+        if not (isinstance(s[k], (int, float)) and s[k] > 0):
+            raise FormFactorError(f"formfactor.{k} must be a positive number, got {s[k]!r}")
+    if s["scissor"] not in ("qcdark", "qedark", "none"):
+        raise FormFactorError(f"formfactor.scissor must be 'qcdark', 'qedark' or 'none', "
+                              f"got {s['scissor']!r}")
+    if int(s["kprime_block"]) < 1:
+        raise FormFactorError(f"formfactor.kprime_block must be >= 1, got {s['kprime_block']!r}")
+    return s
+
+
+def table_shape(s: dict) -> tuple[int, int]:
+    """(nq, nE): number of bins covering (0, q_max] and (0, e_max]."""
+    return int(round(s["q_max"] / s["dq"])), int(round(s["e_max"] / s["de"]))
+
+
+def prefactor(vcell_bohr3: float, dq: float, de: float, nq: int) -> np.ndarray:
+    """[nq] factor ``2 pi^2 / (alpha m_e^2 V_cell) * q_a / (dq dE)`` that turns
+    sum w w |M|^2 into f2 (dimensionless).  V_cell [eV^-3] = V [bohr^3] /
+    (alpha m_e [eV])^3; ``q_a / dq = a + 1/2``; dE in eV."""
+    vcell_ev3 = vcell_bohr3 / U.ALPHA_ME_EV ** 3
+    qa_over_dq = np.arange(nq) + 0.5
+    return 2 * math.pi ** 2 / (U.ALPHA * U.M_E_EV ** 2 * vcell_ev3) * qa_over_dq / de
+
+
+def plan_units(bd, use_symmetry: bool, block: int) -> list[tuple[int, int, int, float]]:
+    """Work units ``(k index, k' start, k' stop, w_k)``: k over the
+    irreducible wedge with its weight (or the full mesh with 1/N_k)."""
+    if use_symmetry:
+        ks = [(int(i), float(w)) for i, w in zip(bd.ibz_index, bd.ibz_weight)]
+    else:
+        ks = [(i, 1.0 / bd.nk) for i in range(bd.nk)]
+    return [(k, s, min(s + block, bd.nk), w) for k, w in ks for s in range(0, bd.nk, block)]
+
+
+def check_bands(bd, material=None, job: dict | None = None):
+    """Raise FormFactorError if the bands are for another material or mesh
+    than the job asks for."""
+    if material is not None and bd.material != material.name:
+        raise FormFactorError(f"{bd.path}: bands file is for material {bd.material!r}, "
+                              f"but the job's material is {material.name!r}")
+    want = ((job or {}).get("bands") or {}).get("kmesh")
+    if want is not None:
+        want = tuple(int(x) for x in (want if isinstance(want, (list, tuple)) else [want] * 3))
+        if tuple(bd.kmesh) != want:
+            raise FormFactorError(f"{bd.path}: bands file has kmesh {list(bd.kmesh)}, but the "
+                                  f"job's bands.kmesh is {list(want)}")
+
+
+class Engine:
+    """The form-factor computation for one bands file and one settings dict.
+
+    Args:
+        bd: :class:`dmca_hpc.electronic.matrix_elements.BandData`.
+        s: settings (:func:`settings`).
+        gap_target_ev: scissor target gap [eV] (ignored for scissor "none").
+    """
+
+    def __init__(self, bd, s: dict, gap_target_ev: float | None = None):
+        from dmca_hpc.electronic.matrix_elements import GridEngine, choose_mesh
+        self.bd, self.s = bd, s
+        self.nq, self.ne = table_shape(s)
+        cell = bd.cell()
+        self.mesh, self.grid_info = choose_mesh(cell, s["q_max"], bd.kpts, s["precision"],
+                                                s["mesh"])
+        if s["q_max"] > self.grid_info["G_prod"]:
+            warnings.warn(f"formfactor.q_max = {s['q_max']} alpha m_e exceeds the Fourier "
+                          f"bandwidth of the basis products ({self.grid_info['G_prod']:.2f} "
+                          f"alpha m_e at precision {s['precision']:g}): the table is ~0 above it")
+        self.grid = GridEngine(cell, self.mesh, self.grid_info["G_wf"])
+        self.nocc = bd.nocc
+        nc_all = bd.nbands - bd.nocc
+        nc = s["n_conduction"]
+        if nc is not None and not 1 <= int(nc) <= nc_all:
+            raise FormFactorError(f"formfactor.n_conduction = {nc} but the bands file has "
+                                  f"{nc_all} conduction bands")
+        self.ncond = nc_all if nc is None else int(nc)
+        e_ev = bd.energies * U.HARTREE_EV
+        self.vbm_ev = float(e_ev[:, :bd.nocc].max())
+        self.cbm_ev = float(e_ev[:, bd.nocc].min())
+        self.gap_dft_ev = self.cbm_ev - self.vbm_ev
+        if s["scissor"] == "none" or gap_target_ev is None:
+            if s["scissor"] != "none":
+                raise FormFactorError("formfactor: no scissor target gap: set formfactor.gap_ev "
+                                      "or a material with a scissor gap, or scissor: none")
+            self.gap_ev = self.gap_dft_ev
+        else:
+            self.gap_ev = float(gap_target_ev)
+        self.shift_ev = self.gap_ev - self.gap_dft_ev
+        # highest E for which every valence state has all its final states computed
+        top = e_ev[:, bd.nocc + self.ncond - 1].min()
+        self.e_complete_ev = float(top - self.vbm_ev + self.shift_ev)
+        if s["e_max"] > self.e_complete_ev:
+            warnings.warn(
+                f"formfactor.e_max = {s['e_max']} eV but the {self.ncond} conduction bands in "
+                f"{bd.path} reach only {self.e_complete_ev:.2f} eV above the VBM at every k "
+                f"(after scissor): too few conduction bands, the table is incomplete above "
+                f"{self.e_complete_ev:.2f} eV (compute more bands: bands.nbands)")
+        self.e_ev = e_ev
+
+    @property
+    def memory_bound_mb(self) -> float:
+        """Stated per-rank bound of the engine's large arrays [MiB]."""
+        b = self.grid.memory_bytes(self.bd.nao, self.nocc, self.ncond)
+        b += self.bd.coeffs.nbytes + 8 * self.nq * self.ne
+        return b / 2 ** 20
+
+    def transition_energies(self, k: int, kp: int) -> np.ndarray:
+        """[nval, ncond] E_i'k' - E_ik + shift [eV]."""
+        ev = self.e_ev[k, :self.nocc]
+        ec = self.e_ev[kp, self.nocc:self.nocc + self.ncond]
+        return ec[None, :] - ev[:, None] + self.shift_ev
+
+    def compute_unit(self, unit) -> tuple[np.ndarray, dict]:
+        """Partial table ``sum w_k w_k' |M|^2`` [nq, nE] (not yet multiplied
+        by :func:`prefactor`) of one unit, and statistics."""
+        from dmca_hpc.electronic.kernels import bin_pair, e_bins, q_bins
+        k, kp0, kp1, wk = unit
+        bd, s = self.bd, self.s
+        table = np.zeros((self.nq, self.ne))
+        uv = self.grid.u_on_grid(bd.kpts[k], bd.coeffs[k][:, :self.nocc])
+        nsel_total = 0
+        for kp in range(kp0, kp1):
+            uc = self.grid.u_on_grid(bd.kpts[kp], bd.coeffs[kp][:, self.nocc:self.nocc + self.ncond])
+            np.conjugate(uc, out=uc)  # once per k', not once per valence band
+            qabs = np.linalg.norm(self.grid.Gv + (bd.kpts[kp] - bd.kpts[k]), axis=1)
+            idx, qb = q_bins(qabs, s["dq"], self.nq)
+            nsel_total += len(idx)
+            eb = e_bins(self.transition_energies(k, kp), s["de"], self.ne)
+            w = wk / bd.nk
+            for i in range(self.nocc):
+                if np.all(eb[i] < 0):
+                    continue
+                M = self.grid.pair_fft(uv[i], uc, conjugated=True)
+                bin_pair(table, M, idx, qb, eb[i], w)
+        return table, {"pairs": kp1 - kp0, "q_scan_points": nsel_total}
+
+
+def _save_unit(store, index: int, table: np.ndarray, stats: dict):
+    from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
+    with atomic_h5(store.path(index), input_hash=store.input_hash, stage=STAGE) as f:
+        f.attrs["unit_index"] = index
+        for k, v in stats.items():
+            f.attrs[k] = v
+        write_dataset(f, "partial", table, "1",
+                      "sum over the unit's pairs of w_k w_k' |M|^2 binned in (q, E), "
+                      "before the prefactor 2 pi^2/(alpha m_e^2 V_cell) q/(dq dE)",
+                      compression="gzip", compression_opts=1, shuffle=True)
+
+
+def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, telemetry=None,
+                  material_name: str | None = None, gap_target_ev: float | None = None,
+                  progress: bool = True) -> dict | None:
+    """Run the engine over all units (MPI-distributed, checkpointed).
+
+    Called on every rank.  Returns on rank 0 a dict with ``f2`` [nq, nE]
+    (dimensionless), the :class:`Engine` and run statistics; None elsewhere.
+    Raises RuntimeError (on every rank) if a unit failed; the finished units
+    stay in the checkpoint and a rerun resumes.
+    """
+    from dmca_hpc.hpc.checkpoint import UnitStore
+    from dmca_hpc.hpc.parallel import Progress, get_comm, map_units
+    comm = comm or get_comm()
+    rank = comm.Get_rank()
+    eng = Engine(bd, s, gap_target_ev)
+    units = plan_units(bd, s["use_symmetry"], int(s["kprime_block"]))
+    store = UnitStore(Path(workdir) / "units", input_hash)
+    done = store.done(len(units)) if rank == 0 else None
+    done = comm.bcast(done, root=0)
+    prog = Progress(f"formfactor {bd.material}", len(units), comm=comm) if progress else None
+    counter = {"n": len(done)}
+
+    def work(unit):
+        i = units.index(unit)
+        table, stats = eng.compute_unit(unit)
+        _save_unit(store, i, table, stats)
+        stats["form_factor_q0"] = float(table[0].sum())
+        return stats
+
+    def hook(res):
+        if telemetry is not None:
+            st = res.value or {}
+            telemetry.record_result(STAGE, res, unit=f"k{res.unit[0]}:kp{res.unit[1]}-{res.unit[2]}",
+                                    physics={"material": material_name or bd.material,
+                                             "kpts": bd.nk,
+                                             "q_scan_points": st.get("q_scan_points"),
+                                             "form_factor_q0": st.get("form_factor_q0")})
+        counter["n"] += 1
+        if prog is not None and rank == 0:
+            prog.update(counter["n"])
+
+    t0 = time.perf_counter()
+    results = map_units(work, units, comm=comm, schedule=s["schedule"], root_only=False,
+                        on_result=hook, skip=done)
+    wall = time.perf_counter() - t0
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"formfactor: {len(failed)} of {len(units)} units failed; first: "
+                           f"unit {failed[0].unit}: {failed[0].error}\n{failed[0].traceback}")
+    if rank != 0:
+        return None
+    acc = np.zeros((eng.nq, eng.ne))
+    for i in range(len(units)):  # fixed order: same sum for any rank count
+        arrays, _ = store.load(i)
+        acc += arrays["partial"]
+    f2 = acc * prefactor(float(bd.cell().vol), s["dq"], s["de"], eng.nq)[:, None]
+    return {"f2": f2, "engine": eng, "n_units": len(units), "n_reused": len(done),
+            "wall_s": wall, "unit_wall_s": [r.wall_s for r in results],
+            "peak_mem_mb": max([r.peak_mem_mb for r in results], default=0.0)}
+
+
+def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | None = None):
+    """A :class:`dmca_hpc.tables.FormFactorTable` with our metadata."""
+    from dmca_hpc.tables import FormFactorTable
+    cell = bd.cell()
+    if material is not None:
+        mass = float(material.cell_mass_ev)
+    else:
+        mass = float(np.sum(cell.atom_mass_list(isotope_avg=True)) * U.AMU_EV)
+    meta = {
+        "material": bd.material, "kmesh": list(bd.kmesh), "n_k": bd.nk,
+        "n_k_irreducible": int(len(bd.ibz_index)), "use_symmetry": bool(s["use_symmetry"]),
+        "basis": bd.basis, "xc": bd.xc, "numval": int(eng.nocc), "numcon": int(eng.ncond),
+        "nbands": int(bd.nbands), "scissor_scheme": s["scissor"],
+        "gap_dft_ev": eng.gap_dft_ev, "gap_ev": eng.gap_ev, "scissor_shift_ev": eng.shift_ev,
+        "vbm_dft_ev": eng.vbm_ev, "e_complete_ev": eng.e_complete_ev,
+        "fft_mesh": list(eng.mesh), "grid": eng.grid_info, "q_max_ame": s["q_max"],
+        "e_max_ev": s["e_max"], "bands_file": str(bd.path),
+        "a": (np.asarray(cell.lattice_vectors()) * U.BOHR_ANGSTROM).tolist(),
+        "kpts": bd.kpts.tolist(), "atom": cell.atom if isinstance(cell.atom, str) else str(cell.atom),
+        "units": {"kpts": "bohr^-1", "a": "angstrom", "gap_dft_ev": "eV", "gap_ev": "eV",
+                  "scissor_shift_ev": "eV", "vbm_dft_ev": "eV", "e_complete_ev": "eV",
+                  "q_max_ame": "alpha*m_e", "e_max_ev": "eV", "grid": "bohr^-1 (G_*, nyquist*)"},
+        "method": "FFT of cell-periodic products (dmca_hpc.electronic.matrix_elements)",
+    }
+    if prov is not None:
+        meta["provenance"] = prov
+    return FormFactorTable(f2=f2, dq_ame=s["dq"], de_ev=s["de"],
+                           vcell_ev3=float(cell.vol) / U.ALPHA_ME_EV ** 3, cell_mass_ev=mass,
+                           gap_ev=eng.gap_ev, scissor=(s["scissor"] if s["scissor"] != "none" else False),
+                           material=bd.material, metadata=meta)
+
+
+def plot_table(table, path) -> Path:
+    """Heat map of log10 |f|^2(q, E) and the q-integrated spectrum
+    ``sum_a f2[a, b] dq`` [alpha m_e] versus E, to ``path`` (PNG, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    f2 = np.asarray(table.f2)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    pos = f2[f2 > 0]
+    floor = pos.max() * 1e-8 if pos.size else 1.0
+    img = np.log10(np.maximum(f2, floor)).T
+    q_edges = np.arange(table.nq + 1) * table.dq_ame + table.q_min_ame
+    e_edges = np.arange(table.ne + 1) * table.de_ev + table.e_min_ev
+    m = ax1.pcolormesh(q_edges, e_edges, img, shading="flat", cmap="viridis")
+    fig.colorbar(m, ax=ax1, label=r"$\log_{10}|f_{\rm crystal}|^2$")
+    ax1.set_xlabel(r"$q$ [$\alpha m_e$]")
+    ax1.set_ylabel(r"$E$ [eV]")
+    ax1.set_title(f"{table.material}: crystal form factor")
+    ax2.plot(table.e_ev, f2.sum(axis=0) * table.dq_ame)
+    ax2.set_xlabel(r"$E$ [eV]")
+    ax2.set_ylabel(r"$\int dq\, |f|^2$ [$\alpha m_e$]")
+    ax2.set_title("q-integrated spectrum")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_stage(ctx) -> dict:
+    """Pipeline stage: bands.h5 -> formfactor.hdf5 (+ plot).  See module doc."""
+    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.tables import write_table
+    s = settings(ctx.job.get(STAGE))
+    bands_path = ctx.outputs["bands"]["bands"]
+    bd = load_bands(bands_path)
+    check_bands(bd, ctx.material, ctx.job)
+    gap = s["gap_ev"]
+    if gap is None and ctx.material is not None:
+        gap = getattr(ctx.material, "scissor_gap_ev", None) or ctx.material.gap_ev
+    out = compute_table(bd, s, ctx.stage_dir, ctx.input_hash, comm=ctx.comm,
+                        telemetry=ctx.telemetry,
+                        material_name=getattr(ctx.material, "name", bd.material),
+                        gap_target_ev=gap)
+    if out is None:
+        return {}
+    table = make_table(bd, out["engine"], out["f2"], s, ctx.material, ctx.prov)
+    table.metadata["run"] = {"n_units": out["n_units"], "n_reused": out["n_reused"],
+                             "wall_s": out["wall_s"], "peak_mem_mb": out["peak_mem_mb"],
+                             "memory_bound_mb": out["engine"].memory_bound_mb}
+    path = Path(ctx.stage_dir) / "formfactor.hdf5"
+    write_table(path, table, input_hash=ctx.input_hash, prov=ctx.prov)
+    res = {"table": str(path)}
+    if s["plot"]:
+        res["plot"] = str(plot_table(table, Path(ctx.stage_dir) / "formfactor.png"))
+    return res
+
+
+# ---------------------------------------------------------------------------
+# CLI: dmca-hpc formfactor BANDS.h5 --out TABLE.hdf5
+# ---------------------------------------------------------------------------
+
+def add_arguments(parser):
+    """Arguments of ``dmca-hpc formfactor`` (cheap: no heavy imports)."""
+    parser.add_argument("bands", help="bands.h5 from the bands stage")
+    parser.add_argument("--out", required=True, help="output table (HDF5)")
+    parser.add_argument("--workdir", default=None,
+                        help="checkpoint directory (default: <out>.work)")
+    for k in ("dq", "de", "q_max", "e_max", "gap_ev"):
+        parser.add_argument("--" + k.replace("_", "-"), type=float, default=None,
+                            help=f"formfactor.{k} (see config/schema/formfactor.schema.json)")
+    parser.add_argument("--scissor", choices=["qcdark", "qedark", "none"], default=None)
+    parser.add_argument("--no-symmetry", action="store_true", help="full (k, k') double sum")
+    parser.add_argument("--plot", default=None, help="also write the heat map PNG here")
+
+
+def run_cli(args) -> int:
+    """``dmca-hpc formfactor``: compute a table from a bands file (MPI-aware)."""
+    from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
+    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.tables import write_table
+    comm = get_comm()
+    sec = {k: getattr(args, k) for k in ("dq", "de", "q_max", "e_max", "gap_ev", "scissor")
+           if getattr(args, k, None) is not None}
+    if args.no_symmetry:
+        sec["use_symmetry"] = False
+    s = settings(sec)
+    bd = load_bands(args.bands)
+    gap = s["gap_ev"]
+    if gap is None and s["scissor"] != "none":
+        from dmca_hpc.materials import get_material
+        try:
+            mat = get_material(bd.material)
+            gap = mat.scissor_gap_ev or mat.gap_ev
+        except Exception as exc:
+            raise FormFactorError(f"no scissor gap known for material {bd.material!r}: "
+                                  f"pass --gap-ev or --scissor none") from exc
+    ih = config_hash({"formfactor": s, "bands": file_sha256(args.bands), "gap": gap})
+    workdir = Path(args.workdir or (str(args.out) + ".work"))
+    out = compute_table(bd, s, workdir, ih, comm=comm, gap_target_ev=gap)
+    if out is not None:
+        prov = provenance(ih, comm.Get_size())
+        table = make_table(bd, out["engine"], out["f2"], s, None, prov)
+        write_table(args.out, table, input_hash=ih, prov=prov)
+        if args.plot:
+            plot_table(table, args.plot)
+        print(f"wrote {args.out} ({out['n_units']} units, {out['wall_s']:.1f} s)")
+    return 0
+
+
+def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3.0) -> dict:
+    """Bethe f-sum ratio at q = G (k' = k) for the first ``n_shells`` shells
+    of reciprocal lattice vectors below ``q_limit`` [alpha m_e]:
+
+        R(|G|) = (1/N_k) sum_k sum_{i val} sum_{f cond, f < n_c}
+                 (E_fk - E_ik) |<fk| e^{iG.r} |ik>|^2 / (N_val |G|^2 / 2)
+
+    averaged over the shell (+G and -G, so valence-valence terms, which
+    cancel in the pair (q, -q), are not needed); hartree atomic units,
+    N_val = doubly occupied orbitals per cell.  For a complete set (and a
+    local potential) R = 1; with a finite basis R < 1, rising with n_c.
+    Returns ``{n_c: {|G|: R}}``."""
+    from dmca_hpc.electronic.matrix_elements import GridEngine, choose_mesh
+    cell = bd.cell()
+    mesh, info = choose_mesh(cell, q_limit, bd.kpts)
+    eng = GridEngine(cell, mesh, info["G_wf"])
+    g = np.linalg.norm(eng.Gv, axis=1)
+    shells = {}
+    for qn in np.unique(np.round(g[(g > 0) & (g < q_limit)], 6))[:n_shells]:
+        shells[float(qn)] = np.nonzero(np.abs(g - qn) < 1e-5)[0]
+    nmax = max(n_conduction_list)
+    acc = {nc: {q: 0.0 for q in shells} for nc in n_conduction_list}
+    for k in range(bd.nk):
+        u = eng.u_on_grid(bd.kpts[k], bd.coeffs[k][:, :bd.nocc + nmax])
+        e = bd.energies[k]
+        for i in range(bd.nocc):
+            M = eng.pair_fft(u[i], u[bd.nocc:bd.nocc + nmax])  # [nmax, N]
+            de = e[bd.nocc:bd.nocc + nmax] - e[i]
+            for nc in n_conduction_list:
+                s = (de[:nc, None] * np.abs(M[:nc]) ** 2).sum(0)
+                for q, idx in shells.items():
+                    acc[nc][q] += s[idx].mean() / bd.nk
+    return {nc: {q: v / (bd.nocc * q ** 2 / 2) for q, v in d.items()} for nc, d in acc.items()}

@@ -1,0 +1,696 @@
+"""Stage ``dft``: periodic Kohn-Sham ground state with PySCF (``pyscf.pbc`` KRKS).
+
+Conventions (shared/design/physics.md):
+
+* Atomic units inside: lengths in bohr, k in bohr^-1 (cartesian, including
+  the 2 pi), energies in hartree.  Structures come in angstrom (ASE).
+* Gamma-centred coarse mesh in the order of ``Cell.make_kpts(kmesh)``
+  (C order, last axis fastest; see :mod:`dmca_hpc.electronic.symmetry`).
+* Default level of theory: GTH pseudopotentials (gth-pbe), gth-dzvp basis,
+  PBE.  Hybrids (PBE0, HSE06) and all-electron bases (``pseudo: null``) are
+  allowed.  Semilocal gaps are too small by design; the physical gap comes
+  from the scissor in the bands stage, never from tuning the functional.
+* Density fitting: FFTDF by default.  For Si gth-dzvp on 2 cores, FFTDF was
+  about 2x faster than GDF for the 2x2x2 SCF (47 s vs 91 s at the default
+  cutoff on a loaded 2-core machine) and it is exact for the given FFT mesh,
+  and the non-self-consistent bands on new k-points need no rebuild of the
+  fitting basis (GDF rebuilds its 3-index integrals for every new k set:
+  52 s vs 9.6 s for 8 k-points).  GDF stays selectable.
+
+Output ``<stage_dir>/scf.h5`` (the contract with :mod:`dmca_hpc.electronic.bands` and
+the form-factor stage), written atomically (temporary file renamed into
+place, ``attrs['complete']`` set last):
+
+* attrs: ``cell`` (``Cell.dumps()``), ``e_tot`` with ``e_tot_units='hartree'``,
+  ``xc``, ``basis``, ``pseudo``, ``converged``, ``kmesh``, ``nelectron``,
+  ``nocc`` (doubly occupied bands), ``density_fit``, ``ke_cutoff_hartree``,
+  ``fft_mesh``, ``material``, ``n_cycles``, ``chkfile``, ``input_hash``.
+* datasets: ``kpts`` [nk,3] bohr^-1, ``kpts_frac`` [nk,3] '1', ``mo_energy``
+  [nk,nmo] hartree, ``mo_occ`` [nk,nmo] '1', ``mo_coeff`` [nk,nao,nmo] '1',
+  ``dm`` [nk,nao,nao] '1' (the converged AO density matrices, from which the
+  bands stage rebuilds the Kohn-Sham potential), ``structure/cell``
+  [3,3] angstrom, ``structure/positions`` [natom,3] angstrom,
+  ``structure/numbers`` [natom] '1'.
+
+Restart: the converged state is reused when ``scf.h5`` is complete and was
+written for the same input hash.  While the SCF runs, PySCF writes its
+orbitals every cycle to a chkfile whose name is the hash of the inputs that
+change the converged state (not ``max_cycles`` or ``conv_tol_hartree``), so
+an SCF that was killed or stopped by ``max_cycles`` restarts from its last
+orbitals.
+
+PySCF is imported inside the functions (it takes seconds to import).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DFT_DEFAULTS", "DFTInputError", "SCFNotConvergedError", "resolve_atoms",
+           "check_structure", "check_basis", "build_cell", "make_kmf", "run_scf",
+           "load_scf", "run_stage", "add_arguments", "run_cli", "set_threads", "idle_barrier"]
+
+#: defaults of the ``dft`` job section (config/schema/dft.schema.json holds the same)
+DFT_DEFAULTS: dict[str, Any] = {
+    "basis": "gth-dzvp",
+    "pseudo": "gth-pbe",
+    "xc": "PBE",
+    "kmesh": [2, 2, 2],
+    "ke_cutoff_hartree": None,
+    "conv_tol_hartree": 1e-8,
+    "max_cycles": 50,
+    "density_fit": "FFTDF",
+    "smearing_hartree": None,
+    "smearing_method": "fermi",
+    "min_distance_angstrom": 0.5,
+    "exxdiv": "ewald",
+    "restart_from_chkfile": True,
+    "pyscf_verbose": 4,
+}
+
+#: keys that do not change the converged state (excluded from the chkfile key)
+_NON_PHYSICS_KEYS = ("max_cycles", "conv_tol_hartree", "restart_from_chkfile", "pyscf_verbose")
+
+_XC_ALLOWED = ("LDA", "PBE", "PBE0", "HSE06", "B3LYP", "PBESOL", "SCAN")
+
+
+class DFTInputError(ValueError):
+    """Bad input of the dft stage (message names the job key and expected value)."""
+
+
+class SCFNotConvergedError(RuntimeError):
+    """The SCF did not converge within ``dft.max_cycles``."""
+
+
+# --------------------------------------------------------------------------- input
+
+def section_with_defaults(section: dict | None, defaults: dict = DFT_DEFAULTS,
+                          name: str = "dft") -> dict:
+    """Return ``section`` with defaults filled in; unknown keys are an error."""
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(defaults))
+    if unknown:
+        raise DFTInputError(f"{name}: unknown key(s) {unknown}; expected a subset of "
+                            f"{sorted(defaults)}")
+    out = copy.deepcopy(defaults)
+    out.update(section)
+    return out
+
+
+def resolve_atoms(material):
+    """``ase.Atoms`` (angstrom) of a material given as a
+    :class:`dmca_hpc.materials.Material` (anything with ``.atoms()``), an
+    ``ase.Atoms``, a library name or a structure file path."""
+    if material is None:
+        raise DFTInputError("dft: no material given (the dft stage is per material)")
+    if hasattr(material, "atoms") and callable(material.atoms):
+        return material.atoms()
+    from ase import Atoms
+    if isinstance(material, Atoms):
+        return material.copy()
+    if isinstance(material, (str, os.PathLike)):
+        if Path(material).exists():
+            from ase.io import read
+            return read(str(material))
+        from dmca_hpc.materials import get_material
+        return get_material(str(material)).atoms()
+    raise DFTInputError(f"dft: cannot make a structure from {material!r}")
+
+
+def material_name(material) -> str:
+    if material is None:
+        return "unknown"
+    if hasattr(material, "name"):
+        return str(material.name)
+    if isinstance(material, (str, os.PathLike)):
+        return Path(str(material)).stem if Path(str(material)).exists() else str(material)
+    if hasattr(material, "get_chemical_formula"):
+        return material.get_chemical_formula()
+    return str(material)
+
+
+def check_structure(atoms, min_distance_angstrom: float = 0.5, name: str = "structure"):
+    """Raise :class:`DFTInputError` when two atoms (periodic images included)
+    are closer than ``min_distance_angstrom`` [angstrom], or the cell is not
+    3D periodic with a positive volume.  Runs before PySCF, whose integrals
+    would otherwise blow up or hang on overlapping nuclei."""
+    if len(atoms) == 0:
+        raise DFTInputError(f"{name}: structure has no atoms")
+    if not all(atoms.pbc) or atoms.cell.volume <= 1e-6:
+        raise DFTInputError(f"{name}: the dft stage needs a 3D periodic cell with a positive "
+                            f"volume (pbc={list(atoms.pbc)}, volume={atoms.cell.volume:.3g} A^3)")
+    from ase.neighborlist import neighbor_list
+    i, j, d = neighbor_list("ijd", atoms, float(min_distance_angstrom), self_interaction=False)
+    if len(d):
+        k = int(np.argmin(d))
+        sym = atoms.get_chemical_symbols()
+        raise DFTInputError(
+            f"{name}: overlapping atoms: atom {i[k]} ({sym[i[k]]}) and atom {j[k]} "
+            f"({sym[j[k]]}) are {d[k]:.3f} angstrom apart (periodic images included), below "
+            f"dft.min_distance_angstrom = {min_distance_angstrom} angstrom")
+    # an atom on top of its own periodic image means a degenerate cell
+    lengths = atoms.cell.lengths()
+    if lengths.min() < min_distance_angstrom:
+        raise DFTInputError(f"{name}: lattice vector of length {lengths.min():.3f} angstrom is "
+                            f"below dft.min_distance_angstrom = {min_distance_angstrom}")
+
+
+def check_basis(symbols, basis: str, pseudo: str | None):
+    """Raise :class:`DFTInputError` naming ``dft.basis`` / ``dft.pseudo`` when
+    PySCF has no such basis or pseudopotential for one of the elements."""
+    from pyscf.pbc import gto as pgto
+    from pyscf import gto
+    if not isinstance(basis, str) or not basis:
+        raise DFTInputError(f"dft.basis must be a basis-set name such as 'gth-dzvp', got {basis!r}")
+    for el in sorted(set(symbols)):
+        try:
+            b = gto.basis.load(basis, el) if not basis.lower().startswith("gth") else \
+                pgto.basis.load(basis, el)
+        except Exception as exc:  # pyscf raises several types (KeyError, BasisNotFoundError...)
+            raise DFTInputError(
+                f"dft.basis = {basis!r}: PySCF has no such basis for element {el} ({exc}); "
+                "expected e.g. 'gth-szv', 'gth-dzvp', 'gth-tzv2p' (with dft.pseudo 'gth-pbe') "
+                "or an all-electron basis such as 'def2-tzvp' (with dft.pseudo null)") from None
+        if not b:
+            raise DFTInputError(f"dft.basis = {basis!r}: empty basis for element {el}")
+        if pseudo is not None:
+            try:
+                pp = pgto.pseudo.load(pseudo, el)
+            except Exception as exc:
+                raise DFTInputError(
+                    f"dft.pseudo = {pseudo!r}: PySCF has no such pseudopotential for element "
+                    f"{el} ({exc}); expected e.g. 'gth-pbe', 'gth-lda', or null for an "
+                    "all-electron basis") from None
+            if not pp:
+                raise DFTInputError(f"dft.pseudo = {pseudo!r}: empty pseudopotential for {el}")
+    if basis.lower().startswith("gth") and pseudo is None:
+        raise DFTInputError(f"dft.basis = {basis!r} is a GTH valence basis: it needs "
+                            "dft.pseudo (e.g. 'gth-pbe'), got null")
+
+
+def _validate_section(sec: dict):
+    km = sec["kmesh"]
+    if (not isinstance(km, (list, tuple)) or len(km) != 3
+            or not all(isinstance(x, (int, np.integer)) and x >= 1 for x in km)):
+        raise DFTInputError(f"dft.kmesh must be three positive integers, got {km!r}")
+    if str(sec["xc"]).upper() not in _XC_ALLOWED:
+        raise DFTInputError(f"dft.xc = {sec['xc']!r}: expected one of {list(_XC_ALLOWED)}")
+    if sec["density_fit"] not in ("FFTDF", "GDF"):
+        raise DFTInputError(f"dft.density_fit = {sec['density_fit']!r}: expected 'FFTDF' or 'GDF'")
+    if int(sec["max_cycles"]) < 1:
+        raise DFTInputError(f"dft.max_cycles must be >= 1, got {sec['max_cycles']!r}")
+    if float(sec["conv_tol_hartree"]) <= 0:
+        raise DFTInputError(f"dft.conv_tol_hartree must be > 0, got {sec['conv_tol_hartree']!r}")
+    ke = sec["ke_cutoff_hartree"]
+    if ke is not None and float(ke) <= 0:
+        raise DFTInputError(f"dft.ke_cutoff_hartree must be > 0 or null, got {ke!r}")
+    sm = sec["smearing_hartree"]
+    if sm is not None and float(sm) <= 0:
+        raise DFTInputError(f"dft.smearing_hartree must be > 0 or null, got {sm!r}")
+    if sec["smearing_method"] not in ("fermi", "gaussian"):
+        raise DFTInputError(f"dft.smearing_method = {sec['smearing_method']!r}: expected "
+                            "'fermi' or 'gaussian'")
+
+
+# --------------------------------------------------------------------------- pyscf
+
+def set_threads(n: int | None):
+    """Set PySCF's OpenMP thread count and, when threadpoolctl is installed,
+    the BLAS pool (``None``: leave as is).  Without threadpoolctl, launch MPI
+    runs with ``OPENBLAS_NUM_THREADS=1``: OpenBLAS threads of several ranks
+    on the same cores made a 26x26 eigh 100x slower on a loaded node."""
+    if n is None:
+        return
+    from pyscf import lib
+    lib.num_threads(max(int(n), 1))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=max(int(n), 1))
+
+
+def node_local_size(comm) -> int:
+    """Number of ranks of ``comm`` on this node (1 for the serial stand-in).
+    Collective: call it on every rank."""
+    if comm.Get_size() == 1:
+        return 1
+    try:
+        from mpi4py import MPI
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        n = local.Get_size()
+        local.Free()
+        return n
+    except Exception:  # not an mpi4py communicator: assume one node
+        return comm.Get_size()
+
+
+def idle_barrier(comm, poll_s: float = 0.05):
+    """Barrier that sleeps instead of spinning: MPICH spins at 100% CPU in a
+    blocking collective, which would steal the core that rank 0 computes on
+    while the others wait for the (serial) SCF."""
+    if comm.Get_size() == 1:
+        return
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll_s)
+
+
+def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
+    """PySCF ``pbc.gto.Cell`` of ``atoms`` (angstrom) with the basis, pseudo
+    and cutoff of the section ``sec`` (defaults applied)."""
+    from pyscf.pbc import gto
+    cell = gto.Cell()
+    cell.atom = [[s, tuple(float(x) for x in p)]
+                 for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    cell.a = np.asarray(atoms.cell, dtype=float)
+    cell.unit = "A"
+    cell.basis = sec["basis"]
+    if sec["pseudo"] is not None:
+        cell.pseudo = sec["pseudo"]
+    if sec["ke_cutoff_hartree"] is not None:
+        cell.ke_cutoff = float(sec["ke_cutoff_hartree"])
+    cell.verbose = 0
+    cell.build(dump_input=False, parse_arg=False)
+    if output:
+        # log through the SCF object, appended (never PySCF's cell.output, which
+        # prints to stdout and truncates the log of an interrupted run)
+        cell.verbose = int(sec.get("pyscf_verbose", 4))
+        cell.stdout = open(output, "a")
+    if cell.nelectron % 2:
+        raise DFTInputError(f"structure has an odd number of electrons ({cell.nelectron}): "
+                            "spin-polarized (KUKS) cells are not supported by the dft stage")
+    return cell
+
+
+def make_kmf(cell, kpts, sec: dict):
+    """KRKS object for ``cell`` at ``kpts`` [bohr^-1] with xc, density fitting,
+    smearing and exxdiv of ``sec``."""
+    from pyscf.pbc import dft as pdft
+    mf = pdft.KRKS(cell, kpts, xc=str(sec["xc"]), exxdiv=sec.get("exxdiv", "ewald"))
+    if sec["density_fit"] == "GDF":
+        mf = mf.density_fit()
+    if sec["smearing_hartree"] is not None:
+        from pyscf.pbc.scf.addons import smearing_
+        mf = smearing_(mf, sigma=float(sec["smearing_hartree"]), method=sec["smearing_method"])
+    mf.conv_tol = float(sec["conv_tol_hartree"])
+    mf.max_cycle = int(sec["max_cycles"])
+    return mf
+
+
+def band_gap_from(mo_energy, nocc: int) -> dict:
+    """Indirect and direct gap [eV] of eigenvalues [nk, nbands] (hartree) with
+    ``nocc`` doubly occupied bands; also VBM/CBM [eV] and their k indices."""
+    from dmca_hpc.units import HARTREE_EV
+    e = np.asarray(mo_energy)
+    if e.shape[1] <= nocc:
+        return {"gap_indirect_ev": float("nan"), "gap_direct_ev": float("nan")}
+    v, c = e[:, nocc - 1], e[:, nocc]
+    iv, ic = int(np.argmax(v)), int(np.argmin(c))
+    direct = c - v
+    idr = int(np.argmin(direct))
+    return {"vbm_ev": float(v[iv] * HARTREE_EV), "cbm_ev": float(c[ic] * HARTREE_EV),
+            "gap_indirect_ev": float((c[ic] - v[iv]) * HARTREE_EV),
+            "gap_direct_ev": float(direct[idr] * HARTREE_EV),
+            "vbm_k": iv, "cbm_k": ic, "direct_k": idr}
+
+
+def _structure_key(atoms) -> dict:
+    return {"numbers": atoms.numbers.tolist(),
+            "positions_angstrom": np.round(atoms.positions, 10).tolist(),
+            "cell_angstrom": np.round(np.asarray(atoms.cell), 10).tolist()}
+
+
+def scf_keys(atoms, sec: dict, ctx_hash: str = "") -> tuple[str, str]:
+    """(input hash of scf.h5, key of the restart chkfile).  The chkfile key
+    leaves out the settings that do not change the converged state, so a run
+    stopped by ``max_cycles`` or a tighter ``conv_tol`` restarts from it."""
+    from dmca_hpc.hpc.checkpoint import config_hash
+    phys = {k: v for k, v in sec.items() if k not in _NON_PHYSICS_KEYS}
+    struct = _structure_key(atoms)
+    full = config_hash({"stage": "dft", "ctx": ctx_hash, "section": sec, "structure": struct})
+    chk = config_hash({"stage": "dft-chk", "section": phys, "structure": struct})
+    return full, chk
+
+
+def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
+            prov: dict | None = None, chkfile: str | os.PathLike | None = None,
+            log_path: str | os.PathLike | None = None, material: str = "unknown",
+            threads: int | None = None) -> dict:
+    """Run the KRKS SCF of ``atoms`` and write ``out_path`` (scf.h5) atomically.
+
+    Args:
+        atoms: ``ase.Atoms`` (angstrom), already checked.
+        sec: dft section with defaults.
+        out_path: where scf.h5 goes.
+        input_hash: stamped into scf.h5 (reuse key).
+        prov: provenance dict stamped into the file.
+        chkfile: PySCF chkfile for per-cycle restart (read if it exists and
+            ``restart_from_chkfile``).
+        log_path: PySCF log file.
+        material: name recorded in the file.
+        threads: OpenMP threads for PySCF (None: leave as is).
+
+    Returns:
+        Summary dict: ``e_tot_hartree``, ``converged``, ``n_cycles``,
+        ``gap_indirect_ev``, ``gap_direct_ev``, ``nk``, ``restarted``.
+
+    Raises:
+        SCFNotConvergedError: when ``max_cycles`` is reached (the chkfile
+            keeps the last orbitals, so a rerun with more cycles continues).
+    """
+    from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
+    set_threads(threads)
+    cell = build_cell(atoms, sec, output=log_path)
+    kmesh = [int(x) for x in sec["kmesh"]]
+    kpts = cell.make_kpts(kmesh, wrap_around=False)
+    mf = make_kmf(cell, kpts, sec)
+    dm0, restarted = None, False
+    if chkfile is not None:
+        chkfile = str(chkfile)
+        if sec.get("restart_from_chkfile", True) and os.path.exists(chkfile):
+            try:
+                dm0 = mf.from_chk(chkfile)
+                restarted = True
+            except Exception as exc:  # a chkfile cut by a kill: start afresh
+                warnings.warn(f"dft: restart chkfile {chkfile} is unreadable ({exc}); "
+                              "starting the SCF from the default guess")
+                dm0 = None
+        mf.chkfile = chkfile
+    ncyc = {"n": 0}
+
+    def _count(envs):
+        ncyc["n"] += 1
+
+    mf.callback = _count
+    try:
+        e_tot = float(mf.kernel(dm0=dm0))
+    finally:
+        if log_path is not None and cell.stdout is not sys.stdout:
+            cell.stdout.close()
+            cell.stdout = mf.stdout = sys.stdout
+            cell.verbose = mf.verbose = 0
+    gap = band_gap_from(mf.mo_energy, cell.nelectron // 2)
+    summary = {"e_tot_hartree": e_tot, "converged": bool(mf.converged), "n_cycles": ncyc["n"],
+               "nk": len(kpts), "restarted": restarted, **gap}
+    if not mf.converged:
+        raise SCFNotConvergedError(
+            f"dft: SCF for {material} not converged within dft.max_cycles = {sec['max_cycles']} "
+            f"cycles (conv_tol {sec['conv_tol_hartree']} hartree, last E = {e_tot:.10f} hartree); "
+            f"raise dft.max_cycles or dft.smearing_hartree; the last orbitals are kept in "
+            f"{chkfile} and a rerun continues from them")
+    dm = np.asarray(mf.make_rdm1())
+    mo_energy = np.asarray(mf.mo_energy)
+    mo_coeff = np.asarray(mf.mo_coeff)
+    mo_occ = np.asarray(mf.mo_occ)
+    with atomic_h5(out_path, input_hash=input_hash, stage="dft", prov=prov) as f:
+        f.attrs["cell"] = cell.dumps()
+        f.attrs["e_tot"] = e_tot
+        f.attrs["e_tot_units"] = "hartree"
+        f.attrs["xc"] = str(sec["xc"])
+        f.attrs["basis"] = str(sec["basis"])
+        f.attrs["pseudo"] = "none" if sec["pseudo"] is None else str(sec["pseudo"])
+        f.attrs["converged"] = True
+        f.attrs["n_cycles"] = ncyc["n"]
+        f.attrs["restarted_from_chkfile"] = bool(restarted)
+        f.attrs["kmesh"] = np.array(kmesh, dtype=int)
+        f.attrs["nelectron"] = int(cell.nelectron)
+        f.attrs["nocc"] = int(cell.nelectron // 2)
+        f.attrs["nao"] = int(cell.nao_nr())
+        f.attrs["density_fit"] = str(sec["density_fit"])
+        f.attrs["ke_cutoff_hartree"] = float(cell.ke_cutoff) if cell.ke_cutoff is not None \
+            else float("nan")
+        f.attrs["fft_mesh"] = np.array(cell.mesh, dtype=int)
+        f.attrs["smearing_hartree"] = float("nan") if sec["smearing_hartree"] is None \
+            else float(sec["smearing_hartree"])
+        f.attrs["smearing_method"] = str(sec["smearing_method"])
+        f.attrs["exxdiv"] = str(sec.get("exxdiv"))
+        f.attrs["conv_tol_hartree"] = float(sec["conv_tol_hartree"])
+        f.attrs["material"] = material
+        f.attrs["chkfile"] = chkfile or ""
+        f.attrs["gap_indirect_ev"] = gap.get("gap_indirect_ev", float("nan"))
+        f.attrs["gap_direct_ev"] = gap.get("gap_direct_ev", float("nan"))
+        write_dataset(f, "kpts", np.asarray(kpts), "bohr^-1",
+                      "cartesian k-points (2 pi included), Cell.make_kpts(kmesh) order")
+        write_dataset(f, "kpts_frac", cell.get_scaled_kpts(kpts), "1",
+                      "k in the reciprocal-lattice basis")
+        write_dataset(f, "mo_energy", mo_energy, "hartree", "Kohn-Sham eigenvalues")
+        write_dataset(f, "mo_occ", mo_occ, "1", "occupations (0..2, spin included)")
+        write_dataset(f, "mo_coeff", mo_coeff, "1", "AO coefficients C[k, mu, n]")
+        write_dataset(f, "dm", dm, "1",
+                      "converged AO density matrices D[k, mu, nu] (spin summed); they "
+                      "define the Kohn-Sham potential used for non-SCF bands")
+        g = f.create_group("structure")
+        write_dataset(g, "cell", np.asarray(atoms.cell), "angstrom", "lattice vectors (rows)")
+        write_dataset(g, "positions", atoms.positions, "angstrom", "cartesian positions")
+        write_dataset(g, "numbers", atoms.numbers, "1", "atomic numbers")
+    return summary
+
+
+def load_scf(path: str | os.PathLike) -> dict:
+    """Read scf.h5 back: the section-like settings and arrays plus the
+    rebuilt ``cell`` (pyscf Cell) and ``atoms`` (ase.Atoms)."""
+    import h5py
+    from ase import Atoms
+    from pyscf.pbc import gto
+    from dmca_hpc.hpc.checkpoint import is_complete
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path}: not a complete scf.h5 (run the dft stage first)")
+    with h5py.File(path, "r") as f:
+        a = dict(f.attrs)
+        d = {k: f[k][()] for k in ("kpts", "kpts_frac", "mo_energy", "mo_occ", "dm")}
+        s = {k: f["structure"][k][()] for k in ("cell", "positions", "numbers")}
+    cell = gto.loads(a["cell"] if isinstance(a["cell"], str) else a["cell"].decode())
+    cell.verbose = 0
+    cell.output = None
+    cell.stdout = sys.stdout
+    atoms = Atoms(numbers=s["numbers"], positions=s["positions"], cell=s["cell"], pbc=True)
+
+    def _f(x):
+        x = float(x)
+        return None if np.isnan(x) else x
+
+    sec = {"basis": str(a["basis"]), "pseudo": None if a["pseudo"] == "none" else str(a["pseudo"]),
+           "xc": str(a["xc"]), "kmesh": [int(x) for x in a["kmesh"]],
+           "density_fit": str(a["density_fit"]), "smearing_hartree": _f(a["smearing_hartree"]),
+           "smearing_method": str(a["smearing_method"]), "exxdiv": str(a["exxdiv"]),
+           "ke_cutoff_hartree": _f(a["ke_cutoff_hartree"]),
+           "conv_tol_hartree": float(a["conv_tol_hartree"]), "max_cycles": 1}
+    if sec["exxdiv"] == "None":
+        sec["exxdiv"] = None
+    return {"attrs": a, "cell": cell, "atoms": atoms, "sec": sec, **d}
+
+
+# --------------------------------------------------------------------------- stage
+
+def _physics(material, sec, e_tot=None, gap=None):
+    out = {"material": material, "kpts": [int(x) for x in sec["kmesh"]]}
+    if e_tot is not None and np.isfinite(e_tot):
+        out["e_tot_hartree"] = float(e_tot)
+    if gap is not None and np.isfinite(gap) and gap >= 0:
+        out["band_gap_ev"] = float(gap)
+    return out
+
+
+def run_stage(ctx) -> dict:
+    """Pipeline stage ``dft`` (called on every rank).
+
+    Rank 0 runs the SCF (the k-points of the coarse SCF are coupled through
+    the density, so it is not split over ranks) with as many OpenMP threads
+    as there are ranks on its node, while the other ranks sleep in a
+    non-spinning barrier.  Reuses ``scf.h5`` when it is complete for the same
+    input hash.  One telemetry record (unit ``<material>:scf``).
+
+    Returns ``{'scf': path}`` on rank 0, ``{}`` elsewhere.
+
+    Raises:
+        DFTInputError: bad section or structure (on every rank).
+        SCFNotConvergedError: after recording a failed unit (on every rank).
+    """
+    from dmca_hpc.hpc.checkpoint import is_complete
+    from dmca_hpc.hpc.parallel import peak_memory_mb
+    comm = ctx.comm
+    rank = comm.Get_rank()
+    sec = section_with_defaults((ctx.job or {}).get("dft"))
+    _validate_section(sec)
+    name = material_name(ctx.material)
+    atoms = resolve_atoms(ctx.material)
+    check_structure(atoms, float(sec["min_distance_angstrom"]), name=f"material {name}")
+    stage_dir = Path(ctx.stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    out = stage_dir / "scf.h5"
+    ih, chk_key = scf_keys(atoms, sec, ctx.input_hash or "")
+    status = None
+    # collective (Split_type): every rank must call it, before rank 0 goes off alone
+    nthreads = node_local_size(comm) if comm.Get_size() > 1 else None
+    if rank == 0:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            check_basis(atoms.get_chemical_symbols(), sec["basis"], sec["pseudo"])
+            if is_complete(out, ih):
+                status = ("reused", None)
+                import h5py
+                with h5py.File(out, "r") as f:
+                    e_tot, gap = float(f.attrs["e_tot"]), float(f.attrs["gap_indirect_ev"])
+                ctx.telemetry.record("dft", f"{name}:scf", "skipped", time.perf_counter() - t0,
+                                     time.process_time() - c0, peak_memory_mb(),
+                                     physics=_physics(name, sec, e_tot, gap))
+            else:
+                summ = run_scf(atoms, sec, out, ih, prov=ctx.prov,
+                               chkfile=stage_dir / f"scf-{chk_key[:16]}.chk",
+                               log_path=stage_dir / "pyscf_scf.log", material=name,
+                               threads=nthreads)
+                ctx.telemetry.record("dft", f"{name}:scf", "ok", time.perf_counter() - t0,
+                                     time.process_time() - c0, peak_memory_mb(),
+                                     physics=_physics(name, sec, summ["e_tot_hartree"],
+                                                      summ.get("gap_indirect_ev")))
+                status = ("ok", None)
+        except Exception as exc:
+            ctx.telemetry.record("dft", f"{name}:scf", "failed", time.perf_counter() - t0,
+                                 time.process_time() - c0, peak_memory_mb(),
+                                 error=f"{type(exc).__name__}: {exc}",
+                                 physics=_physics(name, sec))
+            status = ("error", (type(exc).__name__, str(exc)))
+            if comm.Get_size() == 1:
+                raise
+    idle_barrier(comm)
+    status = comm.bcast(status, root=0)
+    if status[0] == "error":
+        etype, msg = status[1]
+        cls = {"DFTInputError": DFTInputError,
+               "SCFNotConvergedError": SCFNotConvergedError}.get(etype, RuntimeError)
+        raise cls(msg)
+    return {"scf": str(out)} if rank == 0 else {}
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_arguments(parser):
+    """``dmca-hpc dft``: SCF and dense-mesh bands of one material, standalone."""
+    parser.add_argument("material", help="library name (Si, Ge, ...) or structure file")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--basis", default=DFT_DEFAULTS["basis"])
+    parser.add_argument("--pseudo", default=DFT_DEFAULTS["pseudo"],
+                        help="GTH pseudopotential name, or 'none' for all-electron bases")
+    parser.add_argument("--xc", default=DFT_DEFAULTS["xc"])
+    parser.add_argument("--kmesh", type=int, nargs=3, default=DFT_DEFAULTS["kmesh"],
+                        help="coarse SCF mesh (Gamma-centred)")
+    parser.add_argument("--ke-cutoff-hartree", type=float, default=None)
+    parser.add_argument("--conv-tol-hartree", type=float, default=DFT_DEFAULTS["conv_tol_hartree"])
+    parser.add_argument("--max-cycles", type=int, default=DFT_DEFAULTS["max_cycles"])
+    parser.add_argument("--dense-kmesh", type=int, nargs=3, default=None,
+                        help="dense bands mesh (omit to run the SCF only)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="k-points per bands unit")
+    parser.add_argument("--n-conduction", type=int, default=None)
+    parser.add_argument("--energy-above-gap-ev", type=float, default=None)
+    parser.add_argument("--band-path-npoints", type=int, default=None)
+    parser.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def make_context(stage: str, out_dir, material, job: dict, outputs: dict | None = None,
+                 comm=None, job_id: str | None = None):
+    """A :class:`dmca_hpc.pipeline.StageContext` for running the dft/bands
+    stages outside a job (CLI, tests, benchmark)."""
+    from dmca_hpc.hpc.checkpoint import config_hash, provenance
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.pipeline import StageContext
+    from dmca_hpc.monitoring.telemetry import Telemetry
+    comm = comm or get_comm()
+    out_dir = Path(out_dir)
+    ih = config_hash({"stage": stage, "section": job.get(stage, {}),
+                      "upstream": job.get("dft", {}) if stage == "bands" else None})
+    return StageContext(name=stage, job=job, material=material, stage_dir=out_dir / stage,
+                        input_hash=ih, outputs=outputs or {}, comm=comm,
+                        telemetry=Telemetry(out_dir / "telemetry", rank=comm.Get_rank(),
+                                            job_id=job_id),
+                        prov=provenance(ih, nranks=comm.Get_size()), seed=0, run_dir=out_dir)
+
+
+def run_cli(args) -> int:
+    """Run the dft stage (and the bands stage with ``--dense-kmesh``)."""
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.monitoring.telemetry import merge_rank_files
+    comm = get_comm()
+    mat = args.material
+    try:
+        if not Path(mat).exists():
+            from dmca_hpc.materials import get_material
+            mat = get_material(mat)
+    except Exception as exc:
+        print(f"dmca-hpc dft: {exc}", file=sys.stderr)
+        return 2
+    dft = {"basis": args.basis, "pseudo": None if str(args.pseudo).lower() == "none" else args.pseudo,
+           "xc": args.xc, "kmesh": list(args.kmesh), "ke_cutoff_hartree": args.ke_cutoff_hartree,
+           "conv_tol_hartree": args.conv_tol_hartree, "max_cycles": args.max_cycles}
+    job = {"dft": dft}
+    if args.dense_kmesh:
+        b = {"kmesh": list(args.dense_kmesh)}
+        for k in ("chunk_size", "n_conduction", "energy_above_gap_ev", "band_path_npoints"):
+            v = getattr(args, k)
+            if v is not None:
+                b[k] = v
+        if args.no_plots:
+            b["plots"] = False
+        job["bands"] = b
+    try:
+        outs = {"dft": run_stage(make_context("dft", args.out, mat, job, comm=comm))}
+        if args.dense_kmesh:
+            from dmca_hpc.electronic import bands
+            outs["bands"] = bands.run_stage(make_context("bands", args.out, mat, job,
+                                                         outputs=outs, comm=comm))
+    except (DFTInputError, SCFNotConvergedError, RuntimeError, ValueError) as exc:
+        if comm.Get_rank() == 0:
+            print(f"dmca-hpc dft: error: {exc}", file=sys.stderr)
+        return 1
+    if comm.Get_rank() == 0:
+        merge_rank_files(Path(args.out) / "telemetry")
+        for st, o in outs.items():
+            for k, v in o.items():
+                print(f"{st}.{k}: {v}")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = add_arguments(argparse.ArgumentParser(prog="python -m dmca_hpc.electronic.scf",
+                                              description=add_arguments.__doc__))
+    return run_cli(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    from dmca_hpc.hpc.parallel import abort_on_exception
+    sys.exit(abort_on_exception(main)())
+
+
+def pbe_band_gap_ev(material: str = "Si", basis: str = "gth-dzvp", kmesh=(3, 3, 3),
+                    ke_cutoff_hartree: float = 25.0, npoints: int = 40) -> float:
+    """Kohn-Sham indirect band gap [eV] of a library material with PBE.
+
+    SCF on the Gamma-centred ``kmesh``, then non-self-consistent bands along
+    ASE's standard band path of the lattice (``npoints`` k); the gap is the
+    lowest conduction level minus the highest valence level over the path
+    and the mesh, so an indirect minimum between mesh points (Si: ~0.85 of
+    Gamma-X) is found.  Used for the cross-check against pw.x (the oracle).
+    """
+    from dmca_hpc.materials import get_material
+    atoms = get_material(material).atoms()
+    sec = section_with_defaults({"basis": basis, "kmesh": list(kmesh), "xc": "PBE",
+                                 "ke_cutoff_hartree": float(ke_cutoff_hartree)})
+    cell = build_cell(atoms, sec)
+    kpts = cell.make_kpts(list(kmesh), wrap_around=False)
+    mf = make_kmf(cell, kpts, sec)
+    mf.kernel()
+    if not mf.converged:
+        raise SCFNotConvergedError(f"{material}: PBE SCF did not converge in {sec['max_cycles']} cycles")
+    bp = atoms.cell.bandpath(npoints=int(npoints))
+    e_path, _ = mf.get_bands(cell.get_abs_kpts(bp.kpts))
+    e = np.vstack([np.asarray(mf.mo_energy), np.asarray(e_path)])
+    return band_gap_from(e, cell.nelectron // 2)["gap_indirect_ev"]

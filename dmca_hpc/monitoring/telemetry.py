@@ -1,0 +1,641 @@
+"""Telemetry: one JSON object per line, one line per unit of work.
+
+Contract
+    ``config/telemetry.schema.json`` (JSON Schema draft-07): the DMCA core
+    fields (domain, hypothesis, step, intervention, infra_cost_usd, qps,
+    latency_p95_ms) are required; the ``hpc`` block (job id, rank, stage,
+    unit, wall/cpu/core seconds, peak memory [MiB], status, error) and the
+    ``physics`` block (material, e_tot_hartree, band_gap_ev, kpts, ...) are
+    optional, so old-style records with only the core fields stay valid.
+
+Cost model
+    ``infra_cost_usd = core_seconds / 3600 * price_per_core_hour_usd`` with
+    ``core_seconds = max(wall_seconds * cores, cpu_seconds)``: a cluster bills
+    the cores it allocated for the wall time they were held (``cores`` =
+    ``SLURM_CPUS_PER_TASK`` or 1 per rank); the ``max`` charges extra when a
+    unit used more CPU than allocated (threads oversubscribing).
+
+No interleaved lines
+    Every record is written with a single ``os.write`` of one whole line to a
+    file opened with ``O_APPEND``.  By default each rank has its own file
+    ``rank-NNNNN.jsonl`` and rank 0 concatenates whole lines into
+    ``telemetry.jsonl`` at the end (:func:`merge_rank_files`).  Processes that
+    share one file (``filename=``, e.g. SLURM array tasks) still produce whole
+    lines on a local POSIX file system: Linux serialises O_APPEND writes to a
+    regular file under the inode lock, so the seek-to-end and the write of
+    one ``write(2)`` call are not split by another writer.  (NFS does not
+    give that guarantee: keep per-rank files there.)  Both are proven by
+    ``tests/test_telemetry_mpi.py`` (mpiexec -n 2) and
+    ``tests/test_telemetry.py`` (4 processes, one file).
+
+Encryption (optional)
+    Per line AES-256-GCM (``cryptography``'s ``AESGCM``) with a fresh random
+    96-bit nonce per line and the key from the environment variable
+    ``DMCA_TELEMETRY_KEY`` (base64 of 32 bytes; never from a file in the
+    repository).  An encrypted line is the JSON object
+    ``{"enc":"aesgcm","kid":KID,"nonce":B64,"ct":B64}`` where ``ct`` is the
+    ciphertext and 16-byte tag of the plaintext record line, and
+    ``KID = sha256(b"dmca-telemetry-kid" + key)[:16 hex]`` identifies the key
+    (64 bits of a hash of a 256-bit key reveal nothing usable).  The
+    associated data ``b"dmca-telemetry/1:" + KID`` binds the key id to the
+    ciphertext, so a reader tells "wrong key" (key id differs) from "line
+    altered" (key id matches but authentication fails).  Plaintext and
+    encrypted lines may be mixed in one file.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+#: default price of one core-hour [USD], overridable per job (telemetry.price_per_core_hour_usd)
+DEFAULT_PRICE_PER_CORE_HOUR_USD = 0.05
+
+#: version of the record layout written by :class:`Telemetry` (old-style records have none = 1)
+RECORD_SCHEMA_VERSION = 2
+
+#: environment variable holding the AES-256 key as base64 of 32 bytes
+KEY_ENV = "DMCA_TELEMETRY_KEY"
+
+#: an error message longer than this [characters] is cut (tracebacks can be huge; one
+#: line must stay a small single write)
+MAX_ERROR_CHARS = 8192
+
+#: a line longer than this [bytes] is rejected by readers (protects memory on garbage input)
+MAX_LINE_BYTES = 1 << 20
+
+_AAD_PREFIX = b"dmca-telemetry/1:"
+
+#: stage -> DMCA (domain, hypothesis) used when a record does not say otherwise
+STAGE_DMCA = {
+    "materials": ("materials", "none"),
+    "dft": ("dm-electron", "none"),
+    "bands": ("dm-electron", "none"),
+    "formfactor": ("dm-electron", "DarkPhoton"),
+    "dielectric": ("absorption", "DarkPhoton"),
+    "rates": ("dm-electron", "DarkPhoton"),
+    "nuclear": ("dm-nucleus", "WIMP"),
+    "oracle": ("dft-oracle", "none"),
+}
+
+
+# --------------------------------------------------------------------------- schema
+
+def schema_path() -> Path:
+    """Path of the telemetry JSON Schema, ``config/telemetry.schema.json``
+    (found by :mod:`dmca_hpc.resources`, also in a wheel install)."""
+    from dmca_hpc import resources
+    return resources.config_file("telemetry.schema.json")
+
+
+_SCHEMA: dict | None = None
+_FAST = None
+
+
+def load_schema() -> dict:
+    """The telemetry record schema (parsed once)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        with open(schema_path(), encoding="utf-8") as fh:
+            _SCHEMA = json.load(fh)
+    return _SCHEMA
+
+
+def _fast_validator():
+    """Schema check for records :func:`quick_valid` could not vouch for:
+    jsonschema's compiled Draft-7 validator (~170 us per record; only
+    unusual or invalid records take this path)."""
+    global _FAST
+    if _FAST is None:
+        import jsonschema
+        _FAST = jsonschema.Draft7Validator(load_schema()).is_valid
+    return _FAST
+
+
+def record_error(rec: Any) -> str | None:
+    """None if ``rec`` is a valid record, else a message naming the field,
+    e.g. ``"hpc.rank: -1 is less than the minimum of 0"``."""
+    if quick_valid(rec) or _fast_validator()(rec):
+        return None
+    # slow path only for bad records: jsonschema gives the best, field-named message
+    import jsonschema
+    err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(load_schema()).iter_errors(rec))
+    if err is None:  # pragma: no cover - is_valid and iter_errors of one validator agree
+        return "record rejected by the schema"
+    where = ".".join(str(p) for p in err.absolute_path) or "(record)"
+    return f"{where}: {err.message}"
+
+
+class TelemetryRecordError(ValueError):
+    """A record that violates config/telemetry.schema.json."""
+
+
+def validate_record(rec: Any) -> None:
+    """Raise :class:`TelemetryRecordError` (naming the field) if ``rec`` is invalid."""
+    msg = record_error(rec)
+    if msg is not None:
+        raise TelemetryRecordError(f"telemetry record violates {schema_path().name}: {msg}")
+
+
+# --------------------------------------------------------------------------- encryption
+
+class KeyError_(ValueError):
+    """Bad or missing encryption key."""
+
+
+def load_key(env: str = KEY_ENV, value: str | None = None) -> bytes:
+    """AES-256 key from the environment variable ``env`` (base64 of 32 bytes)."""
+    raw = value if value is not None else os.environ.get(env)
+    if not raw:
+        raise KeyError_(f"telemetry encryption requested but environment variable {env} is not set "
+                        f"(expected base64 of 32 random bytes, e.g. from "
+                        f"`python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'`)")
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyError_(f"{env} is not valid base64: {exc}") from None
+    if len(key) != 32:
+        raise KeyError_(f"{env} decodes to {len(key)} bytes; expected 32 (AES-256)")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """Public identifier of a key: 16 hex digits of SHA-256('dmca-telemetry-kid' || key)."""
+    return hashlib.sha256(b"dmca-telemetry-kid" + key).hexdigest()[:16]
+
+
+def encrypt_line(plain: bytes, key: bytes, _aead=None) -> bytes:
+    """Encrypt one record line (without newline); returns the envelope line
+    (without newline).  A fresh random 12-byte nonce is drawn per call."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    kid = key_id(key)
+    nonce = os.urandom(12)
+    ct = (_aead or AESGCM(key)).encrypt(nonce, plain, _AAD_PREFIX + kid.encode())
+    env = {"enc": "aesgcm", "kid": kid, "nonce": base64.b64encode(nonce).decode(),
+           "ct": base64.b64encode(ct).decode()}
+    return json.dumps(env, separators=(",", ":")).encode()
+
+
+class LineError(ValueError):
+    """A telemetry line that cannot be turned into a valid record.
+
+    ``code`` is one of: ``binary`` (not UTF-8), ``json`` (not JSON),
+    ``truncated`` (last line cut, no newline), ``too_long``, ``not_object``,
+    ``nonfinite`` (NaN/Infinity), ``schema``, ``no_key`` (encrypted, no key
+    given), ``wrong_key``, ``tampered`` (authentication failed), ``envelope``
+    (malformed encrypted envelope).
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-finite number {name}")
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+# ---- quick structural check: a hand-written mirror of config/telemetry.schema.json for
+# the common case.  It returns True only when the record is certainly valid; on any doubt
+# it returns False and the compiled schema decides (so it can never reject a valid
+# record; that it never accepts an invalid one is checked against jsonschema on
+# thousands of mutated records in tests/test_telemetry.py).  It exists because the
+# collector must read 1e6 lines in seconds: jsonschema takes ~170 us per record, this ~3 us.
+_TOP = frozenset(("schema_version", "timestamp", "domain", "hypothesis", "step", "intervention",
+                  "infra_cost_usd", "qps", "latency_p95_ms", "hpc", "physics"))
+_CORE_STR = ("domain", "hypothesis", "step", "intervention")
+_CORE_NUM = ("infra_cost_usd", "qps", "latency_p95_ms")
+_HPC = frozenset(("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "core_seconds",
+                  "cores", "peak_memory_mb", "status", "error", "host"))
+_HPC_REQ = ("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "peak_memory_mb", "status")
+_HPC_NUM = ("wall_seconds", "cpu_seconds", "peak_memory_mb")
+_STATUS = frozenset(("ok", "failed", "skipped"))
+_PHYS_NONNEG = frozenset(("band_gap_ev", "wimp_sigma_cm2", "axion_coupling", "darkphoton_epsilon",
+                          "computation_time_sec"))
+_PHYS_NUM = frozenset(("e_tot_hartree", "form_factor_q0"))
+
+
+def quick_valid(rec: Any) -> bool:
+    """True only if ``rec`` is certainly a valid record (see comment above)."""
+    if type(rec) is not dict:
+        return False
+    for k in rec:
+        if k not in _TOP and not k.startswith("x_"):
+            return False
+    for k in _CORE_STR:
+        v = rec.get(k)
+        if type(v) is not str or not v:
+            return False
+    for k in _CORE_NUM:
+        v = rec.get(k)
+        if (type(v) is not float and type(v) is not int) or not v >= 0:
+            return False
+    if "timestamp" in rec:
+        v = rec["timestamp"]
+        if (type(v) is not float and type(v) is not int) or not v >= 0:
+            return False
+    if "schema_version" in rec:
+        v = rec["schema_version"]
+        if type(v) is not int or v < 1:
+            return False
+    h = rec.get("hpc")
+    if h is not None or "hpc" in rec:
+        if type(h) is not dict:
+            return False
+        for k in h:
+            if k not in _HPC:
+                return False
+        for k in _HPC_REQ:
+            if k not in h:
+                return False
+        for k in ("job_id", "stage"):
+            v = h[k]
+            if type(v) is not str or not v:
+                return False
+        if type(h["unit"]) is not str or type(h["status"]) is not str or h["status"] not in _STATUS:
+            return False
+        v = h["rank"]
+        if type(v) is not int or v < 0:
+            return False
+        for k in _HPC_NUM:
+            v = h[k]
+            if (type(v) is not float and type(v) is not int) or not v >= 0:
+                return False
+        if "core_seconds" in h:
+            v = h["core_seconds"]
+            if (type(v) is not float and type(v) is not int) or not v >= 0:
+                return False
+        if "cores" in h:
+            v = h["cores"]
+            if type(v) is not int or v < 1:
+                return False
+        if "error" in h and h["error"] is not None and type(h["error"]) is not str:
+            return False
+        if "host" in h and type(h["host"]) is not str:
+            return False
+    p = rec.get("physics")
+    if p is not None or "physics" in rec:
+        if type(p) is not dict:
+            return False
+        for k, v in p.items():
+            t = type(v)
+            if k == "material":
+                if t is not str or not v:
+                    return False
+            elif k in _PHYS_NONNEG:
+                if (t is not float and t is not int) or not v >= 0:
+                    return False
+            elif k in _PHYS_NUM:
+                if t is not float and t is not int:
+                    return False
+            elif k == "kpts":
+                if t is int:
+                    if v < 1:
+                        return False
+                elif t is list:
+                    if len(v) != 3:
+                        return False
+                    for x in v:
+                        if type(x) is not int or x < 1:
+                            return False
+                else:
+                    return False
+            elif k == "q_scan_points":
+                if t is not int or v < 0:
+                    return False
+            elif t is list:
+                for x in v:
+                    if type(x) is not float and type(x) is not int:
+                        return False
+            elif not (t is float or t is int or t is str or t is bool or v is None):
+                return False
+    return True
+
+
+class LineDecoder:
+    """Turns raw line bytes into validated records (decrypting when needed).
+
+    Args:
+        key: AES-256 key for encrypted lines (None: encrypted lines are
+            reported with code ``no_key``).
+        validate: check records against the schema.
+    """
+
+    def __init__(self, key: bytes | None = None, validate: bool = True):
+        self.key = key
+        self.kid = key_id(key) if key is not None else None
+        self._aead = None
+        self.validate = validate
+        self._ok = _fast_validator() if validate else None
+
+    def _decrypt(self, env: dict) -> bytes:
+        if set(env) != {"enc", "kid", "nonce", "ct"} or env.get("enc") != "aesgcm" \
+                or not all(isinstance(env[k], str) for k in ("kid", "nonce", "ct")):
+            raise LineError("envelope", "malformed encrypted envelope (expected keys enc='aesgcm', kid, nonce, ct)")
+        if self.key is None:
+            raise LineError("no_key", f"encrypted line (key id {env['kid']}) but no key: set {KEY_ENV}")
+        if env["kid"] != self.kid:
+            raise LineError("wrong_key", f"wrong key: line encrypted with key id {env['kid']}, "
+                                         f"{KEY_ENV} has key id {self.kid}")
+        try:
+            nonce = base64.b64decode(env["nonce"], validate=True)
+            ct = base64.b64decode(env["ct"], validate=True)
+        except (binascii.Error, ValueError):
+            raise LineError("tampered", "authentication failed: nonce/ciphertext is not valid base64 "
+                                        "(line altered)") from None
+        if len(nonce) != 12 or len(ct) < 16:
+            raise LineError("tampered", f"authentication failed: nonce of {len(nonce)} bytes / "
+                                        f"ciphertext of {len(ct)} bytes (line altered)")
+        if self._aead is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            self._aead = AESGCM(self.key)
+        from cryptography.exceptions import InvalidTag
+        try:
+            return self._aead.decrypt(nonce, ct, _AAD_PREFIX + env["kid"].encode())
+        except InvalidTag:
+            raise LineError("tampered", "authentication failed: line altered "
+                                        "(key id matches, AES-GCM tag does not)") from None
+
+    def decode(self, raw: bytes, complete: bool = True) -> tuple[dict, bool]:
+        """Return ``(record, was_encrypted)`` or raise :class:`LineError`.
+
+        ``raw`` excludes the newline; ``complete`` is False for a last line
+        without a newline (reported as truncated unless it parses anyway)."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LineError("truncated" if not complete else "binary",
+                            f"not UTF-8 text (byte {exc.start}: binary data)"
+                            + ("" if complete else "; last line without newline")) from None
+        try:
+            obj = _JSON.decode(text)
+        except ValueError as exc:
+            if not complete:
+                raise LineError("truncated", f"truncated last line (no newline, not valid JSON: {exc})") from None
+            if "non-finite" in str(exc):
+                raise LineError("nonfinite", f"{exc} (JSON has no NaN/Infinity)") from None
+            raise LineError("json", f"not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise LineError("not_object", f"a JSON {type(obj).__name__}, not an object")
+        encrypted = "enc" in obj
+        if encrypted:
+            plain = self._decrypt(obj)
+            try:
+                obj = _JSON.decode(plain.decode("utf-8"))
+            except ValueError as exc:  # authenticated but not a record: writer bug, report it
+                raise LineError("json", f"decrypted payload is not valid JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise LineError("not_object", "decrypted payload is not a JSON object")
+        if self.validate and not quick_valid(obj) and not self._ok(obj):
+            raise LineError("schema", "schema: " + (record_error(obj) or "invalid"))
+        return obj, encrypted
+
+
+def iter_raw_lines(fh, start_line: int = 0, tail: bool = False):
+    """Yield ``(line_number, raw_bytes_without_newline, complete, end_offset)``
+    from a binary file object, reading at most :data:`MAX_LINE_BYTES` per
+    line (memory stays bounded on garbage without newlines).  A line longer
+    than that is yielded as ``None`` bytes (reported as too long).  With
+    ``tail`` a last line without newline is not yielded (a live writer may
+    still be finishing it)."""
+    n = start_line
+    try:
+        pos = fh.tell()
+    except OSError:  # a pipe / FIFO: offsets count from where reading started
+        pos = 0
+    readline = fh.readline
+    limit = MAX_LINE_BYTES + 1
+    while True:
+        chunk = readline(limit)
+        if not chunk:
+            return
+        n += 1
+        if chunk[-1:] == b"\n":
+            pos += len(chunk)
+            yield n, chunk[:-1], True, pos
+        elif len(chunk) > MAX_LINE_BYTES:
+            # skip the rest of the oversized line
+            pos += len(chunk)
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = readline(MAX_LINE_BYTES)
+                pos += len(chunk)
+            yield n, None, True, pos
+        else:
+            if tail:
+                return
+            pos += len(chunk)
+            yield n, chunk, False, pos
+
+
+# --------------------------------------------------------------------------- writing
+
+def _clean(v: Any) -> Any:
+    """JSON-safe copy of a physics value: numpy scalars/arrays to Python,
+    non-finite floats to None (JSON has no NaN; a NaN figure means 'not computed')."""
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        v = v.tolist()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def append_line(path: str | os.PathLike, line: bytes) -> None:
+    """Append one whole line with one ``write(2)`` on an ``O_APPEND`` descriptor
+    (see the module docstring for why this never interleaves on local file systems)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        n = os.write(fd, line)
+        # a short write only happens on a full disk or a signal; finishing it keeps
+        # the line whole for this writer (interleaving is then possible, but rare)
+        while n < len(line):
+            n += os.write(fd, line[n:])
+    finally:
+        os.close(fd)
+
+
+def _default_job_id() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return job or "local"
+
+
+class Telemetry:
+    """Writer of telemetry records for one rank.
+
+    Args:
+        directory: the run's telemetry directory (created).
+        rank: MPI rank of this process.
+        job_id: job identifier (default: SLURM_JOB_ID, with _ARRAY_TASK_ID for
+            array tasks, else ``"local"``).
+        price_per_core_hour_usd: price of one core-hour [USD]; cost of a unit =
+            core-seconds / 3600 * price (module docstring).
+        step, intervention: DMCA core fields copied into every record.
+        encrypt: AES-GCM-encrypt every line (key: ``key`` or ``$DMCA_TELEMETRY_KEY``).
+        key: 32-byte AES key (overrides the environment).
+        cores: cores allocated to this rank (default SLURM_CPUS_PER_TASK or 1).
+        filename: file name inside ``directory`` (default ``rank-NNNNN.jsonl``);
+            several processes may share one name (whole lines guaranteed on
+            local file systems).
+        validate: check each record against the schema before writing
+            (~10 us per record): ``"raise"`` raises :class:`TelemetryRecordError`
+            (nothing written); ``"warn"`` writes it anyway with a
+            RuntimeWarning (the collector lists it as a schema violation), so
+            a contract slip in a physics figure never kills a long production
+            run; ``"off"`` skips the check.  Default: ``"raise"`` when the
+            environment variable ``DMCA_TELEMETRY_STRICT=1`` (set it in test
+            suites), else ``"warn"``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, rank: int = 0, job_id: str | None = None,
+                 price_per_core_hour_usd: float = DEFAULT_PRICE_PER_CORE_HOUR_USD,
+                 step: str = "run", intervention: str = "baseline", encrypt: bool = False,
+                 key: bytes | None = None, cores: int | None = None, filename: str | None = None,
+                 validate: str | None = None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank = int(rank)
+        self.job_id = str(job_id or _default_job_id())
+        self.price = float(price_per_core_hour_usd)
+        if not (self.price >= 0 and math.isfinite(self.price)):
+            raise ValueError(f"telemetry.price_per_core_hour_usd must be a finite number >= 0, got {price_per_core_hour_usd!r}")
+        self.step, self.intervention = str(step), str(intervention)
+        self.cores = int(cores if cores is not None else os.environ.get("SLURM_CPUS_PER_TASK") or 1)
+        if self.cores < 1:
+            raise ValueError(f"telemetry cores must be >= 1, got {self.cores}")
+        self.host = platform.node()
+        self.path = self.dir / (filename or f"rank-{self.rank:05d}.jsonl")
+        if validate is None:
+            validate = "raise" if os.environ.get("DMCA_TELEMETRY_STRICT") == "1" else "warn"
+        if validate not in ("raise", "warn", "off"):
+            raise ValueError(f"Telemetry validate must be 'raise', 'warn' or 'off', got {validate!r}")
+        self.validate = validate
+        self.key = None
+        self._aead = None
+        if encrypt or key is not None:
+            self.key = key if key is not None else load_key()
+            if len(self.key) != 32:
+                raise KeyError_(f"telemetry key must be 32 bytes (AES-256), got {len(self.key)}")
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            self._aead = AESGCM(self.key)
+
+    @classmethod
+    def from_job(cls, section: Mapping[str, Any] | None, directory: str | os.PathLike, rank: int = 0,
+                 job_id: str | None = None) -> "Telemetry":
+        """Build from the job file's ``telemetry:`` section
+        (config/schema/telemetry_job.schema.json; missing keys take defaults)."""
+        s = dict(section or {})
+        return cls(directory, rank=rank, job_id=job_id,
+                   price_per_core_hour_usd=s.get("price_per_core_hour_usd", DEFAULT_PRICE_PER_CORE_HOUR_USD),
+                   step=s.get("step", "run"), intervention=s.get("intervention", "baseline"),
+                   encrypt=bool(s.get("encrypt", False)), cores=(s.get("cores_per_rank") or None),
+                   filename=(s.get("shared_file") or None))
+
+    def record(self, stage: str, unit: str, status: str, wall_s: float, cpu_s: float,
+               peak_mem_mb: float, error: str | None = None,
+               physics: Mapping[str, Any] | None = None,
+               domain: str | None = None, hypothesis: str | None = None) -> dict:
+        """Build, write (one atomic line) and return one record.
+
+        Args:
+            stage: pipeline stage name.
+            unit: unit identifier (stringified).
+            status: ``"ok"``, ``"failed"`` or ``"skipped"``.
+            wall_s, cpu_s: wall-clock and CPU time of the unit [s].
+            peak_mem_mb: peak RSS of the rank [MiB].
+            error: ``"ExcType: message"`` for a failed unit (cut to MAX_ERROR_CHARS).
+            physics: optional physics block (keys of the schema; None/NaN values dropped).
+            domain, hypothesis: DMCA fields (default from :data:`STAGE_DMCA`).
+        """
+        d, h = STAGE_DMCA.get(stage, ("dm-electron", "none"))
+        wall_s, cpu_s = max(float(wall_s), 0.0), max(float(cpu_s), 0.0)
+        core_s = max(wall_s * self.cores, cpu_s)
+        if error is not None:
+            error = str(error)
+            if len(error) > MAX_ERROR_CHARS:
+                error = error[:MAX_ERROR_CHARS - len("...[truncated]")] + "...[truncated]"
+        rec = {
+            "schema_version": RECORD_SCHEMA_VERSION,
+            "timestamp": time.time(),
+            "domain": domain or d,
+            "hypothesis": hypothesis or h,
+            "step": self.step,
+            "intervention": self.intervention,
+            "infra_cost_usd": core_s / 3600.0 * self.price,
+            "qps": (1.0 / wall_s) if wall_s > 0 else 0.0,
+            "latency_p95_ms": wall_s * 1e3,
+            "hpc": {
+                "job_id": self.job_id,
+                "rank": self.rank,
+                "stage": str(stage),
+                "unit": str(unit),
+                "wall_seconds": wall_s,
+                "cpu_seconds": cpu_s,
+                "core_seconds": core_s,
+                "cores": self.cores,
+                "peak_memory_mb": max(float(peak_mem_mb), 0.0),
+                "status": status,
+                "error": error,
+                "host": self.host,
+            },
+        }
+        if physics:
+            phys = {str(k): _clean(v) for k, v in physics.items()}
+            phys = {k: v for k, v in phys.items() if v is not None}
+            if phys:
+                rec["physics"] = phys
+        if self.validate == "raise":
+            validate_record(rec)
+        elif self.validate == "warn":
+            msg = record_error(rec)
+            if msg is not None:
+                import warnings
+                warnings.warn(f"telemetry record of stage {stage!r} unit {unit!r} violates the "
+                              f"schema ({msg}); written anyway", RuntimeWarning, stacklevel=2)
+        self._write(rec)
+        return rec
+
+    def record_result(self, stage: str, result, physics: Mapping[str, Any] | None = None,
+                      unit: str | None = None) -> dict:
+        """Record a :class:`dmca_hpc.hpc.parallel.UnitResult` (status ok/failed from ``result.ok``)."""
+        return self.record(stage, unit if unit is not None else str(result.unit),
+                           "ok" if result.ok else "failed", result.wall_s, result.cpu_s,
+                           result.peak_mem_mb, error=result.error, physics=physics)
+
+    def encode(self, rec: Mapping[str, Any]) -> bytes:
+        """The line (with newline) that :meth:`record` writes for ``rec``."""
+        plain = json.dumps(rec, separators=(",", ":"), allow_nan=False, default=str).encode()
+        if self._aead is not None:
+            plain = encrypt_line(plain, self.key, self._aead)
+        return plain + b"\n"
+
+    def _write(self, rec: dict):
+        append_line(self.path, self.encode(rec))
+
+
+def merge_rank_files(directory: str | os.PathLike, out_name: str = "telemetry.jsonl") -> Path:
+    """Concatenate the per-rank files of ``directory`` (rank order, whole
+    lines only; a partial last line of a killed rank is dropped) into
+    ``out_name``, atomically; returns its path.  Encrypted lines are copied
+    as they are."""
+    from dmca_hpc.hpc.checkpoint import atomic_path
+    d = Path(directory)
+    out = d / out_name
+    with atomic_path(out) as tmp, open(tmp, "wb") as dst:
+        for p in sorted(d.glob("rank-*.jsonl")):
+            with open(p, "rb") as src:
+                for line in src:
+                    if line.endswith(b"\n"):
+                        dst.write(line)
+    return out

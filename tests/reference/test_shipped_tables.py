@@ -1,0 +1,67 @@
+"""The form-factor tables shipped as package data (produced by jobs/*_reference.yaml)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from dmca_hpc.materials import get_material
+from dmca_hpc.tables import read_table, table_for_material
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "dmca_hpc" / "data" / "tables").glob("*.hdf5"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_table_is_production_quality(path):
+    # issue 4: at least a 6x6x6 mesh, conduction bands to >= 25 eV above the
+    # gap, the physics.md binning, scissored to the library's gap
+    t = read_table(path)
+    m = t.metadata
+    assert min(m["kmesh"]) >= 6
+    assert m["e_complete_ev"] - t.gap_ev >= 25.0
+    assert t.f2.shape == (1000, 500) and t.dq_ame == pytest.approx(0.02) and t.de_ev == pytest.approx(0.1)
+    mat = get_material(path.stem)
+    assert t.gap_ev == pytest.approx(mat.scissor_gap_ev)
+    assert t.cell_mass_ev == pytest.approx(mat.cell_mass_ev, rel=1e-3)
+    assert table_for_material(path.stem) == path
+    # nothing below the gap (scissored, VBM at 0)
+    nbelow = int(t.gap_ev / t.de_ev) - 1
+    assert not t.f2[:, :max(nbelow, 0)].any()
+
+
+def test_rates_material_si_from_a_fresh_install():
+    if not any(p.stem == "Si" for p in SHIPPED):
+        pytest.skip("no shipped Si table")
+    r = run_cli("rates", "--material", "Si", "--mass-mev", "100", "--fdm", "heavy", "--halo",
+                "shm-2021", "--sigma-e", "1e-39", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    # the Q spectrum sums to the total (all charge bins listed)
+    assert sum(d["Q_per_kg_year"]) == pytest.approx(d["total_per_kg_year"], rel=1e-9)
+    assert d["total_per_kg_year"] > 0
+
+
+@pytest.mark.parametrize("mass_mev", [5.0, 10.0])
+def test_shipped_ge_matches_qcdark_at_low_mass(qcdark_ge, mass_mev):
+    # Low-mass DM (E_max = m v_max^2 / 2 ~ 18-36 eV, q <~ 2 alpha m_e) probes
+    # only the 4s4p valence band, which both tables describe with PBE and a
+    # 0.67 eV scissor: QCDark's Ge table (shared/reference; all-electron-like
+    # basis with the 3d shell) and ours (GTH q4, no 3d) must agree there.
+    # Tolerance 5%: the two differ in basis and pseudopotential (PBE band
+    # energies of Ge differ by ~0.1 eV between such setups); measured 1.5%.
+    # Above ~30 MeV they part (3d shell, high q): README "Shipped tables".
+    from dmca_hpc.detection.rates import electron_rates
+    if not any(p.stem == "Ge" for p in SHIPPED):
+        pytest.skip("no shipped Ge table")
+    ours = electron_rates(table_for_material("Ge"), [mass_mev * 1e6]).total[0]
+    ref = electron_rates(qcdark_ge, [mass_mev * 1e6]).total[0]
+    assert ours == pytest.approx(ref, rel=0.05)
+
+
+def test_material_aliases_find_the_shipped_table():
+    if not any(p.stem == "C" for p in SHIPPED):
+        pytest.skip("no shipped diamond table")
+    assert table_for_material("diamond").name == "C.hdf5"
+    assert table_for_material("si").name == "Si.hdf5"
+    with pytest.raises(FileNotFoundError, match="shipped tables: .*C"):
+        table_for_material("Unobtainium")
