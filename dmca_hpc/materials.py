@@ -24,14 +24,14 @@ constant.  Numbers and sources:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dmca_hpc import units
 
 __all__ = ["Material", "LIBRARY", "get_material", "material_from_spec",
-           "list_materials", "select_material", "run_stage"]
+           "list_materials", "check_structure", "StructureError"]
 
 
 @dataclass(frozen=True)
@@ -173,76 +173,40 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
                     structure_file=str(path.resolve()), source=f"structure file {path}")
 
 
-def max_deposit_ev(m_chi_ev: float, target_mass_ev: float, v_max_km_s: float) -> float:
-    """Largest energy a halo particle can deposit [eV]: (1/2) mu v_max^2 with
-    mu the reduced mass of the DM particle and the target (here the crystal
-    cell, which absorbs the recoil momentum, so mu ~ m_chi for sub-GeV DM)."""
-    mu = m_chi_ev * target_mass_ev / (m_chi_ev + target_mass_ev)
-    return 0.5 * mu * units.km_s_to_c(v_max_km_s) ** 2
+
+class StructureError(ValueError):
+    """A structure no DFT code can run (message names the atoms and the limit)."""
 
 
-def select_material(m_chi_ev: float, halo: str = "shm-2021",
-                    materials: list[str] | None = None) -> list[dict]:
-    """Which targets can see a DM particle of mass ``m_chi_ev`` [eV] at all.
-
-    Kinematic threshold: the maximum deposit (1/2) mu v_max^2 with
-    v_max = v_esc + v_E of the halo preset must exceed the band gap.
-
-    Returns:
-        One dict per material, viable ones first (ranked by the ratio of the
-        maximum deposit to the gap, largest first: a larger ratio opens more
-        of the phase space), each with ``name``, ``viable``, ``gap_ev``,
-        ``max_deposit_ev``, ``ratio`` and a human ``reason``.
-    """
-    from dmca_hpc.detection.halo import get_halo
-    v_max = get_halo(halo).v_max_km_s
-    out = []
-    for name in materials or list(LIBRARY):
-        m = get_material(name)
-        emax = max_deposit_ev(m_chi_ev, m.cell_mass_ev, v_max)
-        gap = m.scissor_gap_ev
-        viable = emax > gap
-        out.append({
-            "name": m.name, "viable": bool(viable), "gap_ev": gap,
-            "max_deposit_ev": emax, "ratio": emax / gap,
-            "reason": (f"max deposit {emax:.3g} eV {'>' if viable else '<='} gap {gap:g} eV "
-                       f"(v_max = v_esc + v_E = {v_max:g} km/s, halo {halo})"),
-        })
-    out.sort(key=lambda d: (not d["viable"], -d["ratio"]))
-    return out
-
-
-def run_stage(ctx) -> dict:
-    """Pipeline stage ``materials``: writes the target's structure and
-    properties (material.h5 with units, structure.cif) into the stage dir."""
-    import time
-    m = ctx.material
-    out = {}
-    if ctx.comm.Get_rank() == 0:
-        t0, c0 = time.perf_counter(), time.process_time()
-        import numpy as np
-        from ase.io import write
-        from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
-        atoms = m.atoms()
-        path = ctx.stage_dir / "material.h5"
-        with atomic_h5(path, input_hash=ctx.input_hash, stage="materials", prov=ctx.prov) as f:
-            f.attrs["material"] = m.name
-            f.attrs["structure"] = m.structure
-            f.attrs["formula"] = m.formula
-            write_dataset(f, "cell", np.asarray(atoms.cell), "angstrom", "lattice vectors (rows)")
-            write_dataset(f, "positions", atoms.positions, "angstrom", "cartesian positions")
-            write_dataset(f, "numbers", atoms.numbers, "1", "atomic numbers")
-            for key, unit in (("gap_ev", "eV"), ("scissor_gap_ev", "eV"), ("pair_energy_ev", "eV"),
-                              ("density_g_cm3", "g/cm^3"), ("a_angstrom", "angstrom")):
-                val = getattr(m, key)
-                write_dataset(f, key, np.nan if val is None else val, unit)
-            write_dataset(f, "cell_mass_ev", m.cell_mass_ev, "eV", "M_cell")
-            write_dataset(f, "cell_volume_angstrom3", m.cell_volume_angstrom3, "angstrom^3")
-        cif = ctx.stage_dir / "structure.cif"
-        write(str(cif), atoms, parallel=False)
-        out = {"material": str(path), "structure": str(cif)}
-        from dmca_hpc.hpc.parallel import peak_memory_mb
-        ctx.telemetry.record("materials", m.name, "ok", time.perf_counter() - t0,
-                             time.process_time() - c0, peak_memory_mb(),
-                             physics={"material": m.name})
-    return out
+def check_structure(atoms, min_distance_angstrom: float = 0.5, name: str = "structure",
+                    key: str = "min_distance_angstrom", periodic: bool = True) -> None:
+    """Raise :class:`StructureError` when the structure has no atoms, a
+    degenerate cell (volume below 1e-3 angstrom^3, or not 3D periodic when
+    ``periodic``), a lattice vector shorter than ``min_distance_angstrom``,
+    or two atoms (periodic images included) closer than
+    ``min_distance_angstrom`` [angstrom].  ``key`` is the job key that sets
+    the limit, named in the message.  Runs before PySCF or pw.x, whose
+    integrals blow up or hang on overlapping nuclei."""
+    import numpy as np
+    from ase.neighborlist import neighbor_list
+    if len(atoms) == 0:
+        raise StructureError(f"{name}: structure has no atoms")
+    vol = abs(float(np.linalg.det(atoms.cell.array)))
+    if (periodic and not all(atoms.pbc)) or vol < 1e-3:
+        raise StructureError(f"{name}: needs a 3D periodic cell with a positive volume (pbc="
+                             f"{list(map(bool, atoms.pbc))}, volume {vol:.3g} angstrom^3): the "
+                             "cell is degenerate")
+    if min_distance_angstrom <= 0:
+        return
+    i, j, d = neighbor_list("ijd", atoms, float(min_distance_angstrom), self_interaction=False)
+    if len(d):
+        k = int(np.argmin(d))
+        sym = atoms.get_chemical_symbols()
+        raise StructureError(
+            f"{name}: overlapping atoms: atom {int(i[k])} ({sym[i[k]]}) and atom {int(j[k])} "
+            f"({sym[j[k]]}) are {d[k]:.3f} angstrom apart (periodic images included), below "
+            f"{key} = {min_distance_angstrom} angstrom")
+    lengths = atoms.cell.lengths()
+    if lengths.min() < min_distance_angstrom:
+        raise StructureError(f"{name}: lattice vector of length {lengths.min():.3f} angstrom is "
+                             f"below {key} = {min_distance_angstrom} angstrom")

@@ -1,7 +1,8 @@
 """``dmca-hpc``: the command line.
 
-Each command lives in the module that holds its physics or machinery and
-exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``.  Only the
+Each command lives in its own module of this package (``dmca_hpc/cli/<command>.py``)
+and exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``; the physics
+packages below know nothing of argparse.  Only the
 module of the command being run is imported, so ``dmca-hpc --help`` and
 ``dmca-hpc <command> --help`` never import pyscf, numba or mpi4py.
 
@@ -23,17 +24,17 @@ COMMANDS = {
     "run": ("dmca_hpc.cli.main", "run a job file's stages (validates first; resumes from checkpoints)"),
     "materials": ("dmca_hpc.cli.main", "list the built-in detector targets and their properties"),
     "select": ("dmca_hpc.cli.main", "which targets can see a DM mass at all (kinematic threshold)"),
-    "dft": ("dmca_hpc.electronic.scf", "PySCF SCF of a material (and dense-mesh bands with --dense-kmesh)"),
-    "formfactor": ("dmca_hpc.electronic.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
-    "rates": ("dmca_hpc.detection.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
-    "reach": ("dmca_hpc.detection.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
-    "nuclear": ("dmca_hpc.detection.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),
-    "absorption": ("dmca_hpc.detection.absorption", "dark-photon and ALP absorption rates and reach"),
-    "oracle": ("dmca_hpc.oracle.pwx", "label structures with self-correcting Quantum ESPRESSO runs"),
-    "collect": ("dmca_hpc.monitoring.collector", "summarize telemetry files: cost, throughput, p95, FTI, failures"),
-    "export": ("dmca_hpc.monitoring.exporter", "serve telemetry metrics to Prometheus (or write a textfile)"),
-    "submit": ("dmca_hpc.slurm", "render and submit a job file as a SLURM batch job"),
-    "slurm-selftest": ("dmca_hpc.slurm", "small requeue-safe MPI workload to check a cluster's signal/requeue path"),
+    "dft": ("dmca_hpc.cli.dft", "PySCF SCF of a material (and dense-mesh bands with --dense-kmesh)"),
+    "formfactor": ("dmca_hpc.cli.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
+    "rates": ("dmca_hpc.cli.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
+    "reach": ("dmca_hpc.cli.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
+    "nuclear": ("dmca_hpc.cli.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),
+    "absorption": ("dmca_hpc.cli.absorption", "dark-photon and ALP absorption rates and reach"),
+    "oracle": ("dmca_hpc.cli.oracle", "label structures with self-correcting Quantum ESPRESSO runs"),
+    "collect": ("dmca_hpc.cli.collect", "summarize telemetry files: cost, throughput, p95, FTI, failures"),
+    "export": ("dmca_hpc.cli.export", "serve telemetry metrics to Prometheus (or write a textfile)"),
+    "submit": ("dmca_hpc.cli.submit", "render and submit a job file as a SLURM batch job"),
+    "slurm-selftest": ("dmca_hpc.cli.submit", "small requeue-safe MPI workload to check a cluster's signal/requeue path"),
     "warmup": ("dmca_hpc.cli.main", "compile the Numba kernels into the on-disk cache once (before ranks start)"),
 }
 
@@ -229,7 +230,7 @@ def _add_select(p):
 
 def _run_select(args) -> int:
     import json
-    from dmca_hpc.materials import select_material
+    from dmca_hpc.detection.select import select_material
     try:
         rows = select_material(args.mass_mev * 1e6, halo=args.halo)
     except (KeyError, ValueError) as exc:

@@ -137,29 +137,14 @@ def material_name(material) -> str:
 
 
 def check_structure(atoms, min_distance_angstrom: float = 0.5, name: str = "structure"):
-    """Raise :class:`DFTInputError` when two atoms (periodic images included)
-    are closer than ``min_distance_angstrom`` [angstrom], or the cell is not
-    3D periodic with a positive volume.  Runs before PySCF, whose integrals
-    would otherwise blow up or hang on overlapping nuclei."""
-    if len(atoms) == 0:
-        raise DFTInputError(f"{name}: structure has no atoms")
-    if not all(atoms.pbc) or atoms.cell.volume <= 1e-6:
-        raise DFTInputError(f"{name}: the dft stage needs a 3D periodic cell with a positive "
-                            f"volume (pbc={list(atoms.pbc)}, volume={atoms.cell.volume:.3g} A^3)")
-    from ase.neighborlist import neighbor_list
-    i, j, d = neighbor_list("ijd", atoms, float(min_distance_angstrom), self_interaction=False)
-    if len(d):
-        k = int(np.argmin(d))
-        sym = atoms.get_chemical_symbols()
-        raise DFTInputError(
-            f"{name}: overlapping atoms: atom {i[k]} ({sym[i[k]]}) and atom {j[k]} "
-            f"({sym[j[k]]}) are {d[k]:.3f} angstrom apart (periodic images included), below "
-            f"dft.min_distance_angstrom = {min_distance_angstrom} angstrom")
-    # an atom on top of its own periodic image means a degenerate cell
-    lengths = atoms.cell.lengths()
-    if lengths.min() < min_distance_angstrom:
-        raise DFTInputError(f"{name}: lattice vector of length {lengths.min():.3f} angstrom is "
-                            f"below dft.min_distance_angstrom = {min_distance_angstrom}")
+    """:func:`dmca_hpc.materials.check_structure` as a :class:`DFTInputError`
+    naming ``dft.min_distance_angstrom``."""
+    from dmca_hpc.materials import StructureError
+    from dmca_hpc.materials import check_structure as check
+    try:
+        check(atoms, min_distance_angstrom, name, key="dft.min_distance_angstrom")
+    except StructureError as exc:
+        raise DFTInputError(str(exc)) from None
 
 
 def check_basis(symbols, basis: str, pseudo: str | None):
