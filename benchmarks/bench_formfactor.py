@@ -34,6 +34,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from dmca_hpc.pipeline import make_context
+from dmca_hpc.stages import dft as dft_stage
+from dmca_hpc.stages import bands as bands_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,8 +61,8 @@ def make_bands(workdir: Path, kmesh=(4, 4, 4), basis="gth-dzvp") -> str:
                      "chunk_size": 8}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r1 = dft.run_stage(dft.make_context("dft", out, mat, job, comm=SerialComm()))
-        r2 = bands.run_stage(dft.make_context("bands", out, mat, job, outputs={"dft": r1},
+        r1 = dft_stage.run_stage(make_context("dft", out, mat, job, comm=SerialComm()))
+        r2 = bands_stage.run_stage(make_context("bands", out, mat, job, outputs={"dft": r1},
                                               comm=SerialComm()))
     return r2["bands"]
 

@@ -27,6 +27,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from dmca_hpc.pipeline import make_context
+from dmca_hpc.stages import dft as dft_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,13 +43,13 @@ def make_scf(workdir: Path) -> str:
     from dmca_hpc.hpc.parallel import SerialComm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ctx = dft.make_context("dft", workdir / "si", get_material("Si"), {"dft": SCF},
+        ctx = make_context("dft", workdir / "si", get_material("Si"), {"dft": SCF},
                                comm=SerialComm())
-        return dft.run_stage(ctx)["scf"]
+        return dft_stage.run_stage(ctx)["scf"]
 
 
 def time_kernel(scf: str, n_k: int, dq: float = 1e-4) -> dict:
-    from dmca_hpc.electronic.bands import _Worker
+    from dmca_hpc.electronic.bands import BandWorker as _Worker
     from dmca_hpc.electronic.scf import load_scf
     from dmca_hpc.electronic.matrix_elements import ft_aopair_bloch
     from dmca_hpc.response.optical import transitions_at_k

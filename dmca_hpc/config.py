@@ -5,10 +5,10 @@ Every problem is reported as one line ``FILE: key.path[i]: what is wrong
 traceback at a user.  The stage sections are described by fragments in
 config/schema/<section>.schema.json referenced from the job schema.
 
-Defaults, in order of precedence (highest first): the job file, the
-``pyscf`` block of config/experiment.yaml (for dft.basis, dft.pseudo, dft.xc,
-dft.kmesh, formfactor.q_max, formfactor.dq), the ``default`` values
-of the schema.
+Defaults: the job file over :mod:`dmca_hpc.settings` (the one model of every
+section's defaults, units and docs; the schema fragments are tested against
+it).  config/experiment.yaml keeps the DMCA structure (domains, hypotheses,
+interventions) and documents the same PySCF defaults in its ``pyscf`` block.
 """
 from __future__ import annotations
 
@@ -194,23 +194,16 @@ def resolve_paths(job: dict, base_dir: str | os.PathLike, filename: str = "<job>
 
 
 def apply_defaults(job: dict) -> dict:
-    """A copy of a valid job with every default filled in."""
+    """A copy of a valid job with every default filled in: each section's
+    fields from :mod:`dmca_hpc.settings` (the one model of the defaults), then
+    the defaults of nested objects (``oracle.generate`` ...) from the schema."""
+    from dmca_hpc import settings
     job = copy.deepcopy(job)
-    schema = job_schema()
-    exp = experiment_defaults().get("pyscf", {})
-    pyscf_map = {("dft", "basis"): exp.get("basis"), ("dft", "pseudo"): exp.get("pseudo"),
-                 ("dft", "xc"): exp.get("xc"), ("dft", "kmesh"): exp.get("kpts"),
-                 ("formfactor", "q_max"): exp.get("q_max_ame")}
-    if exp.get("q_max_ame") and exp.get("q_points"):
-        pyscf_map[("formfactor", "dq")] = exp["q_max_ame"] / exp["q_points"]
-    for (sec, key), val in pyscf_map.items():
-        props = schema["properties"].get(sec, {}).get("properties", {})
-        if val is not None and key in props and key not in job.get(sec, {}):
-            job.setdefault(sec, {})[key] = copy.deepcopy(val)
-    for sec in list(schema["properties"]):
-        if "$ref" in (_load_json(str(config_dir() / "job.schema.json"))["properties"].get(sec) or {}):
-            job.setdefault(sec, {})
-    _fill_defaults(job, schema)
+    for f in settings.TOP_LEVEL:
+        job.setdefault(f.name, copy.deepcopy(f.default))
+    for name in settings.SECTIONS:
+        job[name] = settings.with_defaults(name, job.get(name), error=lambda m: JobError([m]))
+    _fill_defaults(job, job_schema())
     return job
 
 

@@ -174,6 +174,37 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
 
 
 
+def resolve_atoms(material):
+    """``ase.Atoms`` (angstrom) of a material given as a
+    :class:`dmca_hpc.materials.Material` (anything with ``.atoms()``), an
+    ``ase.Atoms``, a library name or a structure file path."""
+    if material is None:
+        raise MaterialError("no material given (the stage runs per material)")
+    if hasattr(material, "atoms") and callable(material.atoms):
+        return material.atoms()
+    from ase import Atoms
+    if isinstance(material, Atoms):
+        return material.copy()
+    if isinstance(material, (str, os.PathLike)):
+        if Path(material).exists():
+            from ase.io import read
+            return read(str(material))
+        return get_material(str(material)).atoms()
+    raise MaterialError(f"cannot make a structure from {material!r}")
+
+
+def material_name(material) -> str:
+    if material is None:
+        return "unknown"
+    if hasattr(material, "name"):
+        return str(material.name)
+    if isinstance(material, (str, os.PathLike)):
+        return Path(str(material)).stem if Path(str(material)).exists() else str(material)
+    if hasattr(material, "get_chemical_formula"):
+        return material.get_chemical_formula()
+    return str(material)
+
+
 class StructureError(ValueError):
     """A structure no DFT code can run (message names the atoms and the limit)."""
 

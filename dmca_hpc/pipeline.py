@@ -63,6 +63,26 @@ class StageContext:
 
 
 
+def make_context(stage: str, out_dir, material, job: dict, outputs: dict | None = None,
+                 comm=None, job_id: str | None = None):
+    """A :class:`StageContext` for running one stage outside a job (the
+    ``dft`` and ``formfactor`` commands, tests, benchmarks, notebooks): the
+    stage writes into ``out_dir/<stage>``, telemetry into ``out_dir/telemetry``.
+    The input hash covers the stage's section (and the dft section for bands)."""
+    from dmca_hpc.hpc.checkpoint import config_hash, provenance
+    from dmca_hpc.hpc.parallel import get_comm
+    from dmca_hpc.monitoring.telemetry import Telemetry
+    comm = comm or get_comm()
+    out_dir = Path(out_dir)
+    ih = config_hash({"stage": stage, "section": job.get(stage, {}),
+                      "upstream": job.get("dft", {}) if stage == "bands" else None})
+    return StageContext(name=stage, job=job, material=material, stage_dir=out_dir / stage,
+                        input_hash=ih, outputs=outputs or {}, comm=comm,
+                        telemetry=Telemetry(out_dir / "telemetry", rank=comm.Get_rank(),
+                                            job_id=job_id),
+                        prov=provenance(ih, nranks=comm.Get_size()), seed=0, run_dir=out_dir)
+
+
 def stage_input_hash(job: dict, stage: str, material, upstream_hashes: dict) -> str:
     from dmca_hpc.hpc.checkpoint import config_hash
     return config_hash({

@@ -26,7 +26,6 @@ Only the standard library is imported at module import time.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -79,8 +78,9 @@ def load_schema() -> dict:
 # --------------------------------------------------------------------------- settings
 
 def defaults() -> dict:
-    """The ``slurm:`` section with every field at its schema default."""
-    return {k: copy.deepcopy(v["default"]) for k, v in load_schema()["properties"].items()}
+    """The ``slurm:`` section with every field at its default (:mod:`dmca_hpc.settings`)."""
+    from dmca_hpc import settings
+    return settings.defaults("slurm")
 
 
 def validate_settings(section: Mapping[str, Any] | None, source: str = "job file") -> dict:
@@ -375,7 +375,6 @@ def selftest(out_dir: str | os.PathLike, n_units: int = 8, unit_seconds: float =
     units failed.
     """
     import numpy as np
-    from dmca_hpc import resources
     from dmca_hpc.hpc.checkpoint import UnitStore, atomic_h5, config_hash, provenance, write_dataset
     from dmca_hpc.hpc.parallel import get_comm, map_units
     from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
@@ -435,89 +434,3 @@ def selftest(out_dir: str | os.PathLike, n_units: int = 8, unit_seconds: float =
 
 
 # --------------------------------------------------------------------------- CLI
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``dmca-hpc submit``."""
-    p.add_argument("job", help="job file (YAML); its slurm: section gives the defaults")
-    p.add_argument("--template", choices=TEMPLATES, default="run_stages",
-                   help="batch script: one MPI job over the stages (run_stages), a job array "
-                        "over materials or masses (array), the QE oracle batch (oracle)")
-    p.add_argument("--out", help="output directory of the run (default: runs/<job file stem>)")
-    p.add_argument("--partition"); p.add_argument("--account"); p.add_argument("--qos")
-    p.add_argument("--nodes", type=int); p.add_argument("--ntasks", type=int, help="MPI ranks")
-    p.add_argument("--cpus-per-task", type=int, help="cores (threads) per rank")
-    p.add_argument("--time", help="wall-time limit [D-]HH:MM:SS")
-    p.add_argument("--signal-before", type=int, dest="signal_before_s",
-                   help="seconds before the limit at which the run checkpoints [s]")
-    p.add_argument("--array", help="job-array spec for --template array (default: one task per item)")
-    p.add_argument("--launcher", choices=("mpiexec", "srun", "none"))
-    p.add_argument("--container", help="Apptainer image to run dmca-hpc in")
-    p.add_argument("--no-requeue", dest="requeue", action="store_false", default=None,
-                   help="on a checkpointed exit (99) stop instead of requeueing")
-    p.add_argument("--entry", help="command that starts dmca-hpc on the nodes (default: this install's dmca-hpc)")
-    p.add_argument("--dry-run", action="store_true", help="print the rendered script, submit nothing")
-    p.add_argument("--wait", action="store_true", help="return when the job has finished (sbatch --wait)")
-    p.add_argument("--command", dest="cmd",
-                   help="dmca-hpc arguments to run instead of 'run JOB --out OUT' (one quoted string; "
-                        "in the array template {item} and {out} are the task's item and directory)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``dmca-hpc submit``: render the template and submit it (or print it)."""
-    try:
-        job = load_job(args.job)
-        src = str(args.job)
-        settings = validate_settings(job.get("slurm"), source=src)
-        settings = apply_overrides(
-            settings, source="command line", partition=args.partition, account=args.account,
-            qos=args.qos, nodes=args.nodes, ntasks=args.ntasks, cpus_per_task=args.cpus_per_task,
-            time=args.time, signal_before_s=args.signal_before_s, array=args.array,
-            launcher=args.launcher, container=args.container, requeue=args.requeue)
-        out = Path(args.out or Path("runs") / Path(args.job).stem).resolve()
-        items = array_items(job, settings, src) if args.template == "array" else None
-        cmd = shlex.split(args.cmd) if args.cmd else None
-        text = render(args.template, settings, args.job, out, args=cmd,
-                      entry=shlex.split(args.entry) if args.entry else None, items=items)
-    except SlurmConfigError as exc:
-        print(f"dmca-hpc submit: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        sys.stdout.write(text)
-        return 0
-    script = write_script(text, out, args.template)
-    try:
-        jid = submit(script, wait=args.wait)
-    except (RuntimeError, FileNotFoundError) as exc:
-        print(f"dmca-hpc submit: {exc}", file=sys.stderr)
-        return 1
-    print(jid)
-    print(f"dmca-hpc submit: job {jid}, script {script}, logs in {out / 'slurm'}", file=sys.stderr)
-    return 0
-
-
-def add_selftest_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``dmca-hpc slurm-selftest``."""
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--units", type=int, default=8, help="number of units [count]")
-    p.add_argument("--unit-seconds", type=float, default=0.5, help="minimum wall time per unit [s]")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the per-unit random draws")
-
-
-def run_selftest_cli(args: argparse.Namespace) -> int:
-    """``dmca-hpc slurm-selftest``: run :func:`selftest` (under any launcher)."""
-    from dmca_hpc.hpc.parallel import abort_on_exception
-    return abort_on_exception(selftest)(args.out, args.units, args.unit_seconds, args.seed)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dmca_hpc.slurm submit|selftest ...`` (before/without the dmca-hpc CLI)."""
-    p = argparse.ArgumentParser(prog="python -m dmca_hpc.slurm")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_arguments(sub.add_parser("submit", help="render and submit an sbatch template"))
-    add_selftest_arguments(sub.add_parser("selftest", help="requeue-safe MPI smoke workload"))
-    a = p.parse_args(argv)
-    return run_cli(a) if a.command == "submit" else run_selftest_cli(a)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from dmca_hpc.electronic import scf as dft
 from dmca_hpc.materials import get_material
+from dmca_hpc.pipeline import make_context
+from dmca_hpc.stages import dft as dft_stage
+from dmca_hpc.stages import bands as bands_stage
 
 SI_DFT = {"basis": "gth-dzvp", "pseudo": "gth-pbe", "xc": "PBE", "kmesh": [2, 2, 2],
           "ke_cutoff_hartree": 10.0, "conv_tol_hartree": 1e-10, "max_cycles": 50}
@@ -16,7 +19,7 @@ def shared_si_scf(tmp_path_factory, section=SI_DFT, tag="si_dzvp"):
     session-wide directory; returns (out_dir, scf.h5 path)."""
     out = tmp_path_factory.getbasetemp() / f"dmca_shared_{tag}"
     job = {"dft": dict(section)}
-    res = dft.run_stage(dft.make_context("dft", out, get_material("Si"), job))
+    res = dft_stage.run_stage(make_context("dft", out, get_material("Si"), job))
     return out, Path(res["scf"])
 
 
@@ -43,10 +46,10 @@ def make_si_bands(cache_dir) -> str:
                      "chunk_size": 8}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # szv cannot reach 50 eV: known, tested below
-        c1 = dft.make_context("dft", out, mat, job, comm=SerialComm())
-        r1 = dft.run_stage(c1)
-        c2 = dft.make_context("bands", out, mat, job, outputs={"dft": r1}, comm=SerialComm())
-        r2 = bands.run_stage(c2)
+        c1 = make_context("dft", out, mat, job, comm=SerialComm())
+        r1 = dft_stage.run_stage(c1)
+        c2 = make_context("bands", out, mat, job, outputs={"dft": r1}, comm=SerialComm())
+        r2 = bands_stage.run_stage(c2)
     return r2["bands"]
 
 

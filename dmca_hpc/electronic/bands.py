@@ -1,4 +1,5 @@
-"""Stage ``bands``: Kohn-Sham bands on a dense Gamma-centred mesh, spread over MPI ranks.
+"""Kohn-Sham bands on a dense Gamma-centred mesh, spread over MPI ranks by the
+``bands`` stage (:mod:`dmca_hpc.stages.bands`).
 
 With the converged density of the ``dft`` stage fixed, the Kohn-Sham
 Hamiltonian at any k is known and each k-point is an independent
@@ -50,34 +51,13 @@ a band-structure plot along ASE's standard path and a DOS plot (PNG).
 """
 from __future__ import annotations
 
-import copy
-import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["BANDS_DEFAULTS", "BandsInputError", "choose_nbands", "apply_scissor",
-           "density_of_states", "gap_summary", "run_stage", "chunk_units"]
-
-#: defaults of the ``bands`` job section (config/schema/bands.schema.json holds the same)
-BANDS_DEFAULTS: dict[str, Any] = {
-    "kmesh": [4, 4, 4],
-    "n_conduction": None,
-    "energy_above_gap_ev": 50.0,
-    "chunk_size": 4,
-    "schedule": "dynamic",
-    "scissor_convention": "qcdark",
-    "scissor_gap_ev": None,
-    "dos_sigma_ev": 0.1,
-    "dos_step_ev": 0.02,
-    "band_path": None,
-    "band_path_npoints": 60,
-    "plots": True,
-    "symprec_angstrom": 1e-5,
-}
+__all__ = ["BandsInputError", "choose_nbands", "apply_scissor", "density_of_states",
+           "gap_summary", "chunk_units", "band_path", "segment_of", "BandWorker", "write_bands",
+           "validate_section"]
 
 #: keys that change what a unit (k-chunk) contains; the rest only change the merge
 _UNIT_KEYS = ("kmesh", "n_conduction", "energy_above_gap_ev", "chunk_size", "band_path",
@@ -90,7 +70,8 @@ class BandsInputError(ValueError):
     """Bad input of the bands stage (message names the job key)."""
 
 
-def _validate(sec: dict):
+def validate_section(sec: dict):
+    """Check a ``bands`` section with defaults applied (raises BandsInputError)."""
     km = sec["kmesh"]
     if (not isinstance(km, (list, tuple)) or len(km) != 3
             or not all(isinstance(x, (int, np.integer)) and x >= 1 for x in km)):
@@ -222,7 +203,7 @@ def chunk_units(n_mesh: int, n_path: int, chunk_size: int) -> list[tuple]:
     return units
 
 
-def _band_path(atoms, path: str | None, npoints: int):
+def band_path(atoms, path: str | None, npoints: int):
     bp = atoms.cell.bandpath(path=path, npoints=npoints)
     x, xs, labels = bp.get_linear_kpoint_axis()
     labels = [("Γ" if lb == "G" else lb) for lb in labels]
@@ -237,7 +218,7 @@ def _band_path(atoms, path: str | None, npoints: int):
     return bp, np.asarray(x), np.asarray(mx), ml
 
 
-def _segment_of(x: float, xs, labels) -> tuple[str, float]:
+def segment_of(x: float, xs, labels) -> tuple[str, float]:
     """Segment label ('Γ-X') and fractional position along it of path coordinate x."""
     for s in range(len(xs) - 1):
         if xs[s] <= x <= xs[s + 1] and xs[s + 1] > xs[s]:
@@ -247,7 +228,7 @@ def _segment_of(x: float, xs, labels) -> tuple[str, float]:
 
 # --------------------------------------------------------------------------- unit work
 
-class _Worker:
+class BandWorker:
     """Per-rank state for the k-chunks: the Kohn-Sham Hamiltonian of the
     converged density, rebuilt once from scf.h5, then diagonalized per k.
 
@@ -355,345 +336,96 @@ class _Worker:
         return e, c
 
 
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- bands.h5
 
-def _section(ctx) -> dict:
-    sec = dict((ctx.job or {}).get("bands") or {})
-    unknown = sorted(set(sec) - set(BANDS_DEFAULTS))
-    if unknown:
-        raise BandsInputError(f"bands: unknown key(s) {unknown}; expected a subset of "
-                              f"{sorted(BANDS_DEFAULTS)}")
-    out = copy.deepcopy(BANDS_DEFAULTS)
-    out.update(sec)
-    _validate(out)
-    return out
+def write_bands(path, *, input_hash: str, prov: dict | None, cell_str: str, material: str,
+                scf_path: str, scf_hash: str, kmesh, energy_above_gap_ev: float,
+                nbands_warning: str | None, kpts_frac, kpts, energies, energies_scissored, coeffs,
+                nocc: int, scissor: dict, gaps: dict, ibz, dos_energy_ev, dos, dos_sigma_ev: float,
+                band_path: dict | None = None) -> Path:
+    """Write ``bands.h5`` atomically (the file the module docstring describes).
 
-
-def _scf_path(ctx) -> str:
-    p = ((ctx.outputs or {}).get("dft") or {}).get("scf")
-    if p is None:
-        p = str(Path(ctx.stage_dir).parent / "dft" / "scf.h5")
-    return str(p)
-
-
-def run_stage(ctx) -> dict:
-    """Pipeline stage ``bands`` (called on every rank).
-
-    Returns on rank 0 ``{'bands': bands.h5, 'band_structure_plot': png,
-    'dos_plot': png}`` (plots only with ``plots: true``), ``{}`` elsewhere.
-
-    Raises:
-        BandsInputError: bad section (every rank).
-        RuntimeError: some k-chunks failed (their error is in telemetry; the
-            finished ones are checkpointed, so a rerun only redoes those).
+    Args:
+        energies, energies_scissored: [nk, nbands] hartree; coeffs [nk, nao, nbands].
+        kpts_frac [nk, 3] reciprocal basis; kpts [nk, 3] bohr^-1.
+        scissor: the dict of :func:`apply_scissor`; gaps: of :func:`gap_summary` [eV].
+        ibz: :class:`dmca_hpc.electronic.symmetry.IrreducibleMesh` of the mesh.
+        dos_energy_ev [eV], dos [states / eV / cell], dos_sigma_ev [eV].
+        band_path: None or a dict with ``kpts_frac``, ``energies`` [hartree], ``x``,
+            ``xs`` [angstrom^-1], ``labels``, ``path``, ``cbm_segment``,
+            ``cbm_fraction``, ``gap_indirect_ev``.
     """
-    from dmca_hpc.hpc.checkpoint import UnitStore, config_hash, is_complete
-    from dmca_hpc.electronic.scf import idle_barrier, material_name, set_threads
-    from dmca_hpc.hpc.parallel import Progress, map_units, peak_memory_mb
-    from dmca_hpc.units import HARTREE_EV
-    comm = ctx.comm
-    rank, size = comm.Get_rank(), comm.Get_size()
-    sec = _section(ctx)
-    name = material_name(ctx.material)
-    stage_dir = Path(ctx.stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-
-    # rank 0 reads the small SCF summary and decides; everyone gets the plan
-    plan = None
-    if rank == 0:
-        try:
-            plan = _plan(ctx, sec, name)
-        except Exception as exc:
-            plan = {"error": (type(exc).__name__, str(exc))}
-    plan = comm.bcast(plan, root=0)
-    if "error" in plan:
-        etype, msg = plan["error"]
-        raise (BandsInputError if etype == "BandsInputError" else RuntimeError)(msg)
-    if plan["warning"] and rank == 0:
-        warnings.warn(plan["warning"])
-        print(f"dmca_hpc bands: WARNING: {plan['warning']}", file=sys.stderr)
-
-    out_path = stage_dir / "bands.h5"
-    outputs = {"bands": str(out_path)}
-    if sec["plots"]:
-        outputs["band_structure_plot"] = str(stage_dir / "band_structure.png")
-        outputs["dos_plot"] = str(stage_dir / "dos.png")
-    if plan["reuse"]:
-        if rank == 0:
-            ctx.telemetry.record(STAGE, f"{name}:merge", "skipped", 0.0, 0.0, peak_memory_mb(),
-                                 physics={"material": name, "kpts": list(sec["kmesh"])})
-        return outputs if rank == 0 else {}
-
-    units = plan["units"]
-    store = UnitStore(stage_dir / "units", plan["unit_hash"])
-    if size > 1:
-        set_threads(1)  # one core per rank: the k-chunks are the parallelism
-    worker = _Worker(plan["scf"], plan["nbands"])
-    kcart = {"mesh": plan["mesh_kpts"], "path": plan["path_kpts"]}
-    progress = Progress(f"{name} bands", len(units), comm=comm)
-    unit_pos = {tuple(u): j for j, u in enumerate(units)}
-
-    def work(unit):
-        kind, s, t = unit
-        e, c = worker.bands(kcart[kind][s:t])
-        i = unit_pos[tuple(unit)]
-        store.save(i, {"energies": e, "coeffs": c, "k_index": np.arange(s, t)},
-                   {"energies": "hartree", "coeffs": "1", "k_index": "1"},
-                   attrs={"kind": kind, "start": s, "stop": t})
-        nocc = plan["nocc"]
-        return {"gap_direct_ev": float((e[:, nocc] - e[:, nocc - 1]).min() * HARTREE_EV)}
-
-    def on_result(r):
-        kind, s, t = r.unit
-        phys = {"material": name, "kpts": int(t - s), "e_tot_hartree": plan["e_tot"]}
-        if r.ok and r.value["gap_direct_ev"] >= 0:
-            phys["band_gap_ev"] = r.value["gap_direct_ev"]
-        ctx.telemetry.record_result(STAGE, r, physics=phys, unit=f"{name}:{kind}:{s}-{t}")
-        if rank == 0:  # count every rank's finished files (names only: cheap)
-            progress.update(sum(1 for _ in store.dir.glob("unit-*.h5")))
-
-    results = map_units(work, units, comm=comm, schedule=sec["schedule"],
-                        on_result=on_result, skip=plan["done"])
-    failed = None
-    if rank == 0:
-        failed = [(r.index, str(r.unit), r.error) for r in results if not r.ok]
-    failed = comm.bcast(failed, root=0)
-    if failed:
-        raise RuntimeError(f"bands: {len(failed)} of {len(units)} k-chunks failed for {name} "
-                           f"(finished ones are checkpointed in {store.dir}); first: "
-                           f"unit {failed[0][1]}: {failed[0][2]}")
-
-    status = None
-    if rank == 0:
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            _merge(ctx, sec, plan, store, out_path, name)
-            status = ("ok", None)
-            ctx.telemetry.record(STAGE, f"{name}:merge", "ok", time.perf_counter() - t0,
-                                 time.process_time() - c0, peak_memory_mb(),
-                                 physics={"material": name, "kpts": list(sec["kmesh"]),
-                                          "e_tot_hartree": plan["e_tot"]})
-        except Exception as exc:
-            status = ("error", f"{type(exc).__name__}: {exc}")
-            ctx.telemetry.record(STAGE, f"{name}:merge", "failed", time.perf_counter() - t0,
-                                 time.process_time() - c0, peak_memory_mb(), error=status[1])
-            if size == 1:
-                raise
-    idle_barrier(comm)
-    status = comm.bcast(status, root=0)
-    if status[0] == "error":
-        raise RuntimeError(f"bands merge failed: {status[1]}")
-    return outputs if rank == 0 else {}
-
-
-def _plan(ctx, sec: dict, name: str) -> dict:
-    """Rank 0: read the SCF, choose nbands, build the k lists and units,
-    find finished units.  Returns a picklable dict for every rank."""
     import h5py
-    from dmca_hpc.hpc.checkpoint import UnitStore, config_hash, is_complete
-    from dmca_hpc.electronic.symmetry import mesh_frac
-    scf = _scf_path(ctx)
-    if not is_complete(scf):
-        raise RuntimeError(f"bands: SCF file {scf} is missing or incomplete; run the dft stage "
-                           "first (ctx.outputs['dft']['scf'])")
-    with h5py.File(scf, "r") as f:
-        scf_hash = str(f.attrs["input_hash"])
-        nocc = int(f.attrs["nocc"])
-        e_tot = float(f.attrs["e_tot"])
-        mo_energy = f["mo_energy"][()]
-        cell_str = f.attrs["cell"]
-        smat = {k: f["structure"][k][()] for k in ("cell", "positions", "numbers")}
-    from ase import Atoms
-    atoms = Atoms(numbers=smat["numbers"], positions=smat["positions"], cell=smat["cell"], pbc=True)
-    nbands, warn = choose_nbands(mo_energy, nocc, sec["n_conduction"], sec["energy_above_gap_ev"])
-    frac = mesh_frac(sec["kmesh"])
-    from pyscf.pbc import gto
-    cell = gto.loads(cell_str)
-    mesh_kpts = cell.get_abs_kpts(frac)
-    if int(sec["band_path_npoints"]) > 0:
-        bp = atoms.cell.bandpath(path=sec["band_path"], npoints=int(sec["band_path_npoints"]))
-        path_frac = np.asarray(bp.kpts)
-    else:
-        path_frac = np.zeros((0, 3))
-    path_kpts = cell.get_abs_kpts(path_frac) if len(path_frac) else np.zeros((0, 3))
-    units = chunk_units(len(frac), len(path_frac), int(sec["chunk_size"]))
-    unit_hash = config_hash({"stage": STAGE, "ctx": ctx.input_hash, "scf": scf_hash,
-                             "nbands": nbands,
-                             "section": {k: sec[k] for k in _UNIT_KEYS}})
-    out_hash = config_hash({"unit_hash": unit_hash, "section": sec,
-                            "material_gap": _target_gap(ctx.material, sec)})
-    out_path = Path(ctx.stage_dir) / "bands.h5"
-    plots_ok = (not sec["plots"]) or all((Path(ctx.stage_dir) / p).exists()
-                                         for p in ("band_structure.png", "dos.png"))
-    reuse = is_complete(out_path, out_hash) and plots_ok
-    done = sorted(UnitStore(Path(ctx.stage_dir) / "units", unit_hash).done(len(units))) \
-        if not reuse else []
-    return {"scf": scf, "scf_hash": scf_hash, "nocc": nocc, "nbands": nbands, "warning": warn,
-            "e_tot": e_tot, "mesh_frac": frac, "mesh_kpts": mesh_kpts, "path_frac": path_frac,
-            "path_kpts": path_kpts, "units": units, "unit_hash": unit_hash, "out_hash": out_hash,
-            "reuse": reuse, "done": done, "atoms": atoms, "cell_str": cell_str}
-
-
-def _target_gap(material, sec) -> float | None:
-    if sec["scissor_gap_ev"] is not None:
-        return float(sec["scissor_gap_ev"])
-    for attr in ("scissor_gap_ev", "gap_ev"):
-        v = getattr(material, attr, None)
-        if v is not None:
-            return float(v)
-    return None
-
-
-def _merge(ctx, sec, plan, store, out_path: Path, name: str):
-    """Rank 0: gather the unit files into bands.h5 (+ plots), atomically."""
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
-    from dmca_hpc.electronic.symmetry import irreducible_mesh
-    from dmca_hpc.units import HARTREE_EV
-    units, nocc, nbands = plan["units"], plan["nocc"], plan["nbands"]
-    nk, npath = len(plan["mesh_frac"]), len(plan["path_frac"])
-    energies = coeffs = None
-    path_e = np.zeros((npath, nbands))
-    for i, (kind, s, t) in enumerate(units):
-        arrays, attrs = store.load(i)
-        if (attrs.get("kind"), int(attrs.get("start", -1)), int(attrs.get("stop", -1))) != (kind, s, t):
-            raise RuntimeError(f"unit file {store.path(i)} holds {attrs.get('kind')} "
-                               f"{attrs.get('start')}-{attrs.get('stop')}, expected {kind} {s}-{t}")
-        if kind == "mesh":
-            if energies is None:
-                nao = arrays["coeffs"].shape[1]
-                energies = np.zeros((nk, nbands))
-                coeffs = np.zeros((nk, nao, nbands), dtype=complex)
-            energies[s:t] = arrays["energies"]
-            coeffs[s:t] = arrays["coeffs"]
-        else:
-            path_e[s:t] = arrays["energies"]
-    gaps = gap_summary(energies, nocc, plan["mesh_frac"])
-    target = _target_gap(ctx.material, sec)
-    if target is None and sec["scissor_convention"] != "none":
-        warnings.warn(f"bands: no experimental gap known for {name} (bands.scissor_gap_ev is "
-                      "null and the material has none): no scissor applied")
-    e_sc, sc = apply_scissor(energies, nocc, gaps["vbm_ev"], gaps["gap_indirect_ev"], target,
-                             sec["scissor_convention"])
-    ir = irreducible_mesh(plan["atoms"], sec["kmesh"], symprec=float(sec["symprec_angstrom"]))
-    grid, dos = density_of_states(energies, float(sec["dos_sigma_ev"]), float(sec["dos_step_ev"]))
-    path_info = {}
-    if npath:
-        bp, x, xs, labels = _band_path(plan["atoms"], sec["band_path"], int(sec["band_path_npoints"]))
-        pv = path_e[:, nocc - 1].max()
-        ic = int(np.argmin(path_e[:, nocc]))
-        seg, fr = _segment_of(x[ic], xs, labels)
-        path_info = {"x": x, "xs": xs, "labels": labels, "path": bp.path,
-                     "cbm_segment": seg, "cbm_fraction": fr,
-                     "gap_indirect_ev": float((path_e[:, nocc].min() - pv) * HARTREE_EV),
-                     "vbm_ev": float(pv * HARTREE_EV)}
-
-    with atomic_h5(out_path, input_hash=plan["out_hash"], stage=STAGE, prov=ctx.prov) as f:
+    path = Path(path)
+    nbands = int(np.asarray(energies).shape[1])
+    nk = len(kpts_frac)
+    with atomic_h5(path, input_hash=input_hash, stage=STAGE, prov=prov) as f:
         a = f.attrs
-        a["cell"] = plan["cell_str"]
-        a["material"] = name
-        with __import__("h5py").File(plan["scf"], "r") as g:
+        a["cell"] = cell_str
+        a["material"] = material
+        with h5py.File(scf_path, "r") as g:
             for k in ("xc", "basis", "pseudo", "e_tot", "e_tot_units", "density_fit"):
                 a[k] = g.attrs[k]
             a["scf_kmesh"] = g.attrs["kmesh"]
-        a["scf_file"] = plan["scf"]
-        a["scf_input_hash"] = plan["scf_hash"]
+        a["scf_file"] = scf_path
+        a["scf_input_hash"] = scf_hash
         a["nocc"] = nocc
         a["nbands"] = nbands
         a["nk"] = nk
-        a["kmesh"] = np.array(sec["kmesh"], dtype=int)
+        a["kmesh"] = np.array(kmesh, dtype=int)
         a["kpts_order"] = ("C order of mesh addresses (i0,i1,i2), last fastest; kpts_frac = "
                            "i/n in [0,1), as Cell.make_kpts(kmesh)")
-        a["energy_above_gap_ev"] = float(sec["energy_above_gap_ev"])
-        a["nbands_warning"] = plan["warning"] or ""
+        a["energy_above_gap_ev"] = float(energy_above_gap_ev)
+        a["nbands_warning"] = nbands_warning or ""
         for k in ("gap_indirect_ev", "gap_direct_ev", "vbm_ev", "cbm_ev"):
             a[k] = gaps[k]
         for k in ("vbm_kpt_frac", "cbm_kpt_frac", "direct_gap_kpt_frac"):
             a[k] = gaps[k]
         a["energy_units"] = "hartree (datasets), eV (attributes named *_ev)"
-        a["scissor_convention"] = sc["convention"]
-        a["scissor_gap_ev"] = sc["gap_target_ev"]
-        a["scissor_delta_ev"] = sc["delta_ev"]
-        a["scissor_shift_valence_ev"] = sc["shift_valence_ev"]
-        a["scissor_shift_conduction_ev"] = sc["shift_conduction_ev"]
-        a["scissor_reference_ev"] = sc["reference_ev"]
+        a["scissor_convention"] = scissor["convention"]
+        a["scissor_gap_ev"] = scissor["gap_target_ev"]
+        a["scissor_delta_ev"] = scissor["delta_ev"]
+        a["scissor_shift_valence_ev"] = scissor["shift_valence_ev"]
+        a["scissor_shift_conduction_ev"] = scissor["shift_conduction_ev"]
+        a["scissor_reference_ev"] = scissor["reference_ev"]
         a["coeffs_convention"] = ("psi_nk(r) = sum_mu coeffs[k,mu,n] phi^k_mu(r), PySCF Bloch AOs "
                                   "phi^k_mu(r) = sum_T exp(i k.T) chi_mu(r-T)")
-        a["spacegroup"] = ir.spacegroup
-        write_dataset(f, "kpts_frac", plan["mesh_frac"], "1",
+        a["spacegroup"] = ibz.spacegroup
+        write_dataset(f, "kpts_frac", kpts_frac, "1",
                       "k in the reciprocal-lattice basis, Gamma-centred mesh, see kpts_order")
-        write_dataset(f, "kpts", plan["mesh_kpts"], "bohr^-1", "cartesian k (2 pi included)")
+        write_dataset(f, "kpts", kpts, "bohr^-1", "cartesian k (2 pi included)")
         write_dataset(f, "energies", energies, "hartree",
                       "Kohn-Sham eigenvalues, DFT scale; bands 0..nocc-1 valence")
-        write_dataset(f, "energies_scissored", e_sc, "hartree",
-                      f"eigenvalues after the {sc['convention']} scissor (see scissor_* attrs)")
+        write_dataset(f, "energies_scissored", energies_scissored, "hartree",
+                      f"eigenvalues after the {scissor['convention']} scissor (see scissor_* attrs)")
         write_dataset(f, "coeffs", coeffs, "1", "AO coefficients C[k, mu, n] (see coeffs_convention)")
-        write_dataset(f, "ibz_index", ir.ibz_index, "1", "indices into the full mesh of the IBZ points")
-        write_dataset(f, "ibz_weight", ir.ibz_weight, "1", "IBZ weights (sum 1)")
-        write_dataset(f, "full_to_ibz", ir.full_to_ibz, "1",
+        write_dataset(f, "ibz_index", ibz.ibz_index, "1", "indices into the full mesh of the IBZ points")
+        write_dataset(f, "ibz_weight", ibz.ibz_weight, "1", "IBZ weights (sum 1)")
+        write_dataset(f, "full_to_ibz", ibz.full_to_ibz, "1",
                       "position in ibz_index of each full-mesh k's representative")
-        write_dataset(f, "ibz_rotations", ir.rotations, "1",
+        write_dataset(f, "ibz_rotations", ibz.rotations, "1",
                       "integer R (reciprocal basis): kpts_frac[k] = R kpts_frac[ibz] + G")
-        write_dataset(f, "ibz_umklapp", ir.umklapp, "1", "the integer G of that relation")
-        write_dataset(f, "ibz_time_reversal", ir.time_reversal.astype(np.int8), "1",
+        write_dataset(f, "ibz_umklapp", ibz.umklapp, "1", "the integer G of that relation")
+        write_dataset(f, "ibz_time_reversal", ibz.time_reversal.astype(np.int8), "1",
                       "1 when R includes time reversal (psi_k = conj of the rotated state)")
-        write_dataset(f, "dos_energy_ev", grid, "eV", "energy grid, DFT scale")
+        write_dataset(f, "dos_energy_ev", dos_energy_ev, "eV", "energy grid, DFT scale")
         write_dataset(f, "dos", dos, "eV^-1",
                       f"density of states per cell, spin included, Gaussian sigma "
-                      f"{sec['dos_sigma_ev']} eV")
-        f["dos"].attrs["sigma_ev"] = float(sec["dos_sigma_ev"])
-        if npath:
+                      f"{dos_sigma_ev} eV")
+        f["dos"].attrs["sigma_ev"] = float(dos_sigma_ev)
+        if band_path is not None:
             g = f.create_group("band_path")
-            g.attrs["path"] = path_info["path"]
-            g.attrs["labels"] = ",".join(path_info["labels"])
-            g.attrs["cbm_segment"] = path_info["cbm_segment"]
-            g.attrs["cbm_fraction"] = path_info["cbm_fraction"]
-            g.attrs["gap_indirect_ev"] = path_info["gap_indirect_ev"]
-            write_dataset(g, "kpts_frac", plan["path_frac"], "1", "ASE band path k (reciprocal basis)")
-            write_dataset(g, "x", path_info["x"], "angstrom^-1",
+            g.attrs["path"] = band_path["path"]
+            g.attrs["labels"] = ",".join(band_path["labels"])
+            g.attrs["cbm_segment"] = band_path["cbm_segment"]
+            g.attrs["cbm_fraction"] = band_path["cbm_fraction"]
+            g.attrs["gap_indirect_ev"] = band_path["gap_indirect_ev"]
+            write_dataset(g, "kpts_frac", band_path["kpts_frac"], "1", "ASE band path k (reciprocal basis)")
+            write_dataset(g, "x", band_path["x"], "angstrom^-1",
                           "path coordinate (ASE get_linear_kpoint_axis, no 2 pi)")
-            write_dataset(g, "special_x", path_info["xs"], "angstrom^-1", "special-point positions")
-            write_dataset(g, "energies", path_e, "hartree", "eigenvalues along the path, DFT scale")
-        a["cbm_path_segment"] = path_info.get("cbm_segment", "")
-        a["cbm_path_fraction"] = path_info.get("cbm_fraction", float("nan"))
-    if sec["plots"]:
-        _plots(Path(ctx.stage_dir), name, plan, path_e, path_info, grid, dos, gaps, nocc, sc)
-
-
-def _plots(stage_dir: Path, name, plan, path_e, path_info, grid, dos, gaps, nocc, sc):
-    """Band structure along the ASE path and DOS, relative to the DFT VBM [eV]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from dmca_hpc.hpc.checkpoint import atomic_path
-    from dmca_hpc.units import HARTREE_EV
-    vbm = gaps["vbm_ev"]
-    fig = Figure(figsize=(6, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if path_info:
-        e = path_e * HARTREE_EV - vbm
-        x = path_info["x"]
-        for n in range(e.shape[1]):
-            ax.plot(x, e[:, n], color="C0" if n < nocc else "C3", lw=1)
-            if n >= nocc and sc["convention"] != "none":
-                ax.plot(x, e[:, n] + sc["delta_ev"], color="C3", lw=0.6, ls="--")
-        for xv in path_info["xs"]:
-            ax.axvline(xv, color="0.7", lw=0.5)
-        ax.set_xticks(path_info["xs"])
-        ax.set_xticklabels(path_info["labels"])
-        ax.set_xlim(x[0], x[-1])
-    ax.axhline(0, color="k", lw=0.5, ls=":")
-    ax.set_ylim(-13, 12)
-    ax.set_ylabel("E - E_VBM (DFT) [eV]")
-    ax.set_title(f"{name} bands (dashed: conduction after {sc['convention']} scissor, "
-                 f"{sc['delta_ev']:+.2f} eV)", fontsize=9)
-    with atomic_path(stage_dir / "band_structure.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    fig = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(grid - vbm, dos, color="k", lw=1)
-    ax.set_xlabel("E - E_VBM (DFT) [eV]")
-    ax.set_ylabel("DOS [states / eV / cell]")
-    ax.set_title(f"{name} DOS, mesh {plan['mesh_frac'].shape[0]} k", fontsize=9)
-    with atomic_path(stage_dir / "dos.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+            write_dataset(g, "special_x", band_path["xs"], "angstrom^-1", "special-point positions")
+            write_dataset(g, "energies", band_path["energies"], "hartree", "eigenvalues along the path, DFT scale")
+        a["cbm_path_segment"] = (band_path or {}).get("cbm_segment", "")
+        a["cbm_path_fraction"] = (band_path or {}).get("cbm_fraction", float("nan"))
+    return path

@@ -51,12 +51,10 @@ coefficients and one [nq, nE] float64 table (4 MB at the defaults).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -64,36 +62,14 @@ from dmca_hpc import units as U
 
 STAGE = "formfactor"
 
-#: defaults of the job section ``formfactor`` (config/schema/formfactor.schema.json)
-DEFAULTS = {
-    "dq": 0.02,            # q bin width [alpha m_e]
-    "de": 0.1,             # E bin width [eV]
-    "q_max": 20.0,         # upper edge of the q range [alpha m_e]
-    "e_max": 50.0,         # upper edge of the E range [eV]
-    "scissor": "qcdark",   # qcdark | qedark | none
-    "gap_ev": None,        # scissor target [eV]; null: the material's scissor gap
-    "use_symmetry": True,  # k over the irreducible wedge
-    "kprime_block": 8,     # k' per work unit
-    "n_conduction": None,  # conduction bands used; null: all in the bands file
-    "mesh": None,          # FFT mesh; null: chosen from q_max (matrix_elements.choose_mesh)
-    "precision": 1e-8,     # relative precision of the plane-wave expansion of the basis
-    "schedule": "dynamic",
-    "plot": True,
-}
-
-
 class FormFactorError(ValueError):
     """Bad input to the form-factor stage (message names the quantity)."""
 
 
 def settings(section: dict | None) -> dict:
     """The job section with defaults applied and checked."""
-    s = dict(DEFAULTS)
-    s.update({k: v for k, v in (section or {}).items()})
-    unknown = set(s) - set(DEFAULTS)
-    if unknown:
-        raise FormFactorError(f"formfactor: unknown key(s) {sorted(unknown)}; "
-                              f"allowed: {sorted(DEFAULTS)}")
+    from dmca_hpc import settings as job_settings
+    s = job_settings.with_defaults("formfactor", section, error=FormFactorError)
     for k in ("dq", "de", "q_max", "e_max"):
         if not (isinstance(s[k], (int, float)) and s[k] > 0):
             raise FormFactorError(f"formfactor.{k} must be a positive number, got {s[k]!r}")
@@ -244,12 +220,15 @@ def _save_unit(store, index: int, table: np.ndarray, stats: dict):
                       compression="gzip", compression_opts=1, shuffle=True)
 
 
-def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, telemetry=None,
+def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None,
                   material_name: str | None = None, gap_target_ev: float | None = None,
                   progress: bool = True) -> dict | None:
     """Run the engine over all units (MPI-distributed, checkpointed).
 
-    Called on every rank.  Returns on rank 0 a dict with ``f2`` [nq, nE]
+    Called on every rank.  ``on_unit(result, unit_label, physics)`` is called
+    for every finished unit (:class:`dmca_hpc.hpc.parallel.UnitResult`, a label
+    ``k<i>:kp<a>-<b>``, a dict of physics figures: material, kpts,
+    q_scan_points, form_factor_q0): the stage records it as telemetry.  Returns on rank 0 a dict with ``f2`` [nq, nE]
     (dimensionless), the :class:`Engine` and run statistics; None elsewhere.
     Raises RuntimeError (on every rank) if a unit failed; the finished units
     stay in the checkpoint and a rerun resumes.
@@ -274,13 +253,12 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, telemetry=No
         return stats
 
     def hook(res):
-        if telemetry is not None:
+        if on_unit is not None:
             st = res.value or {}
-            telemetry.record_result(STAGE, res, unit=f"k{res.unit[0]}:kp{res.unit[1]}-{res.unit[2]}",
-                                    physics={"material": material_name or bd.material,
-                                             "kpts": bd.nk,
-                                             "q_scan_points": st.get("q_scan_points"),
-                                             "form_factor_q0": st.get("form_factor_q0")})
+            on_unit(res, f"k{res.unit[0]}:kp{res.unit[1]}-{res.unit[2]}",
+                    {"material": material_name or bd.material, "kpts": bd.nk,
+                     "q_scan_points": st.get("q_scan_points"),
+                     "form_factor_q0": st.get("form_factor_q0")})
         counter["n"] += 1
         if prog is not None and rank == 0:
             prog.update(counter["n"])
@@ -335,117 +313,6 @@ def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | Non
                            vcell_ev3=float(cell.vol) / U.ALPHA_ME_EV ** 3, cell_mass_ev=mass,
                            gap_ev=eng.gap_ev, scissor=(s["scissor"] if s["scissor"] != "none" else False),
                            material=bd.material, metadata=meta)
-
-
-def plot_table(table, path) -> Path:
-    """Heat map of log10 |f|^2(q, E) and the q-integrated spectrum
-    ``sum_a f2[a, b] dq`` [alpha m_e] versus E, to ``path`` (PNG, Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    f2 = np.asarray(table.f2)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    pos = f2[f2 > 0]
-    floor = pos.max() * 1e-8 if pos.size else 1.0
-    img = np.log10(np.maximum(f2, floor)).T
-    q_edges = np.arange(table.nq + 1) * table.dq_ame + table.q_min_ame
-    e_edges = np.arange(table.ne + 1) * table.de_ev + table.e_min_ev
-    m = ax1.pcolormesh(q_edges, e_edges, img, shading="flat", cmap="viridis")
-    fig.colorbar(m, ax=ax1, label=r"$\log_{10}|f_{\rm crystal}|^2$")
-    ax1.set_xlabel(r"$q$ [$\alpha m_e$]")
-    ax1.set_ylabel(r"$E$ [eV]")
-    ax1.set_title(f"{table.material}: crystal form factor")
-    ax2.plot(table.e_ev, f2.sum(axis=0) * table.dq_ame)
-    ax2.set_xlabel(r"$E$ [eV]")
-    ax2.set_ylabel(r"$\int dq\, |f|^2$ [$\alpha m_e$]")
-    ax2.set_title("q-integrated spectrum")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def run_stage(ctx) -> dict:
-    """Pipeline stage: bands.h5 -> formfactor.hdf5 (+ plot).  See module doc."""
-    from dmca_hpc.electronic.matrix_elements import load_bands
-    from dmca_hpc.tables import write_table
-    s = settings(ctx.job.get(STAGE))
-    bands_path = ctx.outputs["bands"]["bands"]
-    bd = load_bands(bands_path)
-    check_bands(bd, ctx.material, ctx.job)
-    gap = s["gap_ev"]
-    if gap is None and ctx.material is not None:
-        gap = getattr(ctx.material, "scissor_gap_ev", None) or ctx.material.gap_ev
-    out = compute_table(bd, s, ctx.stage_dir, ctx.input_hash, comm=ctx.comm,
-                        telemetry=ctx.telemetry,
-                        material_name=getattr(ctx.material, "name", bd.material),
-                        gap_target_ev=gap)
-    if out is None:
-        return {}
-    table = make_table(bd, out["engine"], out["f2"], s, ctx.material, ctx.prov)
-    table.metadata["run"] = {"n_units": out["n_units"], "n_reused": out["n_reused"],
-                             "wall_s": out["wall_s"], "peak_mem_mb": out["peak_mem_mb"],
-                             "memory_bound_mb": out["engine"].memory_bound_mb}
-    path = Path(ctx.stage_dir) / "formfactor.hdf5"
-    write_table(path, table, input_hash=ctx.input_hash, prov=ctx.prov)
-    res = {"table": str(path)}
-    if s["plot"]:
-        res["plot"] = str(plot_table(table, Path(ctx.stage_dir) / "formfactor.png"))
-    return res
-
-
-# ---------------------------------------------------------------------------
-# CLI: dmca-hpc formfactor BANDS.h5 --out TABLE.hdf5
-# ---------------------------------------------------------------------------
-
-def add_arguments(parser):
-    """Arguments of ``dmca-hpc formfactor`` (cheap: no heavy imports)."""
-    parser.add_argument("bands", help="bands.h5 from the bands stage")
-    parser.add_argument("--out", required=True, help="output table (HDF5)")
-    parser.add_argument("--workdir", default=None,
-                        help="checkpoint directory (default: <out>.work)")
-    for k in ("dq", "de", "q_max", "e_max", "gap_ev"):
-        parser.add_argument("--" + k.replace("_", "-"), type=float, default=None,
-                            help=f"formfactor.{k} (see config/schema/formfactor.schema.json)")
-    parser.add_argument("--scissor", choices=["qcdark", "qedark", "none"], default=None)
-    parser.add_argument("--no-symmetry", action="store_true", help="full (k, k') double sum")
-    parser.add_argument("--plot", default=None, help="also write the heat map PNG here")
-
-
-def run_cli(args) -> int:
-    """``dmca-hpc formfactor``: compute a table from a bands file (MPI-aware)."""
-    from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
-    from dmca_hpc.electronic.matrix_elements import load_bands
-    from dmca_hpc.hpc.parallel import get_comm
-    from dmca_hpc.tables import write_table
-    comm = get_comm()
-    sec = {k: getattr(args, k) for k in ("dq", "de", "q_max", "e_max", "gap_ev", "scissor")
-           if getattr(args, k, None) is not None}
-    if args.no_symmetry:
-        sec["use_symmetry"] = False
-    s = settings(sec)
-    bd = load_bands(args.bands)
-    gap = s["gap_ev"]
-    if gap is None and s["scissor"] != "none":
-        from dmca_hpc.materials import get_material
-        try:
-            mat = get_material(bd.material)
-            gap = mat.scissor_gap_ev or mat.gap_ev
-        except Exception as exc:
-            raise FormFactorError(f"no scissor gap known for material {bd.material!r}: "
-                                  f"pass --gap-ev or --scissor none") from exc
-    ih = config_hash({"formfactor": s, "bands": file_sha256(args.bands), "gap": gap})
-    workdir = Path(args.workdir or (str(args.out) + ".work"))
-    out = compute_table(bd, s, workdir, ih, comm=comm, gap_target_ev=gap)
-    if out is not None:
-        prov = provenance(ih, comm.Get_size())
-        table = make_table(bd, out["engine"], out["f2"], s, None, prov)
-        write_table(args.out, table, input_hash=ih, prov=prov)
-        if args.plot:
-            plot_table(table, args.plot)
-        print(f"wrote {args.out} ({out['n_units']} units, {out['wall_s']:.1f} s)")
-    return 0
 
 
 def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3.0) -> dict:

@@ -1,4 +1,5 @@
-"""Stage ``dft``: periodic Kohn-Sham ground state with PySCF (``pyscf.pbc`` KRKS).
+"""Periodic Kohn-Sham ground state with PySCF (``pyscf.pbc`` KRKS); the ``dft``
+stage (:mod:`dmca_hpc.stages.dft`) runs it.
 
 Conventions (shared/design/physics.md):
 
@@ -43,37 +44,15 @@ PySCF is imported inside the functions (it takes seconds to import).
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
-import time
 import warnings
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["DFT_DEFAULTS", "DFTInputError", "SCFNotConvergedError", "resolve_atoms",
-           "check_structure", "check_basis", "build_cell", "make_kmf", "run_scf",
-           "load_scf", "run_stage", "add_arguments", "run_cli", "set_threads", "idle_barrier"]
-
-#: defaults of the ``dft`` job section (config/schema/dft.schema.json holds the same)
-DFT_DEFAULTS: dict[str, Any] = {
-    "basis": "gth-dzvp",
-    "pseudo": "gth-pbe",
-    "xc": "PBE",
-    "kmesh": [2, 2, 2],
-    "ke_cutoff_hartree": None,
-    "conv_tol_hartree": 1e-8,
-    "max_cycles": 50,
-    "density_fit": "FFTDF",
-    "smearing_hartree": None,
-    "smearing_method": "fermi",
-    "min_distance_angstrom": 0.5,
-    "exxdiv": "ewald",
-    "restart_from_chkfile": True,
-    "pyscf_verbose": 4,
-}
+__all__ = ["DFTInputError", "SCFNotConvergedError", "section_with_defaults", "validate_section",
+           "check_structure", "check_basis", "build_cell", "make_kmf", "run_scf", "load_scf",
+           "band_gap_from", "scf_keys", "pbe_band_gap_ev"]
 
 #: keys that do not change the converged state (excluded from the chkfile key)
 _NON_PHYSICS_KEYS = ("max_cycles", "conv_tol_hartree", "restart_from_chkfile", "pyscf_verbose")
@@ -91,49 +70,16 @@ class SCFNotConvergedError(RuntimeError):
 
 # --------------------------------------------------------------------------- input
 
-def section_with_defaults(section: dict | None, defaults: dict = DFT_DEFAULTS,
-                          name: str = "dft") -> dict:
-    """Return ``section`` with defaults filled in; unknown keys are an error."""
-    section = dict(section or {})
-    unknown = sorted(set(section) - set(defaults))
-    if unknown:
-        raise DFTInputError(f"{name}: unknown key(s) {unknown}; expected a subset of "
-                            f"{sorted(defaults)}")
-    out = copy.deepcopy(defaults)
-    out.update(section)
-    return out
+def section_with_defaults(section: dict | None) -> dict:
+    """The ``dft`` job section over its defaults (:mod:`dmca_hpc.settings`);
+    an unknown key is a :class:`DFTInputError`."""
+    from dmca_hpc import settings
+    return settings.with_defaults("dft", section, error=DFTInputError)
 
 
-def resolve_atoms(material):
-    """``ase.Atoms`` (angstrom) of a material given as a
-    :class:`dmca_hpc.materials.Material` (anything with ``.atoms()``), an
-    ``ase.Atoms``, a library name or a structure file path."""
-    if material is None:
-        raise DFTInputError("dft: no material given (the dft stage is per material)")
-    if hasattr(material, "atoms") and callable(material.atoms):
-        return material.atoms()
-    from ase import Atoms
-    if isinstance(material, Atoms):
-        return material.copy()
-    if isinstance(material, (str, os.PathLike)):
-        if Path(material).exists():
-            from ase.io import read
-            return read(str(material))
-        from dmca_hpc.materials import get_material
-        return get_material(str(material)).atoms()
-    raise DFTInputError(f"dft: cannot make a structure from {material!r}")
-
-
-def material_name(material) -> str:
-    if material is None:
-        return "unknown"
-    if hasattr(material, "name"):
-        return str(material.name)
-    if isinstance(material, (str, os.PathLike)):
-        return Path(str(material)).stem if Path(str(material)).exists() else str(material)
-    if hasattr(material, "get_chemical_formula"):
-        return material.get_chemical_formula()
-    return str(material)
+def validate_section(sec: dict):
+    """Check a ``dft`` section with defaults applied (raises DFTInputError)."""
+    _validate_section(sec)
 
 
 def check_structure(atoms, min_distance_angstrom: float = 0.5, name: str = "structure"):
@@ -205,48 +151,6 @@ def _validate_section(sec: dict):
 
 
 # --------------------------------------------------------------------------- pyscf
-
-def set_threads(n: int | None):
-    """Set PySCF's OpenMP thread count and, when threadpoolctl is installed,
-    the BLAS pool (``None``: leave as is).  Without threadpoolctl, launch MPI
-    runs with ``OPENBLAS_NUM_THREADS=1``: OpenBLAS threads of several ranks
-    on the same cores made a 26x26 eigh 100x slower on a loaded node."""
-    if n is None:
-        return
-    from pyscf import lib
-    lib.num_threads(max(int(n), 1))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(limits=max(int(n), 1))
-
-
-def node_local_size(comm) -> int:
-    """Number of ranks of ``comm`` on this node (1 for the serial stand-in).
-    Collective: call it on every rank."""
-    if comm.Get_size() == 1:
-        return 1
-    try:
-        from mpi4py import MPI
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        n = local.Get_size()
-        local.Free()
-        return n
-    except Exception:  # not an mpi4py communicator: assume one node
-        return comm.Get_size()
-
-
-def idle_barrier(comm, poll_s: float = 0.05):
-    """Barrier that sleeps instead of spinning: MPICH spins at 100% CPU in a
-    blocking collective, which would steal the core that rank 0 computes on
-    while the others wait for the (serial) SCF."""
-    if comm.Get_size() == 1:
-        return
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(poll_s)
-
 
 def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
     """PySCF ``pbc.gto.Cell`` of ``atoms`` (angstrom) with the basis, pseudo
@@ -352,6 +256,7 @@ def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
             keeps the last orbitals, so a rerun with more cycles continues).
     """
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
+    from dmca_hpc.hpc.parallel import set_threads
     set_threads(threads)
     cell = build_cell(atoms, sec, output=log_path)
     kmesh = [int(x) for x in sec["kmesh"]]
@@ -471,188 +376,6 @@ def load_scf(path: str | os.PathLike) -> dict:
     if sec["exxdiv"] == "None":
         sec["exxdiv"] = None
     return {"attrs": a, "cell": cell, "atoms": atoms, "sec": sec, **d}
-
-
-# --------------------------------------------------------------------------- stage
-
-def _physics(material, sec, e_tot=None, gap=None):
-    out = {"material": material, "kpts": [int(x) for x in sec["kmesh"]]}
-    if e_tot is not None and np.isfinite(e_tot):
-        out["e_tot_hartree"] = float(e_tot)
-    if gap is not None and np.isfinite(gap) and gap >= 0:
-        out["band_gap_ev"] = float(gap)
-    return out
-
-
-def run_stage(ctx) -> dict:
-    """Pipeline stage ``dft`` (called on every rank).
-
-    Rank 0 runs the SCF (the k-points of the coarse SCF are coupled through
-    the density, so it is not split over ranks) with as many OpenMP threads
-    as there are ranks on its node, while the other ranks sleep in a
-    non-spinning barrier.  Reuses ``scf.h5`` when it is complete for the same
-    input hash.  One telemetry record (unit ``<material>:scf``).
-
-    Returns ``{'scf': path}`` on rank 0, ``{}`` elsewhere.
-
-    Raises:
-        DFTInputError: bad section or structure (on every rank).
-        SCFNotConvergedError: after recording a failed unit (on every rank).
-    """
-    from dmca_hpc.hpc.checkpoint import is_complete
-    from dmca_hpc.hpc.parallel import peak_memory_mb
-    comm = ctx.comm
-    rank = comm.Get_rank()
-    sec = section_with_defaults((ctx.job or {}).get("dft"))
-    _validate_section(sec)
-    name = material_name(ctx.material)
-    atoms = resolve_atoms(ctx.material)
-    check_structure(atoms, float(sec["min_distance_angstrom"]), name=f"material {name}")
-    stage_dir = Path(ctx.stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    out = stage_dir / "scf.h5"
-    ih, chk_key = scf_keys(atoms, sec, ctx.input_hash or "")
-    status = None
-    # collective (Split_type): every rank must call it, before rank 0 goes off alone
-    nthreads = node_local_size(comm) if comm.Get_size() > 1 else None
-    if rank == 0:
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            check_basis(atoms.get_chemical_symbols(), sec["basis"], sec["pseudo"])
-            if is_complete(out, ih):
-                status = ("reused", None)
-                import h5py
-                with h5py.File(out, "r") as f:
-                    e_tot, gap = float(f.attrs["e_tot"]), float(f.attrs["gap_indirect_ev"])
-                ctx.telemetry.record("dft", f"{name}:scf", "skipped", time.perf_counter() - t0,
-                                     time.process_time() - c0, peak_memory_mb(),
-                                     physics=_physics(name, sec, e_tot, gap))
-            else:
-                summ = run_scf(atoms, sec, out, ih, prov=ctx.prov,
-                               chkfile=stage_dir / f"scf-{chk_key[:16]}.chk",
-                               log_path=stage_dir / "pyscf_scf.log", material=name,
-                               threads=nthreads)
-                ctx.telemetry.record("dft", f"{name}:scf", "ok", time.perf_counter() - t0,
-                                     time.process_time() - c0, peak_memory_mb(),
-                                     physics=_physics(name, sec, summ["e_tot_hartree"],
-                                                      summ.get("gap_indirect_ev")))
-                status = ("ok", None)
-        except Exception as exc:
-            ctx.telemetry.record("dft", f"{name}:scf", "failed", time.perf_counter() - t0,
-                                 time.process_time() - c0, peak_memory_mb(),
-                                 error=f"{type(exc).__name__}: {exc}",
-                                 physics=_physics(name, sec))
-            status = ("error", (type(exc).__name__, str(exc)))
-            if comm.Get_size() == 1:
-                raise
-    idle_barrier(comm)
-    status = comm.bcast(status, root=0)
-    if status[0] == "error":
-        etype, msg = status[1]
-        cls = {"DFTInputError": DFTInputError,
-               "SCFNotConvergedError": SCFNotConvergedError}.get(etype, RuntimeError)
-        raise cls(msg)
-    return {"scf": str(out)} if rank == 0 else {}
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser):
-    """``dmca-hpc dft``: SCF and dense-mesh bands of one material, standalone."""
-    parser.add_argument("material", help="library name (Si, Ge, ...) or structure file")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--basis", default=DFT_DEFAULTS["basis"])
-    parser.add_argument("--pseudo", default=DFT_DEFAULTS["pseudo"],
-                        help="GTH pseudopotential name, or 'none' for all-electron bases")
-    parser.add_argument("--xc", default=DFT_DEFAULTS["xc"])
-    parser.add_argument("--kmesh", type=int, nargs=3, default=DFT_DEFAULTS["kmesh"],
-                        help="coarse SCF mesh (Gamma-centred)")
-    parser.add_argument("--ke-cutoff-hartree", type=float, default=None)
-    parser.add_argument("--conv-tol-hartree", type=float, default=DFT_DEFAULTS["conv_tol_hartree"])
-    parser.add_argument("--max-cycles", type=int, default=DFT_DEFAULTS["max_cycles"])
-    parser.add_argument("--dense-kmesh", type=int, nargs=3, default=None,
-                        help="dense bands mesh (omit to run the SCF only)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="k-points per bands unit")
-    parser.add_argument("--n-conduction", type=int, default=None)
-    parser.add_argument("--energy-above-gap-ev", type=float, default=None)
-    parser.add_argument("--band-path-npoints", type=int, default=None)
-    parser.add_argument("--no-plots", action="store_true")
-    return parser
-
-
-def make_context(stage: str, out_dir, material, job: dict, outputs: dict | None = None,
-                 comm=None, job_id: str | None = None):
-    """A :class:`dmca_hpc.pipeline.StageContext` for running the dft/bands
-    stages outside a job (CLI, tests, benchmark)."""
-    from dmca_hpc.hpc.checkpoint import config_hash, provenance
-    from dmca_hpc.hpc.parallel import get_comm
-    from dmca_hpc.pipeline import StageContext
-    from dmca_hpc.monitoring.telemetry import Telemetry
-    comm = comm or get_comm()
-    out_dir = Path(out_dir)
-    ih = config_hash({"stage": stage, "section": job.get(stage, {}),
-                      "upstream": job.get("dft", {}) if stage == "bands" else None})
-    return StageContext(name=stage, job=job, material=material, stage_dir=out_dir / stage,
-                        input_hash=ih, outputs=outputs or {}, comm=comm,
-                        telemetry=Telemetry(out_dir / "telemetry", rank=comm.Get_rank(),
-                                            job_id=job_id),
-                        prov=provenance(ih, nranks=comm.Get_size()), seed=0, run_dir=out_dir)
-
-
-def run_cli(args) -> int:
-    """Run the dft stage (and the bands stage with ``--dense-kmesh``)."""
-    from dmca_hpc.hpc.parallel import get_comm
-    from dmca_hpc.monitoring.telemetry import merge_rank_files
-    comm = get_comm()
-    mat = args.material
-    try:
-        if not Path(mat).exists():
-            from dmca_hpc.materials import get_material
-            mat = get_material(mat)
-    except Exception as exc:
-        print(f"dmca-hpc dft: {exc}", file=sys.stderr)
-        return 2
-    dft = {"basis": args.basis, "pseudo": None if str(args.pseudo).lower() == "none" else args.pseudo,
-           "xc": args.xc, "kmesh": list(args.kmesh), "ke_cutoff_hartree": args.ke_cutoff_hartree,
-           "conv_tol_hartree": args.conv_tol_hartree, "max_cycles": args.max_cycles}
-    job = {"dft": dft}
-    if args.dense_kmesh:
-        b = {"kmesh": list(args.dense_kmesh)}
-        for k in ("chunk_size", "n_conduction", "energy_above_gap_ev", "band_path_npoints"):
-            v = getattr(args, k)
-            if v is not None:
-                b[k] = v
-        if args.no_plots:
-            b["plots"] = False
-        job["bands"] = b
-    try:
-        outs = {"dft": run_stage(make_context("dft", args.out, mat, job, comm=comm))}
-        if args.dense_kmesh:
-            from dmca_hpc.electronic import bands
-            outs["bands"] = bands.run_stage(make_context("bands", args.out, mat, job,
-                                                         outputs=outs, comm=comm))
-    except (DFTInputError, SCFNotConvergedError, RuntimeError, ValueError) as exc:
-        if comm.Get_rank() == 0:
-            print(f"dmca-hpc dft: error: {exc}", file=sys.stderr)
-        return 1
-    if comm.Get_rank() == 0:
-        merge_rank_files(Path(args.out) / "telemetry")
-        for st, o in outs.items():
-            for k, v in o.items():
-                print(f"{st}.{k}: {v}")
-    return 0
-
-
-def main(argv=None) -> int:
-    import argparse
-    p = add_arguments(argparse.ArgumentParser(prog="python -m dmca_hpc.electronic.scf",
-                                              description=add_arguments.__doc__))
-    return run_cli(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    from dmca_hpc.hpc.parallel import abort_on_exception
-    sys.exit(abort_on_exception(main)())
 
 
 def pbe_band_gap_ev(material: str = "Si", basis: str = "gth-dzvp", kmesh=(3, 3, 3),

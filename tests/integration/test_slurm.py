@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from dmca_hpc import slurm
+from dmca_hpc.cli.main import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -37,12 +38,12 @@ VENV_BIN = Path(PY).parent
 MPIEXEC = VENV_BIN / "mpiexec"
 
 # ---- the workload the SLURM tests submit --------------------------------------
-ENTRY = f"{PY} -m dmca_hpc.slurm"           # quickstart: None (the installed dmca-hpc)
+ENTRY = f"{PY} -m dmca_hpc.cli.main"           # quickstart: None (the installed dmca-hpc)
 N_UNITS = 8
 
 
 def WORKLOAD(out: Path, n_units: int = N_UNITS, unit_seconds: float = 0.4) -> str:
-    return f"selftest --out {out} --units {n_units} --unit-seconds {unit_seconds}"
+    return f"slurm-selftest --out {out} --units {n_units} --unit-seconds {unit_seconds}"
     # quickstart: return f"run {ROOT / 'jobs' / 'quickstart.yaml'} --out {out}"
 
 
@@ -130,7 +131,7 @@ def test_templates_render_to_valid_bash(tmp_path, template):
 
 def test_submit_cli_overrides_job_file_and_reports_errors(tmp_path, capsys):
     job = write_job(tmp_path / "job.yaml", {"partition": "short", "time": "02:00:00"})
-    rc = slurm.main(["submit", str(job), "--dry-run", "--partition", "long", "--nodes", "2",
+    rc = cli_main(["submit", str(job), "--dry-run", "--partition", "long", "--nodes", "2",
                      "--out", str(tmp_path / "o"), "--command", "run x.yaml --out '{out}'"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -138,17 +139,17 @@ def test_submit_cli_overrides_job_file_and_reports_errors(tmp_path, capsys):
     assert "#SBATCH --time=02:00:00" in out
     assert "DMCA_ARGS=(run x.yaml --out '{out}')" in out
     assert not (tmp_path / "o").exists(), "--dry-run must not write anything"
-    rc = slurm.main(["submit", str(job), "--dry-run", "--time", "1h"])
+    rc = cli_main(["submit", str(job), "--dry-run", "--time", "1h"])
     err = capsys.readouterr().err
     assert rc == 2 and "command line: slurm.time" in err
-    rc = slurm.main(["submit", str(tmp_path / "nope.yaml"), "--dry-run"])
+    rc = cli_main(["submit", str(tmp_path / "nope.yaml"), "--dry-run"])
     assert rc == 2 and "nope.yaml not found" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("slurm:\n  nodes: two\n")
-    rc = slurm.main(["submit", str(bad), "--dry-run"])
+    rc = cli_main(["submit", str(bad), "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 2 and str(bad) in err and "slurm.nodes" in err
-    rc = slurm.main(["submit", str(write_job(tmp_path / "nomat.yaml", materials=[])),
+    rc = cli_main(["submit", str(write_job(tmp_path / "nomat.yaml", materials=[])),
                      "--template", "array", "--dry-run"])
     assert rc == 2 and "array_items" in capsys.readouterr().err
 
@@ -178,7 +179,7 @@ def test_stop_request_signal_and_file(tmp_path):
 
 def _interrupted_then_resumed(cmd_prefix: list[str], out: Path, n_units: int):
     """Start the self-test, SIGUSR1 it after 2 units, expect 99, rerun, expect 0."""
-    args = ["-m", "dmca_hpc.slurm", "selftest", "--out", str(out), "--units", str(n_units),
+    args = ["-m", "dmca_hpc.cli.main", "slurm-selftest", "--out", str(out), "--units", str(n_units),
             "--unit-seconds", "0.3"]
     p = subprocess.Popen(cmd_prefix + [PY] + args, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -264,7 +265,7 @@ def _job_field(jid: str, field: str) -> str:
 
 
 def _submit(job: Path, out: Path, *extra: str, command: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [PY, "-m", "dmca_hpc.slurm", "submit", str(job), "--out", str(out),
+    cmd = [PY, "-m", "dmca_hpc.cli.main", "submit", str(job), "--out", str(out),
            "--command", command or WORKLOAD(out)] + list(extra)
     if ENTRY:
         cmd += ["--entry", ENTRY]
@@ -348,7 +349,7 @@ def test_job_array_with_srun_launcher(cluster, tmp_path):
                                             "launcher": "srun", "array_items": ["a", "b"]})
     out = tmp_path / "out"
     r = _submit(job, out, "--template", "array", "--wait",
-                command="selftest --out {out} --units 2 --unit-seconds 0")
+                command="slurm-selftest --out {out} --units 2 --unit-seconds 0")
     assert r.returncode == 0, r.stderr + _log(out)
     for item in ("a", "b"):
         np.testing.assert_array_equal(result_values(out / item), reference_values(2))

@@ -30,6 +30,9 @@ import pytest
 
 from dmca_hpc.hpc.checkpoint import is_complete
 from dmca_hpc.hpc.parallel import launched_by_mpi
+from dmca_hpc.pipeline import make_context
+from dmca_hpc.stages import dft as dft_stage
+from dmca_hpc.stages import bands as bands_stage
 
 ARGS = ["Si", "--basis", "gth-szv", "--ke-cutoff-hartree", "10", "--dense-kmesh", "4", "4", "4",
         "--chunk-size", "2", "--band-path-npoints", "0", "--no-plots"]
@@ -173,15 +176,15 @@ def test_bands_stage_in_process_under_mpi(tmp_path):
     job = {"dft": {"basis": "gth-szv", "ke_cutoff_hartree": 10.0, "kmesh": [2, 2, 2]},
            "bands": {"kmesh": [3, 3, 3], "chunk_size": 3, "band_path_npoints": 0, "plots": False}}
     si = get_material("Si")
-    o1 = dft.run_stage(dft.make_context("dft", out, si, job, comm=comm))
-    o2 = bands.run_stage(dft.make_context("bands", out, si, job, outputs={"dft": o1}, comm=comm))
+    o1 = dft_stage.run_stage(make_context("dft", out, si, job, comm=comm))
+    o2 = bands_stage.run_stage(make_context("bands", out, si, job, outputs={"dft": o1}, comm=comm))
     if comm.Get_rank() != 0:
         assert o2 == {}
         return
     with h5py.File(o2["bands"], "r") as f:
         e, k = f["energies"][()], f["kpts"][()]
         nb = int(f.attrs["nbands"])
-    w = bands._Worker(o1["scf"], nb)
+    w = bands.BandWorker(o1["scf"], nb)
     e_ser, _ = w.bands(k[[0, 13, 26]])
     assert np.abs(e[[0, 13, 26]] - e_ser).max() < 1e-10
     ranks = {json.loads(l)["hpc"]["rank"] for p in (out / "telemetry").glob("rank-*.jsonl")

@@ -36,7 +36,8 @@ def test_two_ranks_same_table_as_one(request):
     tel = Telemetry(Path(work) / "telemetry", rank=rank)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        par = compute_table(bd, s, Path(work) / "mpi", "h-mpi", comm=comm, telemetry=tel,
+        par = compute_table(bd, s, Path(work) / "mpi", "h-mpi", comm=comm,
+                            on_unit=lambda r, u, ph: tel.record_result("formfactor", r, unit=u, physics=ph),
                             progress=False, gap_target_ev=1.11)
     comm.Barrier()
     if rank != 0:

@@ -18,6 +18,8 @@ from dmca_hpc.electronic import scf as dft
 from dmca_hpc.hpc.checkpoint import UnitStore, is_complete
 from dmca_hpc.materials import get_material
 from dmca_hpc.units import HARTREE_EV
+from dmca_hpc.pipeline import make_context
+from dmca_hpc.stages import bands as bands_stage
 
 from si_cases import SI_DFT, shared_si_scf
 
@@ -27,7 +29,7 @@ SI_BANDS = {"kmesh": [4, 4, 4], "chunk_size": 8, "band_path_npoints": 40}
 def _run_bands(out, section=SI_BANDS, scf=None):
     job = {"dft": dict(SI_DFT), "bands": dict(section)}
     outputs = {"dft": {"scf": str(scf)}} if scf else {}
-    return bands.run_stage(dft.make_context("bands", out, get_material("Si"), job, outputs=outputs))
+    return bands_stage.run_stage(make_context("bands", out, get_material("Si"), job, outputs=outputs))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_fast_hamiltonian_equals_pyscf_get_bands(si_bands):
     """The per-rank cached potential gives PySCF get_bands' eigenvalues
     (arbitrary k, off the mesh) to 1e-10 hartree."""
     out, scf, res = si_bands
-    w = bands._Worker(str(scf), 26)
+    w = bands.BandWorker(str(scf), 26)
     mf = w.mf()
     assert w.use_fast
     k = w.cell.get_abs_kpts(np.array([[0.1, 0.2, 0.3], [0.5, 0.25, 0.75], [0.37, 0.0, 0.37]]))
@@ -254,18 +256,6 @@ def test_bad_bands_input(si_bands, tmp_path):
         _run_bands(tmp_path, {"kmesh_dense": [4, 4, 4]}, scf=scf)
     with pytest.raises(RuntimeError, match="run the dft stage first"):
         _run_bands(tmp_path, SI_BANDS, scf=tmp_path / "nope.h5")
-
-
-def test_schema_file_matches_defaults():
-    import jsonschema
-    root = Path(__file__).resolve().parents[3]
-    schema = json.loads((root / "config" / "schema" / "bands.schema.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["additionalProperties"] is False
-    assert {k: v["default"] for k, v in schema["properties"].items()} == bands.BANDS_DEFAULTS
-    for k, v in schema["properties"].items():
-        assert "type" in v and v.get("description"), k
-    jsonschema.validate(bands.BANDS_DEFAULTS, schema)
 
 
 def _records(out_dir):

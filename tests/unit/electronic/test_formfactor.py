@@ -146,7 +146,8 @@ def test_bethe_f_sum_rule(bd, capsys):
 
 
 def test_round_trip_and_plot(bd, wedge_table, tmp_path):
-    from dmca_hpc.electronic.formfactor import make_table, plot_table
+    from dmca_hpc.electronic.formfactor import make_table
+    from dmca_hpc.plots.electronic import plot_formfactor as plot_table
     from dmca_hpc.tables import read_table, write_table
     t = make_table(bd, wedge_table["engine"], wedge_table["f2"], small(), None, {"x": 1})
     p = write_table(tmp_path / "t.hdf5", t, input_hash="h")
@@ -212,8 +213,8 @@ def test_kill_and_restart_same_table(bd, si_bands, tmp_path):
 
 
 def test_run_stage_with_telemetry(bd, si_bands, tmp_path):
-    from dmca_hpc.electronic import formfactor
-    from dmca_hpc.electronic.scf import make_context
+    from dmca_hpc.pipeline import make_context
+    from dmca_hpc.stages import formfactor as ff_stage
     from dmca_hpc.materials import get_material
     from dmca_hpc.hpc.parallel import SerialComm
     job = {"formfactor": {**SMALL, "gap_ev": None}, "bands": {"kmesh": [2, 2, 2]}}
@@ -222,7 +223,7 @@ def test_run_stage_with_telemetry(bd, si_bands, tmp_path):
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = formfactor.run_stage(ctx)
+        out = ff_stage.run_stage(ctx)
     assert Path(out["table"]).exists() and Path(out["plot"]).exists()
     from dmca_hpc.tables import read_table
     t = read_table(out["table"])
@@ -278,7 +279,7 @@ def test_kernel_matches_numpy():
 def test_cli_hook(si_bands, tmp_path):
     """``dmca-hpc formfactor`` hook (add_arguments / run_cli), in-process."""
     import argparse
-    from dmca_hpc.electronic import formfactor
+    from dmca_hpc.cli import formfactor
     from dmca_hpc.tables import read_table
     p = argparse.ArgumentParser()
     formfactor.add_arguments(p)

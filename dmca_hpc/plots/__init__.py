@@ -1,0 +1,1 @@
+"""Figures: the only place that imports matplotlib (one module per concept)."""
