@@ -274,6 +274,41 @@ def load_job(path: str | os.PathLike, overrides: dict | None = None) -> dict:
     return job
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set`` -> (dotted key, value).  The key must be a
+    field of :mod:`dmca_hpc.settings` (or ``materials``/``stages``/``name``);
+    VALUE is YAML.  Raises ValueError with one line naming the key, what was
+    wrong and what is expected (the field's type, unit and doc)."""
+    import yaml
+    from dmca_hpc import settings
+    key, sep, val = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. dft.kmesh=[3,3,3]")
+    try:
+        f = settings.field(".".join(key.split(".")[:2]))  # sec.key; deeper: inside an object field
+        if key.count(".") > 1 and "object" not in f.type:
+            raise KeyError(key)
+    except KeyError:
+        if key in ("materials", "stages", "name", "description"):
+            f = None
+        else:
+            sec, _, sub = key.partition(".")
+            known = ([f"{sec}.{k}" for k in settings.SECTIONS[sec].keys()] if sec in settings.SECTIONS
+                     else [s for s in settings.SECTIONS] + [x.name for x in settings.TOP_LEVEL])
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"--set {item!r}: unknown job key {key!r}{hint}; the keys are listed by "
+                             "'dmca-hpc validate --keys'") from None
+    try:
+        value = yaml.safe_load(val)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        want = f"; expected {f.type} [{f.unit}]: {f.doc}" if f is not None else ""
+        raise ValueError(f"--set {item!r}: VALUE is not valid YAML ({problem}){want}") from None
+    return key, value
+
+
 def public_job(job: dict) -> dict:
     """The job without private (``_``-prefixed) keys, as hashed and saved."""
     return {k: v for k, v in job.items() if not k.startswith("_")}

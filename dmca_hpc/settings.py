@@ -416,10 +416,13 @@ def field(dotted: str) -> Field:
     return SECTIONS[sec].field(key)
 
 
-def reference_markdown() -> str:
-    """The job-key reference (a Markdown table per section) of the README."""
+def reference_markdown(sections=None) -> str:
+    """The job-key reference (a Markdown table per section) of the README;
+    ``sections``: names to include (default all)."""
     out = []
     for name, sec in SECTIONS.items():
+        if sections is not None and name not in sections:
+            continue
         out.append(f"### `{name}:` {sec.title.split(':', 1)[-1].strip()}\n")
         out.append("| key | default | unit | meaning |")
         out.append("|---|---|---|---|")

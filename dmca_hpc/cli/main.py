@@ -108,11 +108,25 @@ def main(argv=None) -> int:
 # --- commands implemented here -------------------------------------------------
 
 def _add_validate(p):
-    p.add_argument("jobs", nargs="+", metavar="JOB.yaml", help="job files to check")
+    p.add_argument("jobs", nargs="*", metavar="JOB.yaml", help="job files to check")
+    p.add_argument("--keys", nargs="?", const="all", metavar="SECTION",
+                   help="print every job key of SECTION (or of all sections) with its default, "
+                        "unit and meaning, from the settings model, and exit")
 
 
 def _run_validate(args) -> int:
     from dmca_hpc.config import JobError, load_job
+    if args.keys:
+        from dmca_hpc import settings
+        if args.keys != "all" and args.keys not in settings.SECTIONS:
+            print(f"dmca-hpc validate: --keys {args.keys!r}: unknown section; expected one of "
+                  f"{', '.join(settings.SECTIONS)}")
+            return EXIT_BAD_INPUT
+        print(settings.reference_markdown(None if args.keys == "all" else [args.keys]))
+        return 0
+    if not args.jobs:
+        print("dmca-hpc validate: give one or more job files (or --keys)")
+        return EXIT_BAD_INPUT
     bad = 0
     for path in args.jobs:
         try:
@@ -145,13 +159,8 @@ def _add_run(p):
 
 
 def _overrides(args) -> dict:
-    import yaml
-    out = {}
-    for item in args.set:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. dft.kmesh=[3,3,3]")
-        out[key.strip()] = yaml.safe_load(val)
+    from dmca_hpc.config import parse_set
+    out = dict(parse_set(item) for item in args.set)
     if args.material:
         out["materials"] = list(args.material)
     if args.mass_mev:

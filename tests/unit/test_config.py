@@ -160,3 +160,23 @@ def test_experiment_pyscf_block_feeds_defaults(tmp_path):
     assert job["dft"]["kmesh"] == py["kpts"]
     assert job["formfactor"]["q_max"] == py["q_max_ame"]
     assert job["formfactor"]["dq"] == pytest.approx(py["q_max_ame"] / py["q_points"])
+
+
+def test_set_overrides_come_from_the_settings_model():
+    from dmca_hpc.config import parse_set
+    assert parse_set("dft.kmesh=[3,3,3]") == ("dft.kmesh", [3, 3, 3])
+    assert parse_set("oracle.generate.n_rattled=2")[0] == "oracle.generate.n_rattled"
+    with pytest.raises(ValueError, match=r"unknown job key 'dft.kmsh' \(did you mean 'dft.kmesh'\?\)"):
+        parse_set("dft.kmsh=[2,2,2]")
+    # a YAML error names the key and what the model expects (type, unit, doc)
+    with pytest.raises(ValueError, match=r"not valid YAML.*expected array \[k-points per reciprocal axis\]"):
+        parse_set("dft.kmesh=[2,2")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_set("seed")
+
+
+def test_validate_keys_prints_the_reference():
+    r = run_cli("validate", "--keys", "bands")
+    assert r.returncode == 0 and "| `kmesh` | `[4, 4, 4]` |" in r.stdout
+    r = run_cli("validate", "--keys", "nope")
+    assert r.returncode == 2 and "unknown section" in r.stdout
