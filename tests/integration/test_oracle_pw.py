@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmca_hpc.oracle import pwx as oracle
+from dmca_hpc.oracle import bandgap, pwx
 from dmca_hpc.units import RYDBERG_EV
 
 PW = "/usr/bin/pw.x"
@@ -32,7 +32,7 @@ def settings(**kw):
     base = {"pw": PW, "pseudo_dir": PSEUDO_DIR, "pseudopotentials": {"Si": UPF},
             "ecutwfc": 14.0, "kspacing": 0.7, "conv_thr_per_atom": 1e-10, "timeout_s": 120.0}
     base.update(kw)
-    return oracle.settings_from(base)
+    return pwx.settings_from(base)
 
 
 def si():
@@ -50,13 +50,13 @@ def rattled():
 
 @pytest.fixture(scope="module")
 def rattled_result(rattled, tmp_path_factory):
-    res = oracle.run_candidate(rattled, settings(), tmp_path_factory.mktemp("r") / "c", "rattled")
+    res = pwx.run_candidate(rattled, settings(), tmp_path_factory.mktemp("r") / "c", "rattled")
     assert res.success, res.error
     return res
 
 
 def test_si_primitive_energy_forces_stress(tmp_path):
-    res = oracle.run_candidate(si(), settings(), tmp_path / "c", "si")
+    res = pwx.run_candidate(si(), settings(), tmp_path / "c", "si")
     assert res.success, res.error
     assert res.meta["n_attempts"] == 1 and res.meta["corrections"] == []
     out = (Path(res.meta["attempts"][0]["directory"]) / "pw.out").read_text()
@@ -95,7 +95,7 @@ def test_forces_match_finite_difference(rattled, rattled_result, tmp_path):
     for sign in (+1, -1):
         a = rattled.copy()
         a.positions[1, 0] += sign * h
-        r = oracle.run_candidate(a, settings(), tmp_path / f"d{sign}", "fd")
+        r = pwx.run_candidate(a, settings(), tmp_path / f"d{sign}", "fd")
         assert r.success, r.error
         assert r.meta["kpts"] == rattled_result.meta["kpts"]
         es.append(r.energy_ev)
@@ -109,7 +109,7 @@ def test_ladder_rescues_real_nonconverging_scf(rattled, rattled_result, tmp_path
     ladder lowers beta and restarts from the last charge density until it
     converges, to the energy of the plain run."""
     s = settings(mixing_beta=1.0, electron_maxstep=8)
-    res = oracle.run_candidate(rattled, s, tmp_path / "c", "hard")
+    res = pwx.run_candidate(rattled, s, tmp_path / "c", "hard")
     assert res.success, res.error
     first = res.meta["attempts"][0]
     assert first["error_class"] == "scf_unconverged"
@@ -133,11 +133,17 @@ def test_pw_pbe_band_gap_of_si(tmp_path):
     half the experimental 1.17 eV -- the reason the package applies a scissor
     (physics.md).  Indirect: the direct gap at Gamma is ~2.5 eV."""
     atoms = si()
-    g = oracle.pw_band_gap(atoms, settings(ecutwfc=16.0, kspacing=0.6), tmp_path / "gap",
-                           nbnd=8, line_points=30)
+    g = bandgap.pw_band_gap(atoms, settings(ecutwfc=16.0, kspacing=0.6), tmp_path / "gap",
+                            nbnd=8, line_points=30)
     assert 0.45 < g["gap_ev"] < 0.75
     assert g["direct_gap_ev"] > 2.0
     assert g["n_valence"] == 4
+    # both runs went through the runner's ladder: attempt directories and correction logs
+    for run in ("scf", "bands"):
+        log = json.loads((tmp_path / "gap" / run / "corrections.json").read_text())
+        assert log["success"] is True and log["attempts"][0]["directory"].endswith("attempt-01")
+    bands_attempt = json.loads((tmp_path / "gap" / "bands" / "corrections.json").read_text())
+    assert bands_attempt["attempts"][0]["restarted_from"] == "charge_density"
 
 
 def test_cross_check_gap_with_pyscf_stage(tmp_path):
@@ -150,5 +156,5 @@ def test_cross_check_gap_with_pyscf_stage(tmp_path):
     if fn is None:
         pytest.skip("dmca_hpc.electronic.scf has no pbe_band_gap_ev(material_name) -> float [eV]; "
                     "the lead wires the PySCF gap here")
-    pw_gap = oracle.si_pbe_band_gap_ev(tmp_path / "gap", ecutwfc=20.0)
+    pw_gap = bandgap.si_pbe_band_gap_ev(tmp_path / "gap", ecutwfc=20.0)
     assert abs(fn("Si") - pw_gap) < 0.15
