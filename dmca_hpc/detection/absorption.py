@@ -31,16 +31,13 @@ its target density is rho_T = M_cell / V_cell of the table.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from dmca_hpc import units as U
 
 __all__ = ["density_ev4", "dark_photon_rate", "dark_photon_kappa_reach", "optical_conductivity_ev",
-           "alp_rate", "alp_gae_reach", "absorption_curves", "curves_to_datasets", "reach_at",
-           "plot_absorption", "add_arguments", "run_cli"]
+           "alp_rate", "alp_gae_reach", "absorption_curves", "curves_to_datasets", "reach_at"]
 
 
 def density_ev4(rho_g_cm3: float) -> float:
@@ -173,87 +170,3 @@ def reach_at(res: dict, mass_ev: float) -> dict:
             v = float(np.exp(np.interp(math.log(mass_ev), np.log(m[ok]), np.log(y[ok]))))
             out[name] = v
     return out
-
-
-def plot_absorption(res: dict, path, material: str = "") -> Path:
-    """kappa and g_ae reach versus mass (log-log)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
-    m = res["mass_ev"]
-    lab = f"{res['n_events']:g} events, {res['exposure_kg_year']:g} kg yr"
-    for ax, key, ylabel in ((axs[0], "kappa_reach", r"kinetic mixing $\kappa$"),
-                            (axs[1], "g_ae_reach", r"$g_{ae}$")):
-        y = np.where(np.isfinite(res[key]), res[key], np.nan)
-        ax.loglog(m, y, label=lab)
-        ax.set_xlabel("mass [eV]")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    axs[0].set_title(f"{material} dark-photon absorption reach")
-    axs[1].set_title(f"{material} ALP (axioelectric) reach")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------
-# command line: dmca-hpc absorption
-# ---------------------------------------------------------------------------
-
-def add_arguments(parser):
-    """Arguments of ``dmca-hpc absorption`` (cheap: no heavy imports)."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--table", help="form-factor table (QCDark / dmca_hpc HDF5, QEdark text)")
-    src.add_argument("--dielectric", help="dielectric.h5 written by the dielectric stage")
-    parser.add_argument("--mass-min-ev", type=float, default=1.0, help="lowest mass [eV] (default 1)")
-    parser.add_argument("--mass-max-ev", type=float, default=50.0, help="highest mass [eV] (default 50)")
-    parser.add_argument("--n-masses", type=int, default=200, help="log-spaced masses (default 200)")
-    parser.add_argument("--exposure-kg-year", type=float, default=1.0, help="exposure [kg year] (default 1)")
-    parser.add_argument("--n-events", type=float, default=3.0,
-                        help="signal events defining the reach (default 3: background-free 95%% CL)")
-    parser.add_argument("--rho-gev-cm3", type=float, default=0.3, help="local DM density [GeV/cm^3] (default 0.3)")
-    parser.add_argument("--out", default="absorption_out", help="output directory (default ./absorption_out)")
-
-
-def run_cli(args) -> int:
-    """Compute rates and reach, write absorption.h5 and absorption.png, print a summary."""
-    from dmca_hpc.response.dielectric import DielectricError, dielectric_from_table, read_dielectric
-    from dmca_hpc.tables import TableFormatError
-    try:
-        if args.dielectric:
-            d = read_dielectric(args.dielectric)
-        else:
-            d = dielectric_from_table(args.table)
-        res = absorption_curves(d, args.mass_min_ev, args.mass_max_ev, args.n_masses,
-                                args.rho_gev_cm3, args.exposure_kg_year, args.n_events)
-    except (FileNotFoundError, DielectricError, TableFormatError, ValueError) as exc:
-        print(f"dmca-hpc absorption: {exc}", file=sys.stderr)
-        return 2
-    from dmca_hpc.hpc.checkpoint import atomic_h5, config_hash, provenance, write_dataset
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("table", "dielectric", "mass_min_ev", "mass_max_ev",
-                                               "n_masses", "exposure_kg_year", "n_events", "rho_gev_cm3")}
-    ih = config_hash(settings)
-    with atomic_h5(out / "absorption.h5", input_hash=ih, stage="absorption",
-                   prov=provenance(input_hash=ih)) as f:
-        f.attrs["material"] = d.material
-        f.attrs["rho_t_g_cm3"] = res["rho_t_g_cm3"]
-        for name, (data, unit, desc) in curves_to_datasets(res).items():
-            write_dataset(f, name, data, unit, desc)
-    plot_absorption(res, out / "absorption.png", d.material)
-    print(f"{d.material or 'target'}: rho_T = {res['rho_t_g_cm3']:.4g} g/cm^3, "
-          f"{args.n_events:g} events in {args.exposure_kg_year:g} kg year")
-    print(f"{'mass [eV]':>10} {'Im(-1/eps)':>11} {'kappa':>10} {'g_ae':>10}")
-    for m in (2.0, 5.0, 10.0, 20.0, 40.0):
-        r = reach_at(res, m)
-        if r["kappa"] is None and r["g_ae"] is None:
-            continue
-        elf = float(np.interp(m, res["mass_ev"], res["elf"]))
-        fmt = lambda v: f"{v:10.3g}" if v is not None else f"{'-':>10}"
-        print(f"{m:10.3g} {elf:11.3g} {fmt(r['kappa'])} {fmt(r['g_ae'])}")
-    print(f"wrote {out / 'absorption.h5'} and {out / 'absorption.png'}")
-    return 0

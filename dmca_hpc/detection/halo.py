@@ -8,7 +8,9 @@ Conventions (shared/design/physics.md):
   in s/km (``eta``) or in units of 1/c (``eta_c``, what the rate formulas use);
 * the Standard Halo Model (SHM) is a Maxwellian of dispersion parameter v0
   truncated at v_esc in the galactic frame (Lewin & Smith 1996), boosted by
-  the Earth velocity v_E; its eta has a closed form (:func:`eta_shm`).
+  the Earth velocity v_E; its eta has a closed form (:func:`eta_shm`, and
+  :func:`eta_shm_point`, the same formula for one point, which the Numba
+  rate kernel compiles).
 
 Presets (physics.md table): ``shm-2021`` (Baxter et al. 2021, QCDark),
 ``qedark-2016`` (Essig et al. 2016), ``legacy`` (EXCEED-DM), and ``shm++``
@@ -60,7 +62,7 @@ def known_halos() -> list[str]:
     return sorted(list(PRESETS) + ["shm++"])
 
 
-def _norm_esc(z: float) -> float:
+def norm_esc(z: float) -> float:
     """Normalization of the truncated Maxwellian, N_esc = erf(z) -
     2 z exp(-z^2)/sqrt(pi), z = v_esc/v0 (Lewin & Smith eq. A1a / pi^1.5 v0^3)."""
     return math.erf(z) - 2.0 * z * math.exp(-z * z) / _SQRT_PI
@@ -81,7 +83,7 @@ def eta_shm(vmin_km_s, v0: float, v_e: float, v_esc: float):
     x = vmin / v0
     z = v_esc / v0
     y = v_e / v0
-    n = _norm_esc(z)
+    n = norm_esc(z)
     ez = math.exp(-z * z)
     if y < 1e-8:
         out = np.where(x < z, 2.0 * (np.exp(-x * x) - ez) / (_SQRT_PI * n * v0), 0.0)
@@ -91,6 +93,34 @@ def eta_shm(vmin_km_s, v0: float, v_e: float, v_esc: float):
     out = np.where(x < z - y, low, np.where(x < z + y, mid, 0.0)) / (2.0 * n * y * v0)
     # tiny negative values from round-off near x = z + y
     return np.maximum(out, 0.0)
+
+
+def eta_shm_point(x: float, y: float, z: float, ez: float, norm: float, v0: float) -> float:
+    """The closed form of :func:`eta_shm` at one point, for compiled kernels.
+
+    Plain floats and :mod:`math` only, so Numba compiles it into the rate
+    kernel of :mod:`dmca_hpc.detection.rates` (one copy of the SHM's eta:
+    the kernel no longer carries its own).  Arguments in reduced units:
+    x = v_min/v0, y = v_E/v0, z = v_esc/v0, with ez = exp(-z^2) and
+    norm = :func:`norm_esc` (z) precomputed once per halo; v0 in the unit
+    the caller works in (fraction of c in the rate kernel).  Returns eta in
+    1/[v0], clipped at 0 (round-off near x = z + y), like :func:`eta_shm`;
+    the same arithmetic, but math.erf instead of scipy's erf, so the two
+    agree to round-off (~1e-15 relative), not bit for bit.
+    """
+    if y < 1e-8:
+        if x >= z:
+            return 0.0
+        eta = 2.0 * (math.exp(-x * x) - ez) / (_SQRT_PI * norm * v0)
+        return eta if eta > 0.0 else 0.0
+    if x >= z + y:
+        return 0.0
+    if x < z - y:
+        num = math.erf(x + y) - math.erf(x - y) - 4.0 * y * ez / _SQRT_PI
+    else:
+        num = math.erf(z) - math.erf(x - y) - 2.0 * (z + y - x) * ez / _SQRT_PI
+    eta = num / (2.0 * norm * y * v0)
+    return eta if eta > 0.0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +169,7 @@ class SHM:
         """Earth-frame speed distribution f(v) [s/km], normalized to 1."""
         v = np.asarray(v_km_s, dtype=float)
         v0, ve, vesc = self.v0_km_s, self.v_earth_km_s, self.v_esc_km_s
-        n = _norm_esc(vesc / v0)
+        n = norm_esc(vesc / v0)
         if ve < 1e-8:
             f = 4.0 * v * v / (_SQRT_PI * n * v0**3) * np.exp(-(v / v0) ** 2)
             return np.where((v >= 0) & (v < vesc), f, 0.0)
@@ -155,7 +185,7 @@ class SHM:
             if v >= self.v_esc_km_s:
                 return 1.0
             x = v / self.v0_km_s
-            return _norm_esc(x) / _norm_esc(self.v_esc_km_s / self.v0_km_s)
+            return norm_esc(x) / norm_esc(self.v_esc_km_s / self.v0_km_s)
         from scipy.integrate import quad
         return quad(self.speed_pdf, 0.0, min(v, self.v_max_km_s), epsabs=1e-13, epsrel=1e-12,
                     limit=200)[0]
@@ -165,7 +195,7 @@ class SHM:
         <v> = 2 v0 [1 - (1 + z^2) e^{-z^2}] / (sqrt(pi) N_esc)."""
         v0, z = self.v0_km_s, self.v_esc_km_s / self.v0_km_s
         if self.v_earth_km_s < 1e-8:
-            return 2.0 * v0 * (1.0 - (1.0 + z * z) * math.exp(-z * z)) / (_SQRT_PI * _norm_esc(z))
+            return 2.0 * v0 * (1.0 - (1.0 + z * z) * math.exp(-z * z)) / (_SQRT_PI * norm_esc(z))
         from scipy.integrate import quad
         return quad(lambda v: v * self.speed_pdf(v), 0.0, self.v_max_km_s,
                     epsabs=1e-12, epsrel=1e-12, limit=200)[0]

@@ -22,7 +22,6 @@ cross sections in cm^2, exposure in kg-year, rates in events/kg/year.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,7 +256,7 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
 
 
 # ---------------------------------------------------------------------------
-# output: HDF5 and plots
+# HDF5 (beside the Reach and Bands it writes; the stage and the CLI share it)
 # ---------------------------------------------------------------------------
 
 def write_reach_h5(path, curves: dict, bands: "Bands | None" = None, input_hash: str = "",
@@ -283,166 +282,3 @@ def write_reach_h5(path, curves: dict, bands: "Bands | None" = None, input_hash:
             write_dataset(g, "samples_sigma", bands.samples_sigma_cm2, "cm^2", "[sample, mass]")
             g.attrs["inputs"] = json.dumps(bands.inputs, default=str)
     return Path(path)
-
-
-def plot_reach(path, curves: dict, bands: "Bands | None" = None, title: str = "") -> Path:
-    """Reach curves (log-log) with optional 68%/95% bands (matplotlib Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if bands is not None:
-        m = bands.masses_ev / U.MEV_EV
-        s = np.where(np.isfinite(bands.sigma_cm2), bands.sigma_cm2, np.nan)
-        ax.fill_between(m, s[0], s[4], color="gold", alpha=0.5, label="95% band")
-        ax.fill_between(m, s[1], s[3], color="limegreen", alpha=0.6, label="68% band")
-    for label, rc in curves.items():
-        s = np.where(np.isfinite(rc.sigma_cm2), rc.sigma_cm2, np.nan)
-        ax.plot(rc.masses_ev / U.MEV_EV, s, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("m_chi [MeV]")
-    ax.set_ylabel("sigma_e [cm^2]")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def stage_reach(ctx, sec, table, screening, gap, eps) -> dict:
-    """Reach part of the ``rates`` stage (called on all ranks; rank 0 writes)."""
-    import time
-    from dmca_hpc.hpc.parallel import peak_memory_mb
-    t0, c0 = time.perf_counter(), time.process_time()
-    masses = np.logspace(np.log10(float(sec.get("reach_mass_min_mev", 0.5))),
-                         np.log10(float(sec.get("reach_mass_max_mev", 1000.0))),
-                         int(sec.get("reach_n_masses", 50))) * U.MEV_EV
-    common = dict(exposure_kg_year=float(sec["exposure_kg_year"]),
-                  q_threshold=int(sec.get("q_threshold", 1)), q_max=sec.get("q_max"),
-                  n_events=sec.get("n_events"), observed_counts=sec.get("observed_counts"),
-                  cl=float(sec.get("cl", 0.95)), mode=sec.get("limit_mode", "combined"),
-                  gap_ev=gap, pair_energy_ev=eps, screening=screening)
-    halo = sec.get("halo", "shm-2021")
-    curves = {}
-    bands = None
-    for fdm in sec.get("fdm", ["heavy", "light"]):
-        curves[f"{fdm}"] = reach_curve(table, masses, fdm=fdm, halo=halo, **common)
-    nmc = int(sec.get("uncertainty_samples", 0))
-    if nmc > 0:
-        extra = [table] + list(sec.get("systematic_tables", []))
-        bands = uncertainty_bands(extra, masses, n_samples=nmc, seed=int(ctx.seed), halo=halo,
-                                  fdm=sec.get("fdm", ["heavy"])[0], comm=ctx.comm, **common)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    heavy = curves.get("heavy") or next(iter(curves.values()))
-    fin = heavy.sigma_cm2[np.isfinite(heavy.sigma_cm2)]
-    ctx.telemetry.record("rates", f"{table.material}:reach", "ok", wall, cpu, peak_memory_mb(),
-                         physics={"material": table.material or "unknown",
-                                  "q_scan_points": int(masses.size),
-                                  "reach_min_sigma_cm2": float(fin.min()) if fin.size else None,
-                                  "uncertainty_samples": nmc,
-                                  "computation_time_sec": wall})
-    if ctx.comm.Get_rank() != 0:
-        return {}
-    p = write_reach_h5(ctx.stage_dir / "reach.h5", curves, bands, ctx.input_hash, ctx.prov)
-    img = plot_reach(ctx.stage_dir / "reach.png", curves, bands,
-                     f"{table.material} exposure {common['exposure_kg_year']:g} kg-yr, "
-                     f"Q >= {common['q_threshold']}")
-    return {"reach": str(p), "reach_plot": str(img)}
-
-
-# ---------------------------------------------------------------------------
-# command line: dmca-hpc reach
-# ---------------------------------------------------------------------------
-
-def add_arguments(parser):
-    """Arguments of ``dmca-hpc reach``."""
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--table", nargs="+",
-                     help="form-factor table(s); two or more of one material add the DFT "
-                          "systematic to the bands")
-    src.add_argument("--material", help="use the shipped table of this material")
-    parser.add_argument("--mass-min-mev", type=float, default=0.5, help="lowest mass [MeV]")
-    parser.add_argument("--mass-max-mev", type=float, default=1000.0, help="highest mass [MeV]")
-    parser.add_argument("--n-masses", type=int, default=50, help="log-spaced masses")
-    parser.add_argument("--exposure", type=float, required=True, help="exposure [kg-year]")
-    parser.add_argument("--q-threshold", type=int, default=1, help="lowest Q bin counted")
-    parser.add_argument("--q-max", type=int, default=None, help="highest Q bin counted")
-    parser.add_argument("--n-events", type=float, default=None,
-                        help="background-free events (default 3)")
-    parser.add_argument("--observed", type=int, nargs="+", default=None,
-                        help="observed counts in Q = 1, 2, ... (Poisson limit instead of reach)")
-    parser.add_argument("--cl", type=float, default=0.95, help="confidence level of the limit")
-    parser.add_argument("--mode", choices=("combined", "per-bin"), default="combined",
-                        help="Poisson limit from summed counts or the best single Q bin")
-    parser.add_argument("--fdm", choices=("heavy", "light"), default="heavy")
-    parser.add_argument("--halo", default="shm-2021")
-    parser.add_argument("--gap", type=float, default=None, help="gap [eV]")
-    parser.add_argument("--pair-energy", type=float, default=None, help="pair energy [eV]")
-    parser.add_argument("--uncertainty", type=int, default=0,
-                        help="number of Monte Carlo samples for 68/95%% bands (0: none)")
-    parser.add_argument("--seed", type=int, default=12345, help="Monte Carlo seed")
-    parser.add_argument("--out", default=None, help="write reach.h5 and reach.png to this directory")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def run_cli(args) -> int:
-    """``dmca-hpc reach``: reach curve for many masses (optionally bands)."""
-    import time
-    from dmca_hpc.tables import TableFormatError, load, table_for_material
-    try:
-        paths = args.table if args.table else [table_for_material(args.material)]
-        tabs = [load(p) for p in paths]
-        masses = np.logspace(np.log10(args.mass_min_mev), np.log10(args.mass_max_mev),
-                             args.n_masses) * U.MEV_EV
-        common = dict(exposure_kg_year=args.exposure, q_threshold=args.q_threshold,
-                      q_max=args.q_max, n_events=args.n_events, observed_counts=args.observed,
-                      cl=args.cl, mode=args.mode, gap_ev=args.gap,
-                      pair_energy_ev=args.pair_energy)
-        t0 = time.perf_counter()
-        rc = reach_curve(tabs[0], masses, fdm=args.fdm, halo=args.halo, **common)
-        wall = time.perf_counter() - t0
-        bands = None
-        if args.uncertainty:
-            bands = uncertainty_bands(tabs, masses, n_samples=args.uncertainty, seed=args.seed,
-                                      halo=args.halo, fdm=args.fdm, **common)
-    except (FileNotFoundError, TableFormatError, ValueError) as exc:
-        print(f"dmca-hpc reach: error: {exc}", file=sys.stderr)
-        return 2
-    files = {}
-    if args.out:
-        d = Path(args.out)
-        d.mkdir(parents=True, exist_ok=True)
-        files["reach"] = str(write_reach_h5(d / "reach.h5", {args.fdm: rc}, bands))
-        files["plot"] = str(plot_reach(d / "reach.png", {args.fdm: rc}, bands,
-                                       f"{tabs[0].material} {args.exposure:g} kg-yr"))
-    if args.json:
-        out = {"mass_mev": list(rc.masses_ev / U.MEV_EV),
-               "sigma_cm2": [float(s) if np.isfinite(s) else None for s in rc.sigma_cm2],
-               "inputs": rc.inputs, "notes": rc.notes, "wall_seconds": wall, "files": files,
-               "units": {"mass_mev": "MeV", "sigma_cm2": "cm^2 (null: no reach)",
-                         "exposure_kg_year": "kg year"}}
-        if bands is not None:
-            out["bands_sigma_cm2"] = {f"p{p:g}": [float(x) if np.isfinite(x) else None
-                                                  for x in bands.sigma_cm2[i]]
-                                      for i, p in enumerate(PERCENTILES)}
-        print(json.dumps(out, indent=1, default=str))
-        return 0
-    print(f"reach: {tabs[0].material} exposure {args.exposure:g} kg-year, Q >= {args.q_threshold}, "
-          f"F_DM {args.fdm}, halo {args.halo} ({rc.inputs['method']}); {wall * 1e3:.0f} ms")
-    hdr = "  m_chi [MeV]    sigma_e [cm^2]"
-    if bands is not None:
-        hdr += "    68% band              95% band"
-    print(hdr)
-    for i, m in enumerate(rc.masses_ev):
-        line = f"  {m / U.MEV_EV:11.4g}    {rc.sigma_cm2[i]:12.4g}"
-        if bands is not None:
-            s = bands.sigma_cm2[:, i]
-            line += f"    [{s[1]:.3g}, {s[3]:.3g}]   [{s[0]:.3g}, {s[4]:.3g}]"
-        print(line)
-    for n in rc.notes:
-        print(f"  note: {n}")
-    for k, v in files.items():
-        print(f"  wrote {k}: {v}")
-    return 0

@@ -32,12 +32,12 @@ phi_{mu,k}(r) = sum_T e^{ik.T} chi_mu(r - T),
 
 with S and R = sum_T e^{ik.T} <chi_mu|r|chi_nu(.-T)> from ``cell.pbc_intor``
 ('int1e_ovlp', 'int1e_r').  The bands at k + q come from the same
-Kohn-Sham Hamiltonian as the bands stage (:class:`dmca_hpc.electronic.bands._Worker`),
+Kohn-Sham Hamiltonian as the bands stage (:class:`dmca_hpc.electronic.bands.BandWorker`),
 so M_cv = C_{k+q}^dagger (S + i q.R) C_k.  The neglected q^2 term biases
 |d|^2 by ~ c q^2: against PySCF's analytic AO-pair Fourier transform
 (``ft_aopair_kpts``, exact in q, ~1.6 s per call) it is 0.14% at the default
 q = 1e-4 bohr^-1 and 0.03% at 3e-5 (round-off grows as 1/q below that);
-the integrals cost ~0.02 s per k (tests/test_optical.py checks both,
+the integrals cost ~0.02 s per k (tests/unit/response/test_optical.py checks both,
 benchmarks/bench_optical.py times them).
 
 **Broadening.**  Each transition is a Gaussian of width ``sigma_ev``
@@ -59,19 +59,12 @@ from pathlib import Path
 import numpy as np
 
 from dmca_hpc import units as U
+from dmca_hpc.response.kramers_kronig import DEFAULT_TAIL_EXPONENT, kk_real_from_imag
 
-__all__ = ["OPTICAL_DEFAULTS", "OpticalError", "OpticalTransitions", "transitions_at_k",
+__all__ = ["OpticalError", "OpticalTransitions", "transitions_at_k",
            "compute_transitions", "im_eps_on_bins", "eps_static_from_transitions",
            "fsum_ratio_transitions",
            "optical_from_scf"]
-
-OPTICAL_DEFAULTS = {
-    "optical_route": "auto",       # auto | states | table
-    "optical_kmesh": [12, 12, 12],
-    "optical_dq_bohr": 1.0e-4,
-    "optical_sigma_ev": 0.15,
-    "optical_chunk": 4,
-}
 
 
 class OpticalError(ValueError):
@@ -113,7 +106,7 @@ def _density_matrix_elements(cell, k, c_k, c_kq, qvec, nocc: int, s=None, r=None
 def transitions_at_k(worker, cell, k_cart, nocc: int, dq_bohr: float):
     """(w_cv [nc, nv] hartree, |d_cv|^2 [nc, nv] bohr^2) at one k [bohr^-1].
 
-    ``worker`` is a :class:`dmca_hpc.electronic.bands._Worker` (bands at any k)."""
+    ``worker`` is a :class:`dmca_hpc.electronic.bands.BandWorker` (bands at any k)."""
     k = np.asarray(k_cart, float).reshape(3)
     ks = np.vstack([k, k + dq_bohr * np.eye(3)])
     e, c = worker.bands(ks)
@@ -130,7 +123,7 @@ def transitions_at_k(worker, cell, k_cart, nocc: int, dq_bohr: float):
 
 def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: float = 1e-4,
                         comm=None, workdir=None, input_hash: str = "", chunk: int = 4,
-                        telemetry=None, label: str = "") -> OpticalTransitions | None:
+                        on_unit=None, label: str = "") -> OpticalTransitions | None:
     """Transitions on the irreducible wedge of a Gamma-centred ``kmesh``.
 
     Args:
@@ -142,13 +135,17 @@ def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: flo
         comm: communicator (default serial); workdir: unit checkpoints
             (None: no checkpoints); input_hash: invalidates old units.
         chunk: irreducible k per work unit.
+        on_unit: called on the rank that ran it with each finished unit's
+            :class:`dmca_hpc.hpc.parallel.UnitResult` (``unit`` = (first, end)
+            irreducible k index), e.g. to record telemetry.
+        label: material name in the progress line (default: the scf file's).
     Returns:
         :class:`OpticalTransitions` on rank 0, None elsewhere.
     Raises:
         OpticalError: bad mesh / dq; RuntimeError: some units failed (the
         finished ones stay checkpointed).
     """
-    from dmca_hpc.electronic.bands import _Worker
+    from dmca_hpc.electronic.bands import BandWorker
     from dmca_hpc.hpc.checkpoint import UnitStore
     from dmca_hpc.electronic.scf import load_scf
     from dmca_hpc.hpc.parallel import Progress, SerialComm, map_units
@@ -177,7 +174,7 @@ def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: flo
     weights = ibz.ibz_weight
     units = [(s, min(s + chunk, len(kcart))) for s in range(0, len(kcart), chunk)]
     store = UnitStore(Path(workdir), input_hash) if workdir is not None else None
-    worker = _Worker(str(scf_path), nb)
+    worker = BandWorker(str(scf_path), nb)
     progress = Progress(f"{label or 'optical'} optical limit", len(units), comm=comm)
 
     def work(unit):
@@ -196,10 +193,8 @@ def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: flo
         return arr
 
     def on_result(r):
-        if telemetry is not None:
-            phys = {"material": label, "kpts": int(r.unit[1] - r.unit[0])}
-            telemetry.record_result("dielectric", r, physics=phys,
-                                    unit=f"{label}:optical:{r.unit[0]}-{r.unit[1]}")
+        if on_unit is not None:
+            on_unit(r)
         if rank == 0 and store is not None:
             progress.update(sum(1 for _ in store.dir.glob("unit-*.h5")))
 
@@ -278,16 +273,18 @@ def fsum_ratio_transitions(tr: OpticalTransitions, scissor_ev: float = 0.0,
 
 def optical_from_scf(scf_path, e_ev, kmesh=(12, 12, 12), sigma_ev: float = 0.15,
                      scissor_ev: float = 0.0, nbands=None, dq_bohr: float = 1e-4, comm=None,
-                     workdir=None, input_hash: str = "", chunk: int = 4, telemetry=None,
-                     label: str = "", tail: str = "power", tail_exponent: float = 3.0):
+                     workdir=None, input_hash: str = "", chunk: int = 4, on_unit=None,
+                     label: str = "", tail: str = "power",
+                     tail_exponent: float = DEFAULT_TAIL_EXPONENT):
     """Optical eps on the bins ``e_ev``: dict with ``eps_im``, ``eps_re``
     (Kramers-Kronig of the broadened Im eps), ``eps_static`` (exact sum),
-    ``transitions`` and ``meta`` on rank 0; None on other ranks."""
-    from dmca_hpc.response.dielectric import kk_real_from_imag
+    ``transitions`` and ``meta`` on rank 0; None on other ranks.  Arguments
+    as :func:`compute_transitions`, :func:`im_eps_on_bins` and
+    :func:`dmca_hpc.response.kramers_kronig.kk_real_from_imag`."""
     t0 = time.perf_counter()
     tr = compute_transitions(scf_path, kmesh, nbands=nbands, dq_bohr=dq_bohr, comm=comm,
                              workdir=workdir, input_hash=input_hash, chunk=chunk,
-                             telemetry=telemetry, label=label)
+                             on_unit=on_unit, label=label)
     if tr is None:
         return None
     im = im_eps_on_bins(tr, e_ev, sigma_ev, scissor_ev)

@@ -27,7 +27,9 @@ def test_two_ranks_same_optical_limit_as_one(request):
     scf, work = comm.bcast((scf, work), root=0)
     tel = Telemetry(Path(work) / "telemetry", rank=rank)
     par = compute_transitions(scf, [4, 4, 4], comm=comm, workdir=Path(work) / "mpi",
-                              input_hash="h", chunk=1, telemetry=tel)
+                              input_hash="h", chunk=1,
+                              on_unit=lambda r: tel.record_result("dielectric", r,
+                                                                  unit=f"optical:{r.unit[0]}-{r.unit[1]}"))
     comm.Barrier()
     if rank != 0:
         assert par is None

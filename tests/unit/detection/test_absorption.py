@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.constants as sc
 
+from dmca_hpc.cli import absorption as cli_absorption
 from dmca_hpc.detection import absorption as A
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -93,7 +94,7 @@ def test_mass_range_errors(ge_curves):
 
 def _args(**kw):
     p = argparse.ArgumentParser()
-    A.add_arguments(p)
+    cli_absorption.add_arguments(p)
     argv = []
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -103,7 +104,7 @@ def _args(**kw):
 @needs_ge
 def test_cli(tmp_path, capsys):
     import h5py
-    rc = A.run_cli(_args(table=GE_TABLE, out=tmp_path, n_masses=30))
+    rc = cli_absorption.run_cli(_args(table=GE_TABLE, out=tmp_path, n_masses=30))
     assert rc == 0
     with h5py.File(tmp_path / "absorption.h5") as f:
         assert all("units" in f[k].attrs for k in f)
@@ -112,6 +113,6 @@ def test_cli(tmp_path, capsys):
 
 
 def test_cli_bad_input(tmp_path, capsys):
-    rc = A.run_cli(_args(table=tmp_path / "nope.h5", out=tmp_path))
+    rc = cli_absorption.run_cli(_args(table=tmp_path / "nope.h5", out=tmp_path))
     assert rc == 2
     assert "nope.h5" in capsys.readouterr().err

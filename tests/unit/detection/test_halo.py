@@ -35,6 +35,23 @@ def test_eta_monotone_and_zero_above_vmax(name):
     assert h.eta(0.0) == pytest.approx(inv, rel=1e-7)
 
 
+@pytest.mark.parametrize("v_earth", [250.2, 0.0])
+def test_eta_point_equals_eta_shm(v_earth):
+    """halo.eta_shm_point (plain floats, what the Numba rate kernel compiles)
+    is the closed form of halo.eta_shm: the same arithmetic with math.erf for
+    scipy's erf, so equal to 1e-12 relative (absolute 1e-12 eta(0) where eta
+    cancels to ~0 just below v_max), both branches and the v_E = 0 limit."""
+    import math
+    v0, vesc = 238.0, 544.0
+    v = np.linspace(0.0, (vesc + v_earth) * 1.05, 4001)
+    ref = halo.eta_shm(v, v0, v_earth, vesc)
+    z, y = vesc / v0, v_earth / v0
+    ez, norm = math.exp(-z * z), halo.norm_esc(z)
+    pt = np.array([halo.eta_shm_point(vm / v0, y, z, ez, norm, v0) for vm in v])
+    np.testing.assert_allclose(pt, ref, rtol=1e-12, atol=1e-12 * ref[0])
+    assert np.all(pt[v >= vesc + v_earth] == 0.0)
+
+
 def test_presets_match_physics_md():
     h = halo.get_halo("shm-2021")
     assert (h.v0_km_s, h.v_earth_km_s, h.v_esc_km_s, h.rho_gev_cm3) == (238, 250.2, 544, 0.3)

@@ -98,14 +98,15 @@ def test_bad_input():
 
 def test_cli_json(capsys):
     import argparse
+    from dmca_hpc.cli import nuclear as cli_nuclear
     p = argparse.ArgumentParser()
-    nuclear.add_arguments(p)
-    rc = nuclear.run_cli(p.parse_args(["--target", "Xe", "--mass-gev", "50", "--sigma-n", "1e-45",
+    cli_nuclear.add_arguments(p)
+    rc = cli_nuclear.run_cli(p.parse_args(["--target", "Xe", "--mass-gev", "50", "--sigma-n", "1e-45",
                                        "--recoil-kev", "1", "--halo", "shm-2021", "--json"]))
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert d["rate_per_tonne_year_kev"] == pytest.approx(31.4, rel=0.01)
-    rc = nuclear.run_cli(p.parse_args(["--target", "Unobtainium", "--mass-gev", "50",
+    rc = cli_nuclear.run_cli(p.parse_args(["--target", "Unobtainium", "--mass-gev", "50",
                                        "--recoil-kev", "1"]))
     assert rc == 2 and "known targets" in capsys.readouterr().err
 
@@ -115,12 +116,13 @@ def test_run_stage(tmp_path):
     from types import SimpleNamespace
     from dmca_hpc.hpc.parallel import SerialComm
     from dmca_hpc.monitoring.telemetry import Telemetry
+    from dmca_hpc.stages.nuclear import run_stage
     ctx = SimpleNamespace(job={"nuclear": {"targets": ["Xe", "NaI"], "masses_gev": [50.0],
                                            "n_energies": 20}},
                           material=None, stage_dir=tmp_path, input_hash="h", outputs={},
                           comm=SerialComm(), telemetry=Telemetry(tmp_path / "t", 0, "j"),
                           prov={}, seed=1)
-    out = nuclear.run_stage(ctx)
+    out = run_stage(ctx)
     with h5py.File(out["nuclear"]) as f:
         assert f["Xe/dR_dE"].shape == (1, 20) and f["E_R"].attrs["units"] == "keV"
     assert (tmp_path / "nuclear.png").exists()
@@ -133,13 +135,14 @@ def test_run_stage_keeps_finished_units_when_one_fails(tmp_path):
     from types import SimpleNamespace
     from dmca_hpc.hpc.parallel import SerialComm
     from dmca_hpc.monitoring.telemetry import Telemetry
+    from dmca_hpc.stages.nuclear import run_stage
     ctx = SimpleNamespace(job={"nuclear": {"targets": ["Xe"], "masses_gev": [50.0, -1.0],
                                            "n_energies": 20}},
                           material=None, stage_dir=tmp_path, input_hash="h", outputs={},
                           comm=SerialComm(), telemetry=Telemetry(tmp_path / "t", 0, "j"),
                           prov={}, seed=1)
     with pytest.raises(RuntimeError, match="1 of 2 units failed.*nuclear.h5"):
-        nuclear.run_stage(ctx)
+        run_stage(ctx)
     with h5py.File(tmp_path / "nuclear.h5") as f:
         rows = f["Xe/dR_dE"][()]
         assert np.all(np.isfinite(rows[0])) and rows[0].max() > 0

@@ -91,9 +91,10 @@ def test_dft_systematic_two_tables(ge):
 
 def test_cli_and_files(qcdark_ge, tmp_path, capsys):
     import argparse, json, h5py
+    from dmca_hpc.cli import reach as cli_reach
     p = argparse.ArgumentParser()
-    reach.add_arguments(p)
-    rc = reach.run_cli(p.parse_args(["--table", str(qcdark_ge), "--exposure", "1", "--n-masses",
+    cli_reach.add_arguments(p)
+    rc = cli_reach.run_cli(p.parse_args(["--table", str(qcdark_ge), "--exposure", "1", "--n-masses",
                                      "6", "--uncertainty", "4", "--out", str(tmp_path), "--json"]))
     assert rc == 0
     d = json.loads(capsys.readouterr().out)

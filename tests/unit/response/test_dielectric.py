@@ -7,7 +7,6 @@ and experimental eps_inf / plasmon energies (Si 11.7 / 16.7 eV; Ge 16.0 /
 16.0 eV).
 """
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from dmca_hpc.response import DielectricError
 from dmca_hpc.response import dielectric as D
+from dmca_hpc.response import kramers_kronig as K
+from dmca_hpc.response import qsampling as QS
+from dmca_hpc.response import screening as S
 
 ROOT = Path(__file__).resolve().parents[3]
 GE_TABLE = ROOT.parent / "shared" / "reference" / "qcdark" / "Ge_final.hdf5"
@@ -45,9 +48,9 @@ def test_kk_round_trip_lorentz_oscillator(w0, gamma, wp):
     """Im -> Re -> Im on the tables' bin-centre grid (0.05 eV bins to 100 eV)
     reproduces the analytic oscillator to 1e-3 of its peak (issue 8)."""
     w = (np.arange(2000) + 0.5) * 0.05
-    eps = D.lorentz_oscillator(w, w0, gamma, wp)
-    re = D.kk_real_from_imag(w, eps.imag)
-    im = D.kk_imag_from_real(w, re)
+    eps = K.lorentz_oscillator(w, w0, gamma, wp)
+    re = K.kk_real_from_imag(w, eps.imag)
+    im = K.kk_imag_from_real(w, re)
     assert np.max(np.abs(re - eps.real)) / np.max(np.abs(eps.real - 1)) < 1e-3
     assert np.max(np.abs(im - eps.imag)) / np.max(eps.imag) < 1e-3
 
@@ -58,8 +61,8 @@ def test_kk_general_grid_converges():
     errs = []
     for h in (0.2, 0.1):
         w = np.arange(h, 60.0 + h / 2, h)  # starts at h, not at h/2: general path
-        eps = D.lorentz_oscillator(w, 5.0, 1.5, 10.0)
-        re = D.kk_real_from_imag(w, eps.imag)
+        eps = K.lorentz_oscillator(w, 5.0, 1.5, 10.0)
+        re = K.kk_real_from_imag(w, eps.imag)
         errs.append(np.max(np.abs(re - eps.real)))
     assert errs[0] / errs[1] > 3.0
 
@@ -78,18 +81,18 @@ def test_fine_lattice_predicts_populated_bins(ge_table):
     """Every k'-k+G lies on the fine lattice sum n_i b_i/6: the bins it
     populates below 2 alpha m_e are exactly the non-zero bins of the QCDark
     file (bin 0 excepted: it holds the q = 0 point we exclude)."""
-    n_disc, n_cont = D.fine_lattice_counts(ge_table.metadata["a"], 6, ge_table.dq_ame, 100)
+    n_disc, n_cont = QS.fine_lattice_counts(ge_table.metadata["a"], 6, ge_table.dq_ame, 100)
     nonzero = ge_table.f2[:100].sum(axis=1) > 0
     assert np.array_equal((n_disc > 0)[1:], nonzero[1:])
     # at large q the lattice fills the shells: count/continuum -> 1 on average
-    n_disc, n_cont = D.fine_lattice_counts(ge_table.metadata["a"], 6, ge_table.dq_ame, ge_table.nq)
+    n_disc, n_cont = QS.fine_lattice_counts(ge_table.metadata["a"], 6, ge_table.dq_ame, ge_table.nq)
     assert abs(n_disc[500:].sum() / n_cont[500:].sum() - 1) < 1e-3
 
 
 @needs_ge
 def test_kmesh_from_table_and_inferred(ge_table, ge_eps):
     assert ge_eps.meta["kmesh"] == [6, 6, 6]
-    assert D.infer_kmesh(ge_table.f2, ge_table.metadata["a"], ge_table.dq_ame) == 6
+    assert QS.infer_kmesh(ge_table.f2, ge_table.metadata["a"], ge_table.dq_ame) == 6
 
 
 # ---------------------------------------------------------------- sum rules, Ge physics
@@ -138,8 +141,8 @@ def test_ge_static_eps_matches_cappellini_model_at_finite_q(ge_eps):
     below covers the lowest shells, where screening matters most."""
     from dmca_hpc import units as U
     sel = np.nonzero(ge_eps.populated & (ge_eps.q_ame >= 0.3) & (ge_eps.q_ame <= 0.9))[0]
-    ours = np.array([D._re_at_zero(ge_eps.e_ev, ge_eps.eps_im[i], "power", 3.0) for i in sel])
-    model = D.tf_epsilon(ge_eps.q_ame[sel] * U.ALPHA_ME_EV, 0.0, "Ge")
+    ours = np.array([K.kk_real_at_zero(ge_eps.e_ev, ge_eps.eps_im[i], "power", 3.0) for i in sel])
+    model = S.tf_epsilon(ge_eps.q_ame[sel] * U.ALPHA_ME_EV, 0.0, "Ge")
     dev = ours / model - 1
     print("q, eps_ours, eps_model:", np.round(np.c_[ge_eps.q_ame[sel], ours, model], 3).tolist())
     assert np.max(np.abs(dev)) < 0.25
@@ -202,18 +205,18 @@ def test_si_plasmon_peak():
 
 def test_tf_model_values():
     """Static long-wavelength limit returns eps0; eps decreases with q."""
-    e = D.tf_epsilon(np.array([1e-6, 3.99e3, 2e4]), 0.0, "Si")
+    e = S.tf_epsilon(np.array([1e-6, 3.99e3, 2e4]), 0.0, "Si")
     assert abs(e[0] - 11.3) < 1e-6
     assert np.all(np.diff(e) < 0) and e[-1] > 1.0
-    with pytest.raises(D.DielectricError, match="GaAs"):
-        D.tf_epsilon(1.0, 1.0, "GaAs")
+    with pytest.raises(DielectricError, match="GaAs"):
+        S.tf_epsilon(1.0, 1.0, "GaAs")
 
 
 @needs_ge
 def test_screening_factor_shapes_and_limits(ge_table, ge_eps):
-    s_rpa = D.screening_factor(ge_eps, ge_table.q_ame, ge_table.e_ev, "rpa")
-    s_tf = D.screening_factor(ge_eps, ge_table.q_ame, ge_table.e_ev, "tf")
-    s_none = D.screening_factor(ge_eps, model="none")
+    s_rpa = S.screening_factor(ge_eps, ge_table.q_ame, ge_table.e_ev, "rpa")
+    s_tf = S.screening_factor(ge_eps, ge_table.q_ame, ge_table.e_ev, "tf")
+    s_none = S.screening_factor(ge_eps, model="none")
     assert s_rpa.shape == s_tf.shape == s_none.shape == ge_table.f2.shape
     assert np.all(np.isfinite(s_rpa)) and np.all(s_rpa > 0)
     # at large q both screenings vanish (|eps| -> 1)
@@ -221,8 +224,8 @@ def test_screening_factor_shapes_and_limits(ge_table, ge_eps):
     # at q ~ 0.5 alpha m_e and low E both models give |eps|^2 of order (eps(q,0))^2 ~ 10
     i = np.searchsorted(ge_table.q_ame, 0.5)
     assert 0.6 < s_rpa[i, 5] / s_tf[i, 5] < 1.6
-    with pytest.raises(D.DielectricError, match="rpa"):
-        D.screening_factor(ge_eps, model="lindhard")
+    with pytest.raises(DielectricError, match="rpa"):
+        S.screening_factor(ge_eps, model="lindhard")
 
 
 # ---------------------------------------------------------------- files, stage
@@ -240,7 +243,7 @@ def test_write_read_units(tmp_path, ge_eps):
     back = D.read_dielectric(p)
     np.testing.assert_array_equal(back.eps_im, ge_eps.eps_im)
     np.testing.assert_array_equal(back.eps0_re, ge_eps.eps0_re)
-    s = D.screening_factor(str(p), model="rpa")
+    s = S.screening_factor(str(p), model="rpa")
     assert s.shape == ge_eps.eps_im.shape
 
 
@@ -249,13 +252,14 @@ def test_read_dielectric_bad_file(tmp_path):
     p = tmp_path / "x.h5"
     with h5py.File(p, "w") as f:
         f["q"] = [1.0]
-    with pytest.raises(D.DielectricError, match="'E' missing"):
+    with pytest.raises(DielectricError, match="'E' missing"):
         D.read_dielectric(p)
 
 
 @needs_ge
 def test_run_stage_writes_outputs_and_telemetry(tmp_path):
     import jsonschema
+    from dmca_hpc.stages.dielectric import run_stage
     from dmca_hpc.hpc.parallel import SerialComm
     from dmca_hpc.monitoring.telemetry import Telemetry
     from dmca_hpc.materials import get_material
@@ -263,7 +267,7 @@ def test_run_stage_writes_outputs_and_telemetry(tmp_path):
     ctx = SimpleNamespace(job={"dielectric": {"n_masses": 40}}, material=get_material("Ge"),
                           stage_dir=tmp_path, input_hash="h", outputs={"formfactor": {"table": str(GE_TABLE)}},
                           comm=SerialComm(), telemetry=tel, prov={"x": 1}, seed=1)
-    outs = D.run_stage(ctx)
+    outs = run_stage(ctx)
     for k in ("dielectric", "dielectric_plot", "absorption_plot"):
         assert Path(outs[k]).exists(), k
     rec = json.loads((tmp_path / "tel" / "rank-00000.jsonl").read_text().splitlines()[-1])
@@ -274,8 +278,24 @@ def test_run_stage_writes_outputs_and_telemetry(tmp_path):
     jsonschema.validate(rec, schema)
 
 
+def test_run_stage_rejects_unknown_key(tmp_path):
+    """The stage's defaults come from dmca_hpc.settings: a misspelt key is a
+    DielectricError naming the section and the key."""
+    from dmca_hpc.hpc.parallel import SerialComm
+    from dmca_hpc.stages.dielectric import run_stage
+    ctx = SimpleNamespace(job={"dielectric": {"optical_bin": 3}}, material=None, stage_dir=tmp_path,
+                          input_hash="h", outputs={}, comm=SerialComm(), telemetry=None, prov={},
+                          seed=1)
+    with pytest.raises(DielectricError, match=r"dielectric: unknown key\(s\) \['optical_bin'\]"):
+        run_stage(ctx)
+
+
 def test_import_is_light():
-    code = ("import sys, dmca_hpc.response.dielectric, dmca_hpc.detection.absorption; "
+    mods = ("dmca_hpc.response.dielectric", "dmca_hpc.response.kramers_kronig",
+            "dmca_hpc.response.qsampling", "dmca_hpc.response.screening",
+            "dmca_hpc.response.optical", "dmca_hpc.detection.absorption",
+            "dmca_hpc.plots.response", "dmca_hpc.stages.dielectric")
+    code = (f"import sys, {', '.join(mods)}; "
             "print(any(m in sys.modules for m in ('h5py', 'matplotlib', 'mpi4py', 'pyscf', 'numba')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

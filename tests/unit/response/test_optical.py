@@ -50,14 +50,14 @@ def si_transitions(si_scf, tmp_path_factory):
 def test_density_matrix_element_matches_ao_pair_transform(si_scf):
     """S + i q.R expansion == PySCF's analytic ft_aopair_kpts at small q, and
     the q -> 0 limit is converged at the default q = 1e-4 bohr^-1."""
-    from dmca_hpc.electronic.bands import _Worker
+    from dmca_hpc.electronic.bands import BandWorker
     from dmca_hpc.electronic.scf import load_scf
     from dmca_hpc.electronic.matrix_elements import aopair_matrix_elements
     from dmca_hpc.response.optical import transitions_at_k
     d = load_scf(si_scf)
     cell = d["cell"]
     nb = cell.nao_nr()
-    w = _Worker(str(si_scf), nb)
+    w = BandWorker(str(si_scf), nb)
     k = np.array([0.1, 0.2, 0.3]) @ cell.reciprocal_vectors()  # general k, no symmetry
     _, d2 = transitions_at_k(w, cell, k, 4, 1e-4)
     _, d2b = transitions_at_k(w, cell, k, 4, 3e-5)
@@ -88,7 +88,7 @@ def test_si_static_dielectric_constant_from_states(si_transitions, si_table):
     """Issue 8: eps_inf of Si within 15% of the measured 11.7 (RPA, no local
     fields, PBE + the shipped table's scissor)."""
     from dmca_hpc.response.optical import eps_static_from_transitions, im_eps_on_bins
-    from dmca_hpc.response.dielectric import kk_real_from_imag
+    from dmca_hpc.response.kramers_kronig import kk_real_from_imag
     shift = si_table.metadata["scissor_shift_ev"]
     eps = eps_static_from_transitions(si_transitions, shift)
     eps_pbe = eps_static_from_transitions(si_transitions, 0.0)
@@ -106,10 +106,11 @@ def test_si_static_dielectric_constant_from_states(si_transitions, si_table):
 def test_si_plasmon_from_states(si_transitions, si_table):
     """Issue 8: bulk plasmon of Si near the measured 16.7 eV (15%, as eps_0)."""
     from dmca_hpc.response import dielectric as D
+    from dmca_hpc.response.kramers_kronig import kk_real_from_imag
     from dmca_hpc.response.optical import eps_static_from_transitions, im_eps_on_bins
     shift = si_table.metadata["scissor_shift_ev"]
     im = im_eps_on_bins(si_transitions, si_table.e_ev, 0.15, shift)
-    optical = {"eps_im": im, "eps_re": D.kk_real_from_imag(si_table.e_ev, im),
+    optical = {"eps_im": im, "eps_re": kk_real_from_imag(si_table.e_ev, im),
                "eps_static": eps_static_from_transitions(si_transitions, shift),
                "meta": {"kmesh": [12, 12, 12], "sigma_ev": 0.15, "scissor_shift_ev": shift}}
     d = D.dielectric_from_table(si_table, optical=optical)
@@ -144,6 +145,7 @@ def test_im_eps_matrix_elements_vs_f2_table(tmp_path, request, tmp_path_factory)
     populated q bin of a 2x2x2 Si table."""
     from si_cases import cached_si_bands
     from dmca_hpc.response import dielectric as D
+    from dmca_hpc.response.qsampling import fine_lattice_counts
     from dmca_hpc import units as U
     from dmca_hpc.electronic.formfactor import compute_table, settings
     from dmca_hpc.electronic.matrix_elements import aopair_matrix_elements, load_bands
@@ -158,7 +160,7 @@ def test_im_eps_matrix_elements_vs_f2_table(tmp_path, request, tmp_path_factory)
     nq = f2.shape[0]
     q = (np.arange(nq) + 0.5) * dq
     vcell_ev3 = cell.vol / U.ALPHA_ME_EV ** 3   # bohr^3 -> eV^-3 (a0 = 1/(alpha m_e))
-    n_disc, n_cont = D.fine_lattice_counts(np.asarray(cell.lattice_vectors()) * U.BOHR_ANGSTROM,
+    n_disc, n_cont = fine_lattice_counts(np.asarray(cell.lattice_vectors()) * U.BOHR_ANGSTROM,
                                            bd.kmesh, dq, nq)
     a = int(np.nonzero(n_disc > 0)[0][0])
     from_table = D.im_eps_from_f2(f2[a], q[a], vcell_ev3) * n_cont[a] / n_disc[a]
@@ -232,10 +234,10 @@ def test_stage_distrusts_states_when_the_functional_closes_the_gap(route, tmp_pa
     0.06 eV, eps_inf ~ 275 from the states) is flagged; 'auto' falls back to
     the table's q -> 0 extrapolation, 'states' keeps the states and warns.
     Real Si states with the threshold set above their 2.5 eV direct gap."""
-    import json
     from types import SimpleNamespace
     from si_cases import cached_si_bands
     from dmca_hpc.response import dielectric as D
+    from dmca_hpc.stages.dielectric import run_stage
     from dmca_hpc.materials import get_material
     from dmca_hpc.hpc.parallel import SerialComm
     from dmca_hpc.monitoring.telemetry import Telemetry
@@ -246,7 +248,7 @@ def test_stage_distrusts_states_when_the_functional_closes_the_gap(route, tmp_pa
                           input_hash="h", comm=SerialComm(), prov={}, seed=1,
                           telemetry=Telemetry(tmp_path / "tel", rank=0, job_id="t"),
                           outputs={"formfactor": {"table": str(SI_TABLE)}, "dft": {"scf": str(scf)}})
-    outs = D.run_stage(ctx)
+    outs = run_stage(ctx)
     d = D.read_dielectric(outs["dielectric"])
     assert "optical_min_gap_ev" in d.meta["optical_states_warning"]
     assert "optical_min_gap_ev" in capsys.readouterr().err
