@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from dmca_hpc.config import ordered_stages, public_job
-from dmca_hpc.stages.registry import PER_MATERIAL, STAGE_NEEDS, STAGE_READS, implementation
+from dmca_hpc.stages.registry import (PER_MATERIAL, STAGE_DMCA, STAGE_NEEDS, STAGE_READS,
+                                      implementation)
 
 #: exit code after a preemption signal: "checkpointed, run me again"
 EXIT_PREEMPTED = 99
@@ -79,7 +80,7 @@ def make_context(stage: str, out_dir, material, job: dict, outputs: dict | None 
     return StageContext(name=stage, job=job, material=material, stage_dir=out_dir / stage,
                         input_hash=ih, outputs=outputs or {}, comm=comm,
                         telemetry=Telemetry(out_dir / "telemetry", rank=comm.Get_rank(),
-                                            job_id=job_id),
+                                            job_id=job_id, stage_dmca=STAGE_DMCA),
                         prov=provenance(ih, nranks=comm.Get_size()), seed=0, run_dir=out_dir)
 
 
@@ -161,7 +162,8 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
             tmp.write_text(json.dumps(prov, indent=1))
     comm.barrier()
     telemetry = Telemetry.from_job(job.get("telemetry"), run_dir / "telemetry", rank=rank,
-                                   job_id=os.environ.get("SLURM_JOB_ID") or job["name"])
+                                   job_id=os.environ.get("SLURM_JOB_ID") or job["name"],
+                                   stage_dmca=STAGE_DMCA)
     stages = ordered_stages(job)
     materials = [material_from_spec(s, job.get("_job_dir", ".")) for s in job.get("materials", [])]
     plan: list[tuple[str, Any]] = []
@@ -237,20 +239,20 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
     if root:
         tel = merge_rank_files(run_dir / "telemetry")
         summary["telemetry"] = str(tel)
-        summary.update(_collector_summary(tel, run_dir))
+        summary.update(_collector_summary(tel, run_dir, job.get("telemetry")))
         with atomic_path(run_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1, default=str))
     return summary if root else {}
 
 
-def _collector_summary(tel_path: Path, run_dir: Path) -> dict:
+def _collector_summary(tel_path: Path, run_dir: Path, section: dict | None = None) -> dict:
     """Run the standalone collector on the run's telemetry (summary.json/.md)."""
     try:
         from dmca_hpc.monitoring import collector
     except ImportError:
         return {}
     try:
-        return collector.write_run_summary(tel_path, run_dir)
+        return collector.write_run_summary(tel_path, run_dir, section=section)
     except Exception as exc:  # the run's results must not be lost to a report failure
         print(f"dmca-hpc: collector summary failed: {exc}", file=sys.stderr)
         return {}

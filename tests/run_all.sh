@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run the whole suite:
 #   1. Debian packages (as root, when missing): Quantum ESPRESSO (pw.x and
-#      its pseudopotentials), SLURM and munge for the one-node cluster tests;
+#      its pseudopotentials), SLURM and munge for the one-node cluster tests,
+#      Prometheus for the exporter test;
 #   2. a virtual environment .venv with the package and its extras [mpi,test]
 #      (the mpich wheel puts mpiexec in .venv/bin);
 #   3. pytest (plain tests, MPI tests skipped), then the MPI tests on 2 ranks
@@ -14,7 +15,7 @@ PY=${PYTHON:-python3}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   need=""
-  for pkg in quantum-espresso quantum-espresso-data slurm-wlm munge; do
+  for pkg in quantum-espresso quantum-espresso-data slurm-wlm munge prometheus; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
   done
   if [ -n "$need" ]; then

@@ -22,7 +22,7 @@ def run_cli(args) -> int:
     """``dmca-hpc formfactor``: compute a table from a bands file (MPI-aware)."""
     from dmca_hpc.electronic.formfactor import (FormFactorError, compute_table, make_table,
                                                 settings)
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
     from dmca_hpc.plots.electronic import plot_formfactor
     from dmca_hpc.hpc.parallel import get_comm

@@ -1,4 +1,5 @@
-"""Standalone telemetry collector: ``dmca-hpc collect FILE... [--json] [--markdown] [--gate]``.
+"""Standalone telemetry collector (``dmca-hpc collect FILE... [--json] [--markdown] [--gate]``,
+see :mod:`dmca_hpc.cli.collect`).
 
 Reads telemetry JSONL files (plaintext, AES-GCM-encrypted or mixed; see
 :mod:`dmca_hpc.monitoring.telemetry`) in one streaming pass and reports what the run
@@ -8,8 +9,45 @@ every line that is not a valid record (binary garbage, broken JSON, a
 truncated last line, a schema violation, a wrong key, an altered encrypted
 line) is counted and listed with its file, line number and reason.
 
-Definitions (all figures in the ``--json`` object)
---------------------------------------------------
+The DMCA report (the fields of the original DMCA collector, same meanings)
+--------------------------------------------------------------------------
+count
+    number of valid records (= ``records``).
+medians
+    {qps, latency_p95_ms, infra_cost_usd}: the median of each core field over
+    all valid records, as the records carry it (for our HPC records qps =
+    1 / wall, latency = wall, cost = the unit's cost).  Exact (mean of the two
+    middle values for an even count) up to 20,000 records (``medians_exact``),
+    beyond that the 0.5 quantile of the sketch below (+-0.5 %).
+DMCA rows and their FTI
+    DMCA grades *rows*: one measurement of a service (cost, qps, p95 latency).
+    A record with only the core fields (the DMCA format) is a row by itself.
+    Our HPC records are units of work, not measurements of a service, so they
+    form one row per (stage, job_id, step, intervention): qps = successful
+    units / makespan, latency_p95_ms = p95 latency of its successful units,
+    infra_cost_usd = cost per successful unit (failed units raise it).  The
+    DMCA FTI of a row against the medians of its group (core-only records
+    together; HPC rows per stage, so a dft unit is never compared with a
+    rates unit) is
+        FTI = (c / c_med) / sqrt((q / q_med) (l_med / l)),
+    every denominator floored at 1e-9.  A single run has one row per stage,
+    hence FTI 1; a campaign (several steps or interventions of one job) ranks
+    its interventions.  Grades OK (FTI <= 1.0) < WARN (<= 1.05) < FAIL.
+fti_avg, fti_grade_worst
+    plain mean of the row FTIs (DMCA), and the worst row grade.
+lambda_effective
+    the DMCA evolution rate lambda_SIBG exp(-lambda_ASDPI d):
+    lambda_SIBG = clamp(lambda_current + sibg_beta (fti_avg / fti_ref - 1),
+    sibg_min, sibg_max), the learning pressure from the FTI, and
+    lambda_ASDPI = clamp(asdpi_lambda0 + asdpi_alpha (deploy_rate_ref /
+    deploy_rate - 1), asdpi_min, asdpi_max) [1/day], the deployment damping;
+    d = days since the last change of intervention (from the timestamps, 7
+    without them).  Parameters: job key ``telemetry.lambda_effective``,
+    ``--lambda-param KEY=VALUE``, ``--days-since-change``; the report's
+    ``lambda`` object lists what was used (:func:`lambda_effective`).
+
+HPC figures (all in the ``--json`` object)
+------------------------------------------
 records
     number of valid records.
 cost_usd
@@ -27,8 +65,9 @@ span_seconds (T)
     of wall times when no record has one).
 qps
     offered throughput [units/s] = all records (ok, failed, skipped) / T.
-lambda_effective
-    effective throughput [units/s] = successful units / T.  In queueing
+throughput_units_per_s
+    effective throughput [units/s] = successful units / T (called
+    lambda_effective before the DMCA figure took that name).  In queueing
     terms (Little's law L = lambda W) this is the rate at which work
     *completes usefully*, lambda_eff = lambda (1 - P_fail): the arrival rate
     minus what is lost to failures (and skips).  ``concurrency_mean`` =
@@ -52,10 +91,10 @@ FTI (per stage)
     speed; FTI = 1.05 means 5 % more spent per result (or 5 % slower) than
     the baseline.  Grades: OK (FTI <= 1.0) < WARN (<= 1.05) < FAIL.
     A stage without a successful unit has FTI = null and grade FAIL.
-fti_avg
+fti_stage_avg
     cost-weighted mean of the stage FTIs, sum(C_s FTI_s) / sum(C_s), so the
     figure follows where the money went (unweighted mean when nothing cost
-    anything); ``fti_grade_worst`` is the worst stage grade.
+    anything); ``fti_stage_grade_worst`` is the worst stage grade.
 
 Quantiles use a DDSketch-style log-binned histogram with relative accuracy
 alpha = 0.5 %: memory is O(log(max/min)/alpha) per group (about 3,000
@@ -65,15 +104,15 @@ x_(floor(q (n-1))) (``numpy.quantile(..., method="lower")``).  Lists of
 failed units and invalid lines keep the first ``--max-list`` entries (the
 totals are always exact), so memory is bounded for any input size.
 
-Gate (``--gate``): exit code 1 when any stage FTI exceeds ``--fti-max``
-(default 1.05, the FAIL threshold), failed units exceed ``--max-failures``
+Gate (``--gate``): exit code 1 when the DMCA fti_avg exceeds ``--fti-max``
+(default 1.05, the DMCA gate and the FAIL threshold), any stage FTI exceeds it
+(waste or a regression against the baseline), failed units exceed ``--max-failures``
 (default 0) or invalid lines exceed ``--max-invalid`` (default 0: a tampered
 or undecryptable line is a breach).  Exit code 2 for unreadable input
 files or bad arguments; 0 otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -225,9 +264,163 @@ class GroupStats:
             "latency_mean_ms": (self.wall_ok / self.ok * 1e3) if self.ok else None,
             "span_seconds": T,
             "qps": (self.n / T) if T > 0 else None,
-            "lambda_effective": (self.ok / T) if T > 0 else None,
+            "throughput_units_per_s": (self.ok / T) if T > 0 else None,
             "concurrency_mean": (self.wall / T) if T > 0 else None,
         }
+
+
+class MedianTracker:
+    """Median of a stream with bounded memory: exact (the mean of the two middle
+    values for an even count, ``statistics.median``, as DMCA computes it) up to
+    :data:`EXACT_MEDIAN_MAX` values, then the 0.5 quantile of a
+    :class:`QuantileSketch` (relative accuracy 0.5 %) fed with every value."""
+
+    __slots__ = ("values", "sketch", "n")
+
+    def __init__(self):
+        self.values: list[float] | None = []
+        self.sketch: QuantileSketch | None = None
+        self.n = 0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        v = self.values
+        if v is not None:
+            v.append(x)
+            if len(v) > EXACT_MEDIAN_MAX:  # switch to the sketch for good
+                self.sketch = QuantileSketch(min_value=1e-300)
+                for y in v:
+                    self.sketch.add(y)
+                self.values = None
+        else:
+            self.sketch.add(x)
+
+    def median(self) -> float | None:
+        if self.n == 0:
+            return None
+        if self.values is not None:
+            import statistics
+            return float(statistics.median(self.values))
+        return self.sketch.quantile(0.5)
+
+    @property
+    def exact(self) -> bool:
+        return self.values is not None
+
+
+#: up to this many records the DMCA medians are exact, beyond it they come from the sketch
+EXACT_MEDIAN_MAX = 20_000
+
+#: floor of every DMCA denominator (the original collector's max(1e-9, x))
+_EPS = 1e-9
+
+
+class CoreRows:
+    """DMCA FTI of core-only records (each such record is a DMCA row) in one
+    streaming pass.
+
+    DMCA: FTI_i = (c_i / c_med) / max(eps, sqrt((q_i / q_med) (l_med / l_i)))
+    with c = infra_cost_usd, q = qps, l = latency_p95_ms and the medians over
+    the rows.  It factorises as FTI_i = b_i K with b_i = c_i sqrt(l_i / q_i)
+    (the record alone) and K = sqrt(q_med / l_med) / c_med (the medians alone),
+    so the mean and the largest FTI follow from sum(b_i) and max(b_i) once the
+    medians are known: no second pass and no stored rows.  A row with q = 0
+    has no performance to normalise: FTI = c / (c_med eps) as in DMCA (huge,
+    or 0 when it cost nothing)."""
+
+    __slots__ = ("n", "sum_b", "max_b", "n0", "sum_c0", "max_c0", "qps", "lat", "cost")
+
+    def __init__(self):
+        self.n = self.n0 = 0
+        self.sum_b = self.sum_c0 = 0.0
+        self.max_b = self.max_c0 = -math.inf
+        self.qps, self.lat, self.cost = MedianTracker(), MedianTracker(), MedianTracker()
+
+    def add(self, q: float, l: float, c: float) -> None:
+        self.n += 1
+        self.qps.add(q)
+        self.lat.add(l)
+        self.cost.add(c)
+        if q > 0:
+            b = c * math.sqrt(max(_EPS, l) / q)
+            self.sum_b += b
+            if b > self.max_b:
+                self.max_b = b
+        else:
+            self.n0 += 1
+            self.sum_c0 += c
+            if c > self.max_c0:
+                self.max_c0 = c
+
+    def fti(self) -> tuple[float | None, float | None]:
+        """(sum of the rows' FTIs, largest FTI); (None, None) without rows."""
+        if self.n == 0:
+            return None, None
+        cm = max(_EPS, self.cost.median())
+        K = math.sqrt(max(_EPS, self.qps.median()) / max(_EPS, self.lat.median())) / cm
+        total = K * self.sum_b + self.sum_c0 / (cm * _EPS)
+        worst = max(K * self.max_b if self.max_b > -math.inf else -math.inf,
+                    self.max_c0 / (cm * _EPS) if self.n0 else -math.inf)
+        return total, worst
+
+
+def dmca_fti(cost: float, qps: float, lat_ms: float, med: tuple[float, float, float]) -> float:
+    """DMCA FTI of one row against the medians ``med`` = (cost, qps, latency)
+    of its group: (c / c_med) / sqrt((q / q_med) (l_med / l)), every
+    denominator floored at 1e-9 as in the original collector."""
+    c_med, q_med, l_med = med
+    norm_cost = cost / max(_EPS, c_med)
+    norm_perf = math.sqrt((qps / max(_EPS, q_med)) * (max(_EPS, l_med) / max(_EPS, lat_ms)))
+    return norm_cost / max(_EPS, norm_perf)
+
+
+def lambda_defaults() -> dict:
+    """Default DMCA lambda_effective parameters: the job model's
+    ``telemetry.lambda_effective`` (:mod:`dmca_hpc.settings`; the original DMCA
+    collector's values)."""
+    from dmca_hpc import settings
+    return dict(settings.field("telemetry.lambda_effective").default)
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, x))
+
+
+def lambda_effective(fti_avg: float | None, days_since_change: float | None,
+                     params: dict | None = None) -> dict:
+    """DMCA evolution rate lambda_effective = lambda_SIBG exp(-lambda_ASDPI d).
+
+    lambda_SIBG = clamp(lambda_current + sibg_beta (FTI / fti_ref - 1), sibg_min, sibg_max)
+        is the learning pressure from the FinOps trade-off: a run that got more
+        expensive per unit of performance (FTI above the reference) pushes to evolve
+        faster, one that improved relaxes it [dimensionless].
+    lambda_ASDPI = clamp(asdpi_lambda0 + asdpi_alpha (deploy_rate_ref / deploy_rate - 1),
+        asdpi_min, asdpi_max) is the deployment damping [1/day]: deploying more slowly
+        than the reference pace damps harder.
+    d = days since the last change of intervention [day]: ``params["days_since_change"]``
+        when set, else ``days_since_change`` measured from the telemetry, else 7 (the
+        original collector's fixed value, for records without timestamps).
+    FTI = ``fti_avg`` (1 = fti_ref when undefined).  Returns the three lambdas and the
+    inputs used, so a report says how its figure came about."""
+    p = lambda_defaults()
+    unknown = sorted(set(params or {}) - set(p))
+    if unknown:
+        raise ValueError(f"telemetry.lambda_effective: unknown key(s) {unknown}; expected a subset of {sorted(p)}")
+    p.update({k: v for k, v in (params or {}).items() if v is not None or k == "days_since_change"})
+    fti = fti_avg if fti_avg is not None and math.isfinite(fti_avg) else p["fti_ref"]
+    sibg = _clamp(p["lambda_current"] + p["sibg_beta"] * (fti / max(_EPS, p["fti_ref"]) - 1.0),
+                  p["sibg_min"], p["sibg_max"])
+    asdpi = _clamp(p["asdpi_lambda0"] + p["asdpi_alpha"] * (p["deploy_rate_ref"] / max(0.01, p["deploy_rate"]) - 1.0),
+                   p["asdpi_min"], p["asdpi_max"])
+    if p.get("days_since_change") is not None:
+        d, source = float(p["days_since_change"]), "parameter"
+    elif days_since_change is not None:
+        d, source = days_since_change, "telemetry"
+    else:
+        d, source = 7.0, "default (no timestamps)"
+    return {"lambda_effective": sibg * math.exp(-asdpi * d), "lambda_sibg": sibg, "lambda_asdpi_per_day": asdpi,
+            "days_since_change": d, "days_since_change_source": source, "fti_used": fti,
+            "params": {k: v for k, v in p.items() if k != "days_since_change"}}
 
 
 def _num(v, default=0.0) -> float:
@@ -247,6 +440,9 @@ class Aggregator:
         from dmca_hpc.monitoring.telemetry import LineDecoder
         self.decoder = LineDecoder(key=key, validate=True)
         self.max_list = int(max_list)
+        # DMCA medians of the records' own core fields, and the DMCA rows of core-only records
+        self.med_qps, self.med_lat, self.med_cost = MedianTracker(), MedianTracker(), MedianTracker()
+        self.core_rows = CoreRows()
         self.lines = 0
         self.blank = 0
         self.encrypted = 0
@@ -310,6 +506,10 @@ class Aggregator:
         phys = rec.get("physics")
         material = phys.get("material", "unknown") if phys else "unknown"
         cost = _num(rec["infra_cost_usd"])
+        qps, lat95 = _num(rec["qps"]), _num(rec["latency_p95_ms"])
+        self.med_qps.add(qps)
+        self.med_lat.add(lat95)
+        self.med_cost.add(cost)
         ts = rec.get("timestamp")
         if hpc is not None:
             stage, rank, status = hpc["stage"], hpc["rank"], hpc["status"]
@@ -317,15 +517,18 @@ class Aggregator:
             core = _num(hpc.get("core_seconds"), max(wall, cpu))
             mem = _num(hpc["peak_memory_mb"])
             lat = wall * 1e3
-        else:  # old-style record: core fields only
+            job = hpc["job_id"]
+        else:  # old-style / DMCA record: core fields only; it is a DMCA row by itself
             stage, rank, status = "unknown", "unknown", "ok"
-            lat = _num(rec["latency_p95_ms"])
+            lat = lat95
             wall = lat / 1e3
             cpu, core, mem = 0.0, wall, 0.0
-        # one update per record into the (stage, material, rank) cell; the stage,
-        # material, rank and total groups are merged from the cells at report time
-        # (4x fewer updates; memory grows with the number of distinct cells, not lines)
-        ck = (stage, material, rank)
+            job = None
+            self.core_rows.add(qps, lat95, cost)
+        # one update per record into the (stage, material, rank, job, step, intervention)
+        # cell; the stage, material, rank, DMCA-row and total groups are merged from the
+        # cells at report time (memory grows with the number of distinct cells, not lines)
+        ck = (stage, material, rank, job, rec["step"], rec["intervention"])
         g = self.cells.get(ck)
         if g is None:
             g = self.cells[ck] = GroupStats()
@@ -340,7 +543,7 @@ class Aggregator:
     def groups(self) -> tuple[GroupStats, dict, dict, dict]:
         """(total, by stage, by material, by rank) merged from the cells."""
         total, st, ma, ra = GroupStats(), {}, {}, {}
-        for (stage, material, rank), c in self.cells.items():
+        for (stage, material, rank, _job, _step, _iv), c in self.cells.items():
             total.merge(c)
             for table, k in ((st, stage), (ma, material), (ra, str(rank))):
                 g = table.get(k)
@@ -349,17 +552,98 @@ class Aggregator:
                 g.merge(c)
         return total, st, ma, ra
 
+    def hpc_rows(self) -> dict:
+        """DMCA rows of the HPC records: (stage, job_id, step, intervention) -> GroupStats."""
+        rows: dict[tuple, GroupStats] = {}
+        for (stage, _m, _r, job, step, iv), c in self.cells.items():
+            if job is None:
+                continue
+            k = (stage, job, step, iv)
+            g = rows.get(k)
+            if g is None:
+                g = rows[k] = GroupStats()
+            g.merge(c)
+        return rows
+
+    def days_since_change(self) -> float | None:
+        """Days from the first unit start of the latest (step, intervention) to the
+        latest unit end, both from the record timestamps; None without timestamps."""
+        spans: dict[tuple, list] = {}
+        for (_s, _m, _r, _j, step, iv), c in self.cells.items():
+            if c.t1 < c.t0:
+                continue
+            sp = spans.setdefault((repr(step), iv), [math.inf, -math.inf])
+            sp[0], sp[1] = min(sp[0], c.t0), max(sp[1], c.t1)
+        if not spans:
+            return None
+        t0, t1 = max(spans.values(), key=lambda v: v[1])
+        return max(t1 - t0, 0.0) / 86400.0
+
     # -- output
+    def dmca_rows(self) -> tuple[list[dict], float | None, float | None]:
+        """DMCA rows with their FTI and grade, the sum and the number of defined
+        row FTIs, including the core-only records (module docstring)."""
+        rows = []
+        for (stage, job, step, iv), g in sorted(self.hpc_rows().items(), key=lambda kv: repr(kv[0])):
+            sm = g.summary()
+            rows.append({"group": f"stage:{stage}", "stage": stage, "job_id": job, "step": step,
+                         "intervention": iv, "records": g.n, "ok": g.ok,
+                         "qps": sm["throughput_units_per_s"], "latency_p95_ms": sm["latency_p95_ms"],
+                         "infra_cost_usd": sm["cost_per_ok_unit_usd"]})
+        by_group: dict[str, list[dict]] = {}
+        for r in rows:
+            by_group.setdefault(r["group"], []).append(r)
+        import statistics
+        total, n_def = 0.0, 0
+        for grp in by_group.values():
+            good = [r for r in grp if r["ok"] and r["qps"] is not None and r["latency_p95_ms"] is not None]
+            med = tuple(statistics.median([r[k] for r in good]) for k in ("infra_cost_usd", "qps", "latency_p95_ms")) \
+                if good else None
+            ids = {id(r) for r in good}
+            for r in grp:
+                f = dmca_fti(r["infra_cost_usd"], r["qps"], r["latency_p95_ms"], med) if id(r) in ids else None
+                if f is not None and not math.isfinite(f):
+                    f = None
+                r["fti"], r["fti_grade"] = f, fti_grade(f)
+                if f is not None:
+                    total += f
+                    n_def += 1
+        core_sum, core_max = self.core_rows.fti()
+        if core_sum is not None:
+            total += core_sum
+            n_def += self.core_rows.n
+            rows.append({"group": "core-only records", "records": self.core_rows.n,
+                         "fti_mean": core_sum / self.core_rows.n, "fti_max": core_max,
+                         "fti_grade": fti_grade(core_max),
+                         "medians": {"qps": self.core_rows.qps.median(),
+                                     "latency_p95_ms": self.core_rows.lat.median(),
+                                     "infra_cost_usd": self.core_rows.cost.median()}})
+        return rows, (total if n_def else None), n_def
+
     def report(self, baseline: dict | None = None, fti_max: float = FTI_WARN,
-               max_failures: int = 0, max_invalid: int = 0) -> dict:
+               max_failures: int = 0, max_invalid: int = 0, lambda_params: dict | None = None) -> dict:
         """The report dict (module docstring defines every figure).
 
         ``baseline``: {stage: {"cost_per_ok_unit_usd": c0, "latency_p50_ms": L0}}
         (a previous report's ``stages`` works as is); stages not in it use the
-        run itself as baseline."""
+        run itself as baseline.  ``lambda_params``: DMCA lambda_effective
+        parameters over :func:`lambda_defaults`."""
         baseline = baseline or {}
         total, by_stage, by_material, by_rank = self.groups()
-        out = total.summary()
+        out = {"count": total.n,
+               "medians": {"qps": self.med_qps.median(), "latency_p95_ms": self.med_lat.median(),
+                           "infra_cost_usd": self.med_cost.median()},
+               "medians_exact": self.med_qps.exact}
+        rows, fti_sum, n_def = self.dmca_rows()
+        out["fti_avg"] = (fti_sum / n_def) if n_def else None
+        out["fti_grade_worst"] = max((r["fti_grade"] for r in rows), key=_GRADE_RANK.__getitem__) if rows else None
+        lam = lambda_effective(out["fti_avg"], self.days_since_change(), lambda_params)
+        out["lambda_effective"] = lam.pop("lambda_effective")
+        out["lambda"] = lam
+        out["fti_rows"] = n_def
+        out["dmca_rows_total"] = len(rows)
+        out["dmca_rows"] = rows[:self.max_list]
+        out.update(total.summary())
         out["records"] = total.n
         stages = {}
         weighted, wsum, plain = 0.0, 0.0, []
@@ -396,8 +680,8 @@ class Aggregator:
             if _GRADE_RANK[grade] > _GRADE_RANK[worst]:
                 worst = grade
             stages[name] = s
-        out["fti_avg"] = (weighted / wsum) if wsum > 0 else (sum(plain) / len(plain) if plain else None)
-        out["fti_grade_worst"] = worst
+        out["fti_stage_avg"] = (weighted / wsum) if wsum > 0 else (sum(plain) / len(plain) if plain else None)
+        out["fti_stage_grade_worst"] = worst
         out["stages"] = stages
         out["materials"] = {k: by_material[k].summary() for k in sorted(by_material)}
         out["ranks"] = {k: by_rank[k].summary()
@@ -414,6 +698,8 @@ class Aggregator:
         out["unreadable_files"] = self.unreadable
         out["quantile_relative_error"] = total.lat.alpha
         reasons = []
+        if out["fti_avg"] is not None and out["fti_avg"] > fti_max:
+            reasons.append(f"DMCA fti_avg {out['fti_avg']:.6g} > {fti_max} ({fti_grade(out['fti_avg'])})")
         for name, s in stages.items():
             if s["fti"] is None or s["fti"] > fti_max:
                 reasons.append(f"stage {name}: FTI {s['fti'] if s['fti'] is not None else 'undefined'} "
@@ -458,25 +744,29 @@ def load_baseline(path: str | os.PathLike) -> dict:
 
 def collect(paths: Iterable[str | os.PathLike], key: bytes | None = None, baseline: dict | None = None,
             fti_max: float = FTI_WARN, max_failures: int = 0, max_invalid: int = 0,
-            max_list: int = 1000) -> dict:
+            max_list: int = 1000, lambda_params: dict | None = None) -> dict:
     """Read telemetry files and return the report dict (see module docstring)."""
     agg = Aggregator(key=key, max_list=max_list)
     for p in expand_inputs(paths):
         agg.consume(p)
     return agg.report(baseline=baseline, fti_max=fti_max, max_failures=max_failures,
-                      max_invalid=max_invalid)
+                      max_invalid=max_invalid, lambda_params=lambda_params)
 
 
 def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
-                      baseline: dict | None = None) -> dict:
+                      baseline: dict | None = None, section: dict | None = None) -> dict:
     """Collect a run's merged telemetry and write ``telemetry_summary.json`` and
     ``telemetry_summary.md`` into ``run_dir`` (atomically).  Encrypted lines are
-    read with ``$DMCA_TELEMETRY_KEY`` when set.  Returns the paths and the
-    headline figures (for the pipeline's run.json)."""
+    read with ``$DMCA_TELEMETRY_KEY`` when set.  ``section``: the job's
+    ``telemetry:`` section (its ``fti_max``, ``fti_baseline`` and
+    ``lambda_effective`` are used; ``baseline`` wins over ``fti_baseline``).
+    Returns the paths and the headline figures (for the pipeline's run.json)."""
     from dmca_hpc.hpc.checkpoint import atomic_path
     from dmca_hpc.monitoring.telemetry import KEY_ENV, load_key
+    sec = dict(section or {})
     key = load_key() if os.environ.get(KEY_ENV) else None
-    rep = collect([tel_path], key=key, baseline=baseline)
+    rep = collect([tel_path], key=key, baseline=baseline or sec.get("fti_baseline") or None,
+                  fti_max=float(sec.get("fti_max", FTI_WARN)), lambda_params=sec.get("lambda_effective"))
     run_dir = Path(run_dir)
     pj, pm = run_dir / "telemetry_summary.json", run_dir / "telemetry_summary.md"
     with atomic_path(pj) as tmp:
@@ -486,7 +776,9 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
     return {"telemetry_summary": str(pj), "telemetry_summary_md": str(pm), "cost_usd": rep["cost_usd"],
             "latency_p95_ms": rep["latency_p95_ms"], "failed_units": rep["failed_units_total"],
             "invalid_telemetry_lines": rep["invalid_lines_total"], "fti_avg": rep["fti_avg"],
-            "fti_grade_worst": rep["fti_grade_worst"], "lambda_effective": rep["lambda_effective"]}
+            "fti_grade_worst": rep["fti_grade_worst"], "lambda_effective": rep["lambda_effective"],
+            "throughput_units_per_s": rep["throughput_units_per_s"], "fti_stage_avg": rep["fti_stage_avg"],
+            "fti_stage_grade_worst": rep["fti_stage_grade_worst"]}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -507,19 +799,34 @@ def render_markdown(rep: dict) -> str:
              f"{rep['invalid_lines_total']} invalid, {rep['failed_units_total']} failed units  ")
     L.append(f"Cost: {_f(rep['cost_usd'], '{:.6g}')} USD; latency p50 {_f(rep['latency_p50_ms'])} ms, "
              f"p95 {_f(rep['latency_p95_ms'])} ms (+-{rep['quantile_relative_error']*100:g} %)  ")
-    L.append(f"Span {_f(rep['span_seconds'])} s; qps {_f(rep['qps'])} /s; lambda_effective "
-             f"{_f(rep['lambda_effective'])} /s; mean concurrency {_f(rep['concurrency_mean'])}  ")
-    L.append(f"FTI avg {_f(rep['fti_avg'])}, worst grade **{rep['fti_grade_worst'] or '-'}**; gate: "
+    L.append(f"Span {_f(rep['span_seconds'])} s; qps {_f(rep['qps'])} /s; throughput "
+             f"{_f(rep['throughput_units_per_s'])} successful units/s; mean concurrency {_f(rep['concurrency_mean'])}  ")
+    m = rep["medians"]
+    L.append(f"DMCA: count {rep['count']}; medians qps {_f(m['qps'])}, latency_p95_ms {_f(m['latency_p95_ms'])}, "
+             f"infra_cost_usd {_f(m['infra_cost_usd'])}; FTI avg {_f(rep['fti_avg'])}, worst grade "
+             f"**{rep['fti_grade_worst'] or '-'}**; lambda_effective {_f(rep['lambda_effective'])} "
+             f"(SIBG {_f(rep['lambda']['lambda_sibg'])}, ASDPI {_f(rep['lambda']['lambda_asdpi_per_day'])} /day, "
+             f"{_f(rep['lambda']['days_since_change'])} days since change)  ")
+    L.append(f"Stage FTI avg {_f(rep['fti_stage_avg'])}, worst stage grade {rep['fti_stage_grade_worst'] or '-'}; gate: "
              f"{'BREACHED: ' + '; '.join(rep['gate']['reasons']) if rep['gate']['breached'] else 'ok'}")
     L.append("")
     L.append("## Stages")
     L.append("")
-    L.append("| stage | records | ok | failed | cost USD | wasted USD | p50 ms | p95 ms | lambda_eff /s | FTI | grade |")
+    L.append("| stage | records | ok | failed | cost USD | wasted USD | p50 ms | p95 ms | throughput /s | FTI | grade |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for k, s in rep["stages"].items():
         L.append(f"| {k} | {s['records']} | {s['ok']} | {s['failed']} | {_f(s['cost_usd'])} | "
                  f"{_f(s['wasted_cost_usd'])} | {_f(s['latency_p50_ms'])} | {_f(s['latency_p95_ms'])} | "
-                 f"{_f(s['lambda_effective'])} | {_f(s['fti'])} | {s['fti_grade']} |")
+                 f"{_f(s['throughput_units_per_s'])} | {_f(s['fti'])} | {s['fti_grade']} |")
+    hpc_rows = [r for r in rep["dmca_rows"] if "stage" in r]
+    if hpc_rows:
+        L += ["", "## DMCA rows (one per stage, job, step and intervention)", "",
+              "| stage | job | step | intervention | records | qps /s | p95 ms | USD per ok unit | FTI | grade |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in hpc_rows:
+            L.append(f"| {r['stage']} | {r['job_id']} | {r['step']} | {r['intervention']} | {r['records']} | "
+                     f"{_f(r['qps'])} | {_f(r['latency_p95_ms'])} | {_f(r['infra_cost_usd'])} | {_f(r['fti'])} | "
+                     f"{r['fti_grade']} |")
     for title, key in (("Materials", "materials"), ("Ranks", "ranks")):
         L += ["", f"## {title}", "",
               f"| {key[:-1]} | records | ok | failed | cost USD | p50 ms | p95 ms | peak MiB |",
@@ -547,8 +854,9 @@ def render_text(rep: dict) -> str:
     """Short plain-text summary (default output)."""
     lines = [f"records {rep['records']}  invalid {rep['invalid_lines_total']}  failed {rep['failed_units_total']}  "
              f"cost {_f(rep['cost_usd'], '{:.6g}')} USD  p95 {_f(rep['latency_p95_ms'])} ms  "
-             f"qps {_f(rep['qps'])}  lambda_eff {_f(rep['lambda_effective'])}  "
-             f"FTI avg {_f(rep['fti_avg'])} worst {rep['fti_grade_worst'] or '-'}"]
+             f"qps {_f(rep['qps'])}  throughput {_f(rep['throughput_units_per_s'])}/s  "
+             f"FTI avg {_f(rep['fti_avg'])} worst {rep['fti_grade_worst'] or '-'}  "
+             f"lambda_effective {_f(rep['lambda_effective'])}"]
     for k, s in rep["stages"].items():
         lines.append(f"  stage {k:<12} n={s['records']:<8} ok={s['ok']:<8} failed={s['failed']:<6} "
                      f"cost={_f(s['cost_usd'])} p95={_f(s['latency_p95_ms'])}ms FTI={_f(s['fti'])} {s['fti_grade']}")
@@ -564,83 +872,3 @@ def render_text(rep: dict) -> str:
     if rep["gate"]["breached"]:
         lines.append("  gate breached: " + "; ".join(rep["gate"]["reasons"]))
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``dmca-hpc collect``."""
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="telemetry JSONL files (or run telemetry directories)")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--markdown", action="store_true", help="print the report as Markdown")
-    parser.add_argument("--output", "-o", metavar="PATH", help="write the output to PATH instead of stdout")
-    parser.add_argument("--gate", action="store_true",
-                        help="exit 1 when FTI > --fti-max, failures > --max-failures or invalid lines > --max-invalid")
-    parser.add_argument("--fti-max", type=float, default=FTI_WARN,
-                        help=f"largest acceptable stage FTI for --gate [dimensionless] (default {FTI_WARN})")
-    parser.add_argument("--max-failures", type=int, default=0, help="failed units tolerated by --gate (default 0)")
-    parser.add_argument("--max-invalid", type=int, default=0, help="invalid lines tolerated by --gate (default 0)")
-    parser.add_argument("--baseline", metavar="REPORT.json",
-                        help="previous collect --json report (or {stage: {cost_per_ok_unit_usd, latency_p50_ms}}) "
-                             "used as FTI baseline")
-    parser.add_argument("--key-env", default=None, metavar="VAR",
-                        help="environment variable with the AES key (base64 of 32 bytes; default DMCA_TELEMETRY_KEY)")
-    parser.add_argument("--max-list", type=int, default=1000,
-                        help="keep at most this many failed units / invalid lines in the lists (default 1000)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``dmca-hpc collect``; returns the exit code (0, 1 gate breached, 2 bad input)."""
-    from dmca_hpc.monitoring.telemetry import KEY_ENV, KeyError_, load_key
-    env = args.key_env or KEY_ENV
-    key = None
-    if os.environ.get(env):
-        try:
-            key = load_key(env)
-        except KeyError_ as exc:
-            print(f"dmca-hpc collect: {exc}", file=sys.stderr)
-            return 2
-    baseline = None
-    if args.baseline:
-        try:
-            baseline = load_baseline(args.baseline)
-        except (OSError, ValueError) as exc:
-            print(f"dmca-hpc collect: cannot use --baseline {args.baseline}: {exc}", file=sys.stderr)
-            return 2
-    rep = collect(args.files, key=key, baseline=baseline, fti_max=args.fti_max,
-                  max_failures=args.max_failures, max_invalid=args.max_invalid, max_list=args.max_list)
-    parts = []
-    if args.json:
-        parts.append(json.dumps(rep, indent=1, allow_nan=False, default=str) + "\n")
-    if args.markdown:
-        parts.append(render_markdown(rep))
-    if not parts:
-        parts.append(render_text(rep))
-    text = "".join(parts)
-    if args.output:
-        from dmca_hpc.hpc.checkpoint import atomic_path
-        with atomic_path(args.output) as tmp:
-            Path(tmp).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    for u in rep["unreadable_files"]:
-        print(f"dmca-hpc collect: cannot read {u['file']}: {u['reason']}", file=sys.stderr)
-    if rep["unreadable_files"]:
-        return 2
-    if args.gate and rep["gate"]["breached"]:
-        print("dmca-hpc collect: gate breached: " + "; ".join(rep["gate"]["reasons"]), file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dmca_hpc.monitoring.collector FILE...`` (same as ``dmca-hpc collect``)."""
-    p = argparse.ArgumentParser(prog="dmca-hpc collect", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

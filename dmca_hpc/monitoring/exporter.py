@@ -3,15 +3,20 @@
 Two modes:
 
 * HTTP: ``dmca-hpc export --telemetry FILE... [--address 127.0.0.1] [--port 9477]
-  [--interval 15]`` serves ``/metrics`` (Prometheus text exposition format
-  0.0.4, rendered by prometheus_client) and ``/health`` (JSON).  It binds
+  [--interval 15]`` (:mod:`dmca_hpc.cli.export`) serves ``/metrics``
+  (Prometheus text exposition format 0.0.4, rendered by prometheus_client),
+  ``/report`` (the collector's JSON report, as ``dmca-hpc collect --json``
+  prints it: the DMCA fields count, medians, fti_avg, fti_grade_worst,
+  lambda_effective and all the HPC figures) and ``/health`` (JSON), as the
+  original DMCA server did.  It binds
   only the given address (default 127.0.0.1, not every interface as
   prometheus_client's ``start_http_server`` would by default).  A background
   thread re-reads the telemetry files every ``--interval`` seconds,
   *incrementally* (it remembers the byte offset of the last whole line of
   each file and reads only what was appended; a file that shrank or was
   replaced is re-read from the start), and publishes an immutable snapshot;
-  a scrape only renders the last snapshot, it never parses telemetry.
+  a scrape of /metrics or /report only renders the last snapshot, it never
+  parses telemetry (/report is serialised once per refresh).
   SIGTERM / SIGINT shut it down cleanly (server closed, thread joined, exit 0).
 * Textfile: ``dmca-hpc export --telemetry FILE... --textfile PATH`` reads the
   files once, writes PATH for node_exporter's textfile collector atomically
@@ -28,12 +33,19 @@ Metrics (units in the names, Prometheus base units: seconds, bytes; money in USD
     dmca_unit_core_seconds_total{stage}               counter  billed core time [s]
     dmca_unit_latency_seconds{stage,quantile}         gauge    p50 / p95 of ok units [s] (+-0.5 %)
     dmca_span_seconds{stage}                          gauge    makespan T [s]
-    dmca_lambda_effective_units_per_second{stage}     gauge    ok units / T [1/s]
+    dmca_throughput_units_per_second{stage}           gauge    ok units / T [1/s]
     dmca_qps_units_per_second{stage}                  gauge    all units / T [1/s]
     dmca_peak_memory_bytes{stage}                     gauge    max peak RSS [bytes]
-    dmca_fti_ratio{stage}                             gauge    FTI [dimensionless] (absent when undefined)
+    dmca_fti_ratio{stage}                             gauge    stage FTI [dimensionless] (absent when undefined)
     dmca_fti_grade_info{stage,grade}                  gauge    1 for the stage's grade OK/WARN/FAIL
-    dmca_fti_avg_ratio                                gauge    cost-weighted mean FTI
+    dmca_fti_stage_avg_ratio                          gauge    cost-weighted mean stage FTI
+    dmca_records_total                                counter  valid records (DMCA count)
+    dmca_median_qps_per_second                        gauge    DMCA median of the records' qps [1/s]
+    dmca_median_latency_p95_seconds                   gauge    DMCA median of latency_p95_ms [s]
+    dmca_median_infra_cost_usd                        gauge    DMCA median of infra_cost_usd [USD]
+    dmca_fti_avg_ratio                                gauge    DMCA fti_avg (mean row FTI)
+    dmca_fti_grade_worst_info{grade}                  gauge    1 for the DMCA worst row grade
+    dmca_lambda_effective_ratio                       gauge    DMCA lambda_effective [dimensionless]
     dmca_invalid_lines_total{reason}                  counter  invalid telemetry lines
     dmca_telemetry_lines_total                        counter  lines read
     dmca_exporter_refresh_timestamp_seconds           gauge    UNIX time of the last refresh
@@ -44,11 +56,8 @@ Definitions of FTI, lambda_effective etc.: :mod:`dmca_hpc.monitoring.collector`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -65,9 +74,11 @@ class TelemetrySource:
     re-read from scratch so counters never double count.
     """
 
-    def __init__(self, paths: Iterable[str | os.PathLike], key: bytes | None = None):
+    def __init__(self, paths: Iterable[str | os.PathLike], key: bytes | None = None,
+                 report_options: dict | None = None):
         self.inputs = [Path(p) for p in paths]
         self.key = key
+        self.report_options = dict(report_options or {})
         self._reset()
 
     def _reset(self):
@@ -104,7 +115,7 @@ class TelemetrySource:
                 continue
             off, line = self.agg.consume(p, offset=off, start_line=line, tail=True)
             self.pos[key] = (ino, off, line)
-        return self.agg.report()
+        return self.agg.report(**self.report_options)
 
 
 def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None = None,
@@ -134,7 +145,7 @@ def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None
     lat = gauge("dmca_unit_latency_seconds", "Latency quantiles of successful units [s] (relative error 0.5%)",
                 ("stage", "quantile"))
     span = gauge("dmca_span_seconds", "Makespan: last unit end - first unit start [s]", ("stage",))
-    lam = gauge("dmca_lambda_effective_units_per_second",
+    lam = gauge("dmca_throughput_units_per_second",
                 "Effective throughput: successful units / makespan [1/s]", ("stage",))
     qps = gauge("dmca_qps_units_per_second", "Offered throughput: all units / makespan [1/s]", ("stage",))
     mem = gauge("dmca_peak_memory_bytes", "Largest peak resident memory of a rank [bytes]", ("stage",))
@@ -153,8 +164,8 @@ def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None
             if s[k] is not None:
                 lat.add_metric([name, q], s[k] / 1e3)
         span.add_metric([name], s["span_seconds"])
-        if s["lambda_effective"] is not None:
-            lam.add_metric([name], s["lambda_effective"])
+        if s["throughput_units_per_s"] is not None:
+            lam.add_metric([name], s["throughput_units_per_s"])
         if s["qps"] is not None:
             qps.add_metric([name], s["qps"])
         mem.add_metric([name], s["peak_memory_mb_max"] * 2**20)
@@ -162,9 +173,31 @@ def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None
             fti.add_metric([name], s["fti"])
         for g in ("OK", "WARN", "FAIL"):
             grade.add_metric([name, g], 1.0 if s["fti_grade"] == g else 0.0)
-    avg = gauge("dmca_fti_avg_ratio", "Cost-weighted mean FTI over stages")
+    avg = gauge("dmca_fti_stage_avg_ratio", "Cost-weighted mean of the stage FTIs")
+    if rep.get("fti_stage_avg") is not None:
+        avg.add_metric([], rep["fti_stage_avg"])
+    # the DMCA report fields (collector docstring)
+    counter("dmca_records", "Valid telemetry records (DMCA count)").add_metric([], rep.get("count", 0))
+    med = rep.get("medians") or {}
+    for name, doc, k, scale in (
+            ("dmca_median_qps_per_second", "DMCA median of the records' qps [1/s]", "qps", 1.0),
+            ("dmca_median_latency_p95_seconds", "DMCA median of the records' latency_p95_ms [s]",
+             "latency_p95_ms", 1e-3),
+            ("dmca_median_infra_cost_usd", "DMCA median of the records' infra_cost_usd [USD]",
+             "infra_cost_usd", 1.0)):
+        g = gauge(name, doc)
+        if med.get(k) is not None:
+            g.add_metric([], med[k] * scale)
+    dm = gauge("dmca_fti_avg_ratio", "DMCA fti_avg: mean FTI of the DMCA rows (gate: <= 1.05)")
     if rep.get("fti_avg") is not None:
-        avg.add_metric([], rep["fti_avg"])
+        dm.add_metric([], rep["fti_avg"])
+    worst = gauge("dmca_fti_grade_worst_info", "DMCA worst row grade (value 1 on the current grade)", ("grade",))
+    for g in ("OK", "WARN", "FAIL"):
+        worst.add_metric([g], 1.0 if rep.get("fti_grade_worst") == g else 0.0)
+    le = gauge("dmca_lambda_effective_ratio",
+               "DMCA lambda_effective = lambda_SIBG * exp(-lambda_ASDPI * days since change) [dimensionless]")
+    if rep.get("lambda_effective") is not None:
+        le.add_metric([], rep["lambda_effective"])
     inv = counter("dmca_invalid_lines", "Telemetry lines that are not valid records", ("reason",))
     for code, n in rep.get("invalid_by_reason", {}).items():
         inv.add_metric([code], n)
@@ -197,19 +230,23 @@ class Exporter:
         port: TCP port (0 = ephemeral; the bound port is ``self.port`` after start).
         interval: seconds between refreshes.
         key: AES key for encrypted lines.
+        report_options: keyword arguments of the collector's
+            ``Aggregator.report`` (baseline, fti_max, max_failures, max_invalid,
+            lambda_params), as ``dmca-hpc collect`` takes them.
     """
 
     def __init__(self, paths, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 interval: float = 15.0, key: bytes | None = None):
+                 interval: float = 15.0, key: bytes | None = None, report_options: dict | None = None):
         from prometheus_client import CollectorRegistry
         if interval <= 0:
             raise ValueError(f"--interval must be > 0 seconds, got {interval}")
-        self.source = TelemetrySource(paths, key=key)
+        self.source = TelemetrySource(paths, key=key, report_options=report_options)
         self.address, self.port, self.interval = address, int(port), float(interval)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_SnapshotCollector(self))
         self.snapshot: list = []      # replaced whole (atomic reference swap), never mutated
         self.report: dict = {}
+        self.report_json: bytes = b"{}\n"  # /report body, serialised once per refresh
         self.last_refresh: float | None = None
         self.last_error: str | None = None
         self.refresh_errors = 0
@@ -227,6 +264,8 @@ class Exporter:
             dt = time.perf_counter() - t
             now = time.time()
             self.snapshot = families(rep, now, dt, self.refresh_errors)
+            body = dict(rep, cache_timestamp=now)  # as DMCA's /report: when the cache was filled
+            self.report_json = (json.dumps(body, allow_nan=False, default=str) + "\n").encode()
             self.report, self.last_refresh, self.last_error = rep, now, None
             self.refreshes += 1
         except Exception as exc:  # a bad refresh must not kill the exporter; /health says so
@@ -268,11 +307,13 @@ class Exporter:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, generate_latest(exporter.registry), CONTENT_TYPE_PLAIN_0_0_4)
+                elif path == "/report":
+                    self._send(200, exporter.report_json, "application/json")
                 elif path == "/health":
                     code, body = exporter.health()
                     self._send(code, (json.dumps(body) + "\n").encode(), "application/json")
                 elif path == "/":
-                    self._send(200, b"dmca_hpc telemetry exporter: /metrics /health\n", "text/plain")
+                    self._send(200, b"dmca_hpc telemetry exporter: /metrics /report /health\n", "text/plain")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
@@ -317,78 +358,3 @@ class Exporter:
             raise RuntimeError(f"reading telemetry failed: {self.last_error}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(path), self.registry)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``dmca-hpc export``."""
-    parser.add_argument("--telemetry", nargs="+", required=True, metavar="FILE",
-                        help="telemetry JSONL files or run telemetry directories")
-    parser.add_argument("--address", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes it on every interface)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 = any free)")
-    parser.add_argument("--interval", type=float, default=15.0, help="seconds between re-reads of the files (default 15)")
-    parser.add_argument("--textfile", metavar="PATH",
-                        help="write node_exporter textfile PATH (atomically) and exit instead of serving")
-    parser.add_argument("--key-env", default=None, metavar="VAR",
-                        help="environment variable with the AES key (default DMCA_TELEMETRY_KEY)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``dmca-hpc export``; exit code 0, or 2 on bad arguments / unusable input."""
-    from dmca_hpc.monitoring.telemetry import KEY_ENV, KeyError_, load_key
-    env = args.key_env or KEY_ENV
-    try:
-        key = load_key(env) if os.environ.get(env) else None
-    except KeyError_ as exc:
-        print(f"dmca-hpc export: {exc}", file=sys.stderr)
-        return 2
-    try:
-        exp = Exporter(args.telemetry, address=args.address, port=args.port, interval=args.interval, key=key)
-    except ValueError as exc:
-        print(f"dmca-hpc export: {exc}", file=sys.stderr)
-        return 2
-    if args.textfile:
-        if not args.textfile.endswith(".prom"):
-            print(f"dmca-hpc export: warning: node_exporter only reads *.prom files, got {args.textfile}",
-                  file=sys.stderr)
-        try:
-            exp.write_textfile(args.textfile)
-        except (OSError, RuntimeError) as exc:
-            print(f"dmca-hpc export: cannot write {args.textfile}: {exc}", file=sys.stderr)
-            return 2
-        rep = exp.report
-        print(f"wrote {args.textfile}: {rep.get('records', 0)} records, {rep.get('invalid_lines_total', 0)} invalid lines")
-        return 0
-    try:
-        exp.start()
-    except OSError as exc:
-        print(f"dmca-hpc export: cannot listen on {args.address}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    done = threading.Event()
-
-    def _on_signal(signum, frame):
-        done.set()
-
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    print(f"dmca-hpc export: serving http://{exp.address}:{exp.port}/metrics and /health "
-          f"(refresh every {exp.interval:g} s)", flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    finally:
-        exp.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
-    print("dmca-hpc export: stopped", flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dmca_hpc.monitoring.exporter`` (same as ``dmca-hpc export``)."""
-    p = argparse.ArgumentParser(prog="dmca-hpc export", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    return run_cli(p.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

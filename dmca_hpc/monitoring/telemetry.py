@@ -3,10 +3,15 @@
 Contract
     ``config/telemetry.schema.json`` (JSON Schema draft-07): the DMCA core
     fields (domain, hypothesis, step, intervention, infra_cost_usd, qps,
-    latency_p95_ms) are required; the ``hpc`` block (job id, rank, stage,
-    unit, wall/cpu/core seconds, peak memory [MiB], status, error) and the
-    ``physics`` block (material, e_tot_hartree, band_gap_ev, kpts, ...) are
-    optional, so old-style records with only the core fields stay valid.
+    latency_p95_ms) are required, ``step`` as a label (our jobs) or a
+    non-negative integer (the original DMCA records: ``"step": 1``); the
+    ``hpc`` block (job id, rank, stage, unit, wall/cpu/core seconds, peak
+    memory [MiB], status, error) and the ``physics`` block of the DMCA PySCF
+    guide (material, e_tot_hartree, band_gap_ev, kpts, q_scan_points,
+    wimp_sigma_cm2, axion_coupling, darkphoton_epsilon, form_factor_q0,
+    computation_time_sec) are optional, so records with only the core fields
+    (the DMCA README's own sample lines) stay valid.  The contract only ever
+    grows by optional fields: a record valid once stays valid.
 
 Cost model
     ``infra_cost_usd = core_seconds / 3600 * price_per_core_hour_usd`` with
@@ -25,8 +30,8 @@ No interleaved lines
     regular file under the inode lock, so the seek-to-end and the write of
     one ``write(2)`` call are not split by another writer.  (NFS does not
     give that guarantee: keep per-rank files there.)  Both are proven by
-    ``tests/test_telemetry_mpi.py`` (mpiexec -n 2) and
-    ``tests/test_telemetry.py`` (4 processes, one file).
+    ``tests/mpi/test_telemetry_mpi.py`` (mpiexec -n 2) and
+    ``tests/unit/monitoring/test_telemetry.py`` (4 processes, one file).
 
 Encryption (optional)
     Per line AES-256-GCM (``cryptography``'s ``AESGCM``) with a fresh random
@@ -73,17 +78,9 @@ MAX_LINE_BYTES = 1 << 20
 
 _AAD_PREFIX = b"dmca-telemetry/1:"
 
-#: stage -> DMCA (domain, hypothesis) used when a record does not say otherwise
-STAGE_DMCA = {
-    "materials": ("materials", "none"),
-    "dft": ("dm-electron", "none"),
-    "bands": ("dm-electron", "none"),
-    "formfactor": ("dm-electron", "DarkPhoton"),
-    "dielectric": ("absorption", "DarkPhoton"),
-    "rates": ("dm-electron", "DarkPhoton"),
-    "nuclear": ("dm-nucleus", "WIMP"),
-    "oracle": ("dft-oracle", "none"),
-}
+#: (domain, hypothesis) of a record whose stage the caller's mapping does not name (the
+#: stage table itself is dmca_hpc.stages.registry.STAGE_DMCA, passed in as ``stage_dmca=``)
+DEFAULT_DMCA = ("dm-electron", "none")
 
 
 # --------------------------------------------------------------------------- schema
@@ -212,7 +209,7 @@ _JSON = json.JSONDecoder(parse_constant=_reject_constant)
 # collector must read 1e6 lines in seconds: jsonschema takes ~170 us per record, this ~3 us.
 _TOP = frozenset(("schema_version", "timestamp", "domain", "hypothesis", "step", "intervention",
                   "infra_cost_usd", "qps", "latency_p95_ms", "hpc", "physics"))
-_CORE_STR = ("domain", "hypothesis", "step", "intervention")
+_CORE_STR = ("domain", "hypothesis", "intervention")
 _CORE_NUM = ("infra_cost_usd", "qps", "latency_p95_ms")
 _HPC = frozenset(("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "core_seconds",
                   "cores", "peak_memory_mb", "status", "error", "host"))
@@ -235,6 +232,12 @@ def quick_valid(rec: Any) -> bool:
         v = rec.get(k)
         if type(v) is not str or not v:
             return False
+    v = rec.get("step")  # DMCA writes an integer step (1, 2, ...), our jobs a label
+    if type(v) is str:
+        if not v:
+            return False
+    elif type(v) is not int or v < 0:
+        return False
     for k in _CORE_NUM:
         v = rec.get(k)
         if (type(v) is not float and type(v) is not int) or not v >= 0:
@@ -482,6 +485,10 @@ class Telemetry:
         price_per_core_hour_usd: price of one core-hour [USD]; cost of a unit =
             core-seconds / 3600 * price (module docstring).
         step, intervention: DMCA core fields copied into every record.
+        stage_dmca: stage -> (DMCA domain, hypothesis) of its records, normally
+            :data:`dmca_hpc.stages.registry.STAGE_DMCA` passed in by the pipeline
+            (monitoring sits below the stages and does not import them); a
+            stage it does not name gets :data:`DEFAULT_DMCA`.
         encrypt: AES-GCM-encrypt every line (key: ``key`` or ``$DMCA_TELEMETRY_KEY``).
         key: 32-byte AES key (overrides the environment).
         cores: cores allocated to this rank (default SLURM_CPUS_PER_TASK or 1).
@@ -502,8 +509,10 @@ class Telemetry:
                  price_per_core_hour_usd: float = DEFAULT_PRICE_PER_CORE_HOUR_USD,
                  step: str = "run", intervention: str = "baseline", encrypt: bool = False,
                  key: bytes | None = None, cores: int | None = None, filename: str | None = None,
-                 validate: str | None = None):
+                 validate: str | None = None,
+                 stage_dmca: Mapping[str, tuple[str, str]] | None = None):
         self.dir = Path(directory)
+        self.stage_dmca = dict(stage_dmca or {})
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = int(rank)
         self.job_id = str(job_id or _default_job_id())
@@ -532,15 +541,17 @@ class Telemetry:
 
     @classmethod
     def from_job(cls, section: Mapping[str, Any] | None, directory: str | os.PathLike, rank: int = 0,
-                 job_id: str | None = None) -> "Telemetry":
+                 job_id: str | None = None,
+                 stage_dmca: Mapping[str, tuple[str, str]] | None = None) -> "Telemetry":
         """Build from the job file's ``telemetry:`` section
-        (config/schema/telemetry_job.schema.json; missing keys take defaults)."""
+        (config/schema/telemetry_job.schema.json; missing keys take defaults);
+        ``stage_dmca`` as in :class:`Telemetry`."""
         s = dict(section or {})
         return cls(directory, rank=rank, job_id=job_id,
                    price_per_core_hour_usd=s.get("price_per_core_hour_usd", DEFAULT_PRICE_PER_CORE_HOUR_USD),
                    step=s.get("step", "run"), intervention=s.get("intervention", "baseline"),
                    encrypt=bool(s.get("encrypt", False)), cores=(s.get("cores_per_rank") or None),
-                   filename=(s.get("shared_file") or None))
+                   filename=(s.get("shared_file") or None), stage_dmca=stage_dmca)
 
     def record(self, stage: str, unit: str, status: str, wall_s: float, cpu_s: float,
                peak_mem_mb: float, error: str | None = None,
@@ -556,9 +567,10 @@ class Telemetry:
             peak_mem_mb: peak RSS of the rank [MiB].
             error: ``"ExcType: message"`` for a failed unit (cut to MAX_ERROR_CHARS).
             physics: optional physics block (keys of the schema; None/NaN values dropped).
-            domain, hypothesis: DMCA fields (default from :data:`STAGE_DMCA`).
+            domain, hypothesis: DMCA fields (default: the ``stage_dmca`` mapping
+                given at construction, else :data:`DEFAULT_DMCA`).
         """
-        d, h = STAGE_DMCA.get(stage, ("dm-electron", "none"))
+        d, h = self.stage_dmca.get(stage, DEFAULT_DMCA)
         wall_s, cpu_s = max(float(wall_s), 0.0), max(float(cpu_s), 0.0)
         core_s = max(wall_s * self.cores, cpu_s)
         if error is not None:

@@ -72,7 +72,7 @@ def test_figures_match_hand_computation(tmp_path):
     # span: first start b1/b2 at 100 s, last end r2 at 105.5 s, + 0.1 s of the untimed old record
     assert rep["span_seconds"] == pytest.approx(5.6, rel=1e-12)
     assert rep["qps"] == pytest.approx(7 / 5.6, rel=1e-12)
-    assert rep["lambda_effective"] == pytest.approx(6 / 5.6, rel=1e-12)
+    assert rep["throughput_units_per_s"] == pytest.approx(6 / 5.6, rel=1e-12)
     assert rep["concurrency_mean"] == pytest.approx(7.2 / 5.6, rel=1e-12)  # sum of walls 7.2 s
     # FTI, run as its own baseline: total cost / cost of ok units
     st = rep["stages"]
@@ -83,8 +83,15 @@ def test_figures_match_hand_computation(tmp_path):
     assert st["bands"]["latency_p50_ms"] == pytest.approx(2000.0, rel=SKETCH_REL)
     assert st["bands"]["cost_per_ok_unit_usd"] == pytest.approx(0.065 / 3, rel=1e-12)
     # cost-weighted mean: (0.065*13/12 + 0.003 + 0.0005) / 0.0685
-    assert rep["fti_avg"] == pytest.approx((0.065 * 13 / 12 + 0.0035) / 0.0685, rel=1e-12)
-    assert rep["fti_grade_worst"] == "FAIL"
+    assert rep["fti_stage_avg"] == pytest.approx((0.065 * 13 / 12 + 0.0035) / 0.0685, rel=1e-12)
+    assert rep["fti_stage_grade_worst"] == "FAIL"
+    # DMCA: one row per (stage, job, step, intervention) -> bands, rates: FTI 1 (alone in
+    # their stage); the old-style record is a core-only row of its own: FTI 1
+    assert rep["count"] == 7 and rep["fti_rows"] == 3
+    assert rep["fti_avg"] == pytest.approx(1.0, rel=1e-12) and rep["fti_grade_worst"] == "OK"
+    # DMCA medians of the records' own fields (exact; 7 values)
+    assert rep["medians"] == {"qps": pytest.approx(2.0), "latency_p95_ms": pytest.approx(500.0),
+                              "infra_cost_usd": pytest.approx(0.005)}
     # groups
     assert {k: v["records"] for k, v in rep["materials"].items()} == {"Ge": 2, "Si": 4, "unknown": 1}
     assert {k: v["records"] for k, v in rep["ranks"].items()} == {"0": 3, "1": 3, "unknown": 1}
@@ -186,7 +193,7 @@ def test_encrypted_and_wrong_key_lines_listed(tmp_path):
 
 
 def _run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "dmca_hpc.monitoring.collector", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "dmca_hpc.cli.main", "collect", *map(str, args)],
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
@@ -217,8 +224,9 @@ def test_cli_json_markdown_and_gate(tmp_path):
 
 def test_collector_imports_no_mpi_pyscf_numba(tmp_path):
     hand = _write_hand(tmp_path / "hand.jsonl")
-    code = ("import sys, dmca_hpc.monitoring.collector as c, dmca_hpc.monitoring.exporter, dmca_hpc.monitoring.telemetry\n"
-            f"c.main([{str(hand)!r}, '--json', '--markdown', '-o', {str(tmp_path / 'o.txt')!r}])\n"
+    code = ("import sys, dmca_hpc.monitoring.collector, dmca_hpc.monitoring.exporter, dmca_hpc.monitoring.telemetry\n"
+            "from dmca_hpc.cli.main import main\n"
+            f"main(['collect', {str(hand)!r}, '--json', '--markdown', '-o', {str(tmp_path / 'o.txt')!r}])\n"
             "print(sorted(m for m in ('mpi4py', 'pyscf', 'numba', 'numpy', 'h5py') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -273,6 +281,100 @@ def test_write_run_summary_for_the_pipeline(tmp_path):
     hand = _write_hand(tmp_path / "telemetry.jsonl")
     out = C.write_run_summary(hand, tmp_path)
     rep = json.loads(Path(out["telemetry_summary"]).read_text())
-    assert rep["records"] == 7 and out["failed_units"] == 1 and out["fti_grade_worst"] == "FAIL"
+    assert rep["records"] == 7 and out["failed_units"] == 1 and out["fti_stage_grade_worst"] == "FAIL"
+    assert out["fti_grade_worst"] == "OK"  # DMCA: each row alone in its group
     assert out["cost_usd"] == pytest.approx(0.0685, rel=1e-12)
     assert "| bands |" in Path(out["telemetry_summary_md"]).read_text()
+
+
+# ------------------------------------------------------------------ the DMCA report
+
+#: the DMCA README / sample_ops_telemetry.jsonl lines, byte for byte as DMCA shows them
+DMCA_SAMPLE = (b'{"domain": "direct_lab", "hypothesis": "WIMP", "step": 1, "intervention": "-", '
+               b'"infra_cost_usd": 120, "qps": 480, "latency_p95_ms": 180}\n'
+               b'{"domain":"cosmology","hypothesis":"DarkPhoton","step":1,"intervention":"-",'
+               b'"infra_cost_usd":102.0,"qps":510.0,"latency_p95_ms":170.0}\n')
+
+
+def _dmca_fti_by_hand(c, q, l, cm, qm, lm):
+    # the DMCA definition written out: normalized cost / geometric-mean normalized performance
+    return (c / cm) / math.sqrt((q / qm) * ((1 / l) / (1 / lm)))
+
+
+def test_dmca_sample_lines_give_the_dmca_report(tmp_path):
+    (tmp_path / "ops.jsonl").write_bytes(DMCA_SAMPLE)
+    rep = C.collect([tmp_path / "ops.jsonl"])
+    assert rep["count"] == 2 and rep["invalid_lines_total"] == 0
+    # medians of two values: their mean
+    assert rep["medians"] == {"qps": 495.0, "latency_p95_ms": 175.0, "infra_cost_usd": 111.0}
+    f1 = _dmca_fti_by_hand(120, 480, 180, 111, 495, 175)   # 1.1134: dearer and slower than the median
+    f2 = _dmca_fti_by_hand(102, 510, 170, 111, 495, 175)   # 0.8923
+    assert (C.fti_grade(f1), C.fti_grade(f2)) == ("FAIL", "OK")  # DMCA thresholds 1.0 / 1.05
+    assert rep["fti_avg"] == pytest.approx((f1 + f2) / 2, rel=1e-12)
+    assert rep["fti_grade_worst"] == "FAIL"
+    # lambda_effective with the DMCA collector's parameters and no timestamps (d = 7 days):
+    # SIBG = 0.85 + 0.33 (fti_avg - 1), ASDPI = clamp(0.1 + 0.5 (12/6 - 1)) = 0.25 /day
+    sibg = 0.85 + 0.33 * ((f1 + f2) / 2 - 1)
+    assert rep["lambda"]["lambda_asdpi_per_day"] == 0.25 and rep["lambda"]["days_since_change"] == 7.0
+    assert rep["lambda_effective"] == pytest.approx(sibg * math.exp(-0.25 * 7), rel=1e-12)
+    assert rep["gate"]["breached"] is False  # fti_avg 1.003 <= 1.05
+
+
+def test_two_thousand_dmca_lines_pass_the_gate(tmp_path):
+    (tmp_path / "ops.jsonl").write_bytes(DMCA_SAMPLE * 1000)
+    r = _run_cli(tmp_path / "ops.jsonl", "--gate", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["count"] == 2000 and rep["records"] == 2000
+    assert rep["medians"]["qps"] == 495.0  # 1000 of each: the mean of the two middle values
+    assert rep["fti_avg"] == pytest.approx(1.0028469778785587, rel=1e-9)
+
+
+def test_dmca_rows_rank_interventions_of_one_stage(tmp_path):
+    """HPC records form one DMCA row per (stage, job, step, intervention): two runs of
+    the same stage, the second twice as expensive per unit at the same speed."""
+    recs = []
+    for iv, price in (("ranks_1", 0.01), ("ranks_2", 0.02)):
+        for i in range(4):
+            r = _rec("bands", f"k{i}", "ok", 1.0, price, 100.0 + i + (50 if iv == "ranks_2" else 0), 0, "Si")
+            r["intervention"] = iv
+            recs.append(r)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rep = C.collect([tmp_path / "t.jsonl"])
+    rows = {r["intervention"]: r for r in rep["dmca_rows"]}
+    # cost per ok unit 0.01 / 0.02 (median 0.015), same throughput 4 units / 4 s, same p95
+    assert rows["ranks_1"]["infra_cost_usd"] == pytest.approx(0.01)
+    assert rows["ranks_1"]["fti"] == pytest.approx(0.01 / 0.015, rel=1e-9) and rows["ranks_1"]["fti_grade"] == "OK"
+    assert rows["ranks_2"]["fti"] == pytest.approx(0.02 / 0.015, rel=1e-9) and rows["ranks_2"]["fti_grade"] == "FAIL"
+    assert rep["fti_avg"] == pytest.approx(1.0, rel=1e-9) and rep["fti_grade_worst"] == "FAIL"
+    # days since the change of intervention: ranks_2 ran from t = 149 s to 153 s
+    assert rep["lambda"]["days_since_change"] == pytest.approx(4.0 / 86400, rel=1e-9)
+    assert rep["lambda"]["days_since_change_source"] == "telemetry"
+
+
+def test_median_switches_to_the_sketch_beyond_the_exact_limit():
+    m = C.MedianTracker()
+    for i in range(C.EXACT_MEDIAN_MAX + 1001):
+        m.add(float(i + 1))
+    assert not m.exact
+    assert m.median() == pytest.approx((C.EXACT_MEDIAN_MAX + 1001) / 2, rel=SKETCH_REL)
+
+
+def test_lambda_parameters_from_cli_and_job_section(tmp_path):
+    (tmp_path / "ops.jsonl").write_bytes(DMCA_SAMPLE)
+    r = _run_cli(tmp_path / "ops.jsonl", "--json", "--lambda-param", "deploy_rate=12",
+                 "--lambda-param", "asdpi_lambda0=0.05", "--days-since-change", "1")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    # at the reference pace ASDPI = asdpi_lambda0
+    assert rep["lambda"]["lambda_asdpi_per_day"] == pytest.approx(0.05)
+    assert rep["lambda_effective"] == pytest.approx(rep["lambda"]["lambda_sibg"] * math.exp(-0.05), rel=1e-12)
+    for bad, what in ((["--lambda-param", "nope=1"], "nope"), (["--lambda-param", "sibg_beta=x"], "not a number"),
+                      (["--days-since-change", "-1"], "days-since-change")):
+        r = _run_cli(tmp_path / "ops.jsonl", *bad)
+        assert r.returncode == 2 and what in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    out = C.write_run_summary(tmp_path / "ops.jsonl", tmp_path,
+                              section={"lambda_effective": {"days_since_change": 0.0}, "fti_max": 1.001})
+    rep = json.loads(Path(out["telemetry_summary"]).read_text())
+    assert rep["lambda_effective"] == pytest.approx(rep["lambda"]["lambda_sibg"], rel=1e-12)
+    assert rep["gate"]["breached"] and "fti_avg" in rep["gate"]["reasons"][0]

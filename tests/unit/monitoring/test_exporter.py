@@ -153,7 +153,7 @@ def test_health_reports_refresh_failure(tmp_path):
 
 def test_textfile_written_atomically(tel, tmp_path):
     out = tmp_path / "tf" / "dmca.prom"
-    args = ["-m", "dmca_hpc.monitoring.exporter", "--telemetry", str(tel.path), "--textfile", str(out)]
+    args = ["-m", "dmca_hpc.cli.main", "export", "--telemetry", str(tel.path), "--textfile", str(out)]
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     first = out.read_text()
@@ -193,7 +193,7 @@ def test_textfile_written_atomically(tel, tmp_path):
 
 
 def test_cli_serves_and_shuts_down_on_sigterm(tel):
-    p = subprocess.Popen([sys.executable, "-m", "dmca_hpc.monitoring.exporter", "--telemetry", str(tel.path),
+    p = subprocess.Popen([sys.executable, "-m", "dmca_hpc.cli.main", "export", "--telemetry", str(tel.path),
                           "--port", "0", "--interval", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     try:
@@ -214,27 +214,76 @@ def test_cli_serves_and_shuts_down_on_sigterm(tel):
 
 
 def test_cli_rejects_bad_arguments(tel, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dmca_hpc.monitoring.exporter", "--telemetry", str(tel.path),
+    r = subprocess.run([sys.executable, "-m", "dmca_hpc.cli.main", "export", "--telemetry", str(tel.path),
                         "--interval", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--interval" in r.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "dmca_hpc.monitoring.exporter", "--telemetry", str(tel.path),
+        r = subprocess.run([sys.executable, "-m", "dmca_hpc.cli.main", "export", "--telemetry", str(tel.path),
                             "--port", str(busy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot listen" in r.stderr
 
 
-def test_grafana_dashboard_uses_only_exported_metrics(tel):
+def test_grafana_dashboard_uses_only_exported_metrics_and_report_fields(tel):
+    """Prometheus panels query only metrics the exporter serves; /report panels (Infinity
+    JSON datasource) read the exporter's /report URL and only fields it carries."""
     import re
     from pathlib import Path
     dash = json.loads((Path(__file__).resolve().parents[3] / "config" / "grafana-dashboard.json").read_text())
-    used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"dmca_[a-z0-9_]+", t["expr"])}
+    targets = [t for p in dash["panels"] for t in p["targets"]]
+    prom = [t for t in targets if t["datasource"]["type"] == "prometheus"]
+    infinity = [t for t in targets if t["datasource"]["type"] == "yesoreyeram-infinity-datasource"]
+    assert len(prom) + len(infinity) == len(targets) and prom and infinity
+    used = {m for t in prom for m in re.findall(r"dmca_[a-z0-9_]+", t["expr"])}
     with open(tel.path, "ab") as fh:
         fh.write(b"garbage\n")  # so that dmca_invalid_lines_total has a sample
-    exp = E.Exporter([tel.path], port=0)
-    exp.refresh()
-    from prometheus_client import generate_latest
-    exported = {n for n, _ in _samples(generate_latest(exp.registry).decode())}
-    assert used and used <= exported, used - exported
+    exp = E.Exporter([tel.path], port=0).start()
+    try:
+        from prometheus_client import generate_latest
+        exported = {n for n, _ in _samples(generate_latest(exp.registry).decode())}
+        assert used and used <= exported, used - exported
+        assert {"dmca_fti_avg_ratio", "dmca_lambda_effective_ratio", "dmca_median_qps_per_second"} <= used
+        report = json.loads(_get(f"http://127.0.0.1:{exp.port}/report")[2])
+    finally:
+        exp.stop()
+    var = {v["name"]: v for v in dash["templating"]["list"]}
+    assert var["report_url"]["query"].endswith("/report")
+
+    def has(obj, dotted):
+        for part in dotted.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                return False
+            obj = obj[part]
+        return True
+    for t in infinity:
+        assert t["url"] == "${report_url}"
+        root = report[t["root_selector"]] if t["root_selector"] else report
+        rows = root if isinstance(root, list) else [root]
+        for c in t["columns"]:
+            assert any(has(r, c["selector"]) for r in rows), (t["root_selector"], c["selector"])
+
+
+def test_report_endpoint_serves_the_collector_json(tel):
+    exp = E.Exporter([tel.path], port=0, interval=0.1,
+                     report_options={"lambda_params": {"days_since_change": 2.0}}).start()
+    try:
+        code, ctype, body = _get(f"http://127.0.0.1:{exp.port}/report")
+        assert code == 200 and ctype == "application/json"
+        rep = json.loads(body)
+        want = C.collect([tel.path], lambda_params={"days_since_change": 2.0})
+        for k in ("count", "medians", "fti_avg", "fti_grade_worst", "lambda_effective", "records",
+                  "cost_usd", "failed_units_total", "throughput_units_per_s"):
+            assert rep[k] == pytest.approx(want[k]) if isinstance(want[k], float) else rep[k] == want[k], k
+        assert rep["count"] == 40 and rep["lambda"]["days_since_change"] == 2.0
+        assert rep["cache_timestamp"] == pytest.approx(time.time(), abs=30)
+        # refreshed in the background: appended records show up without a restart
+        _fill(tel, 5, start=40)
+        assert _wait(lambda: json.loads(_get(f"http://127.0.0.1:{exp.port}/report")[2])["count"] == 45)
+        s = _samples(_get(f"http://127.0.0.1:{exp.port}/metrics")[2])
+        assert s[("dmca_records_total", frozenset())] == 45
+        assert s[("dmca_lambda_effective_ratio", frozenset())] == pytest.approx(
+            json.loads(_get(f"http://127.0.0.1:{exp.port}/report")[2])["lambda_effective"], rel=1e-12)
+    finally:
+        exp.stop()

@@ -19,6 +19,7 @@ import pytest
 
 from dmca_hpc.monitoring import telemetry as T
 from dmca_hpc.hpc.parallel import run_unit
+from dmca_hpc.stages.registry import STAGE_DMCA
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "config" / "telemetry.schema.json").read_text())
@@ -44,11 +45,11 @@ def _lines(path) -> list[bytes]:
 # ------------------------------------------------------------------ schema
 
 def test_every_stage_record_validates(tmp_path):
-    """Records as the stages emit them (every stage of STAGE_DMCA, ok/failed/skipped,
-    full physics block, a real UnitResult) validate against the schema."""
-    tel = T.Telemetry(tmp_path, rank=3, job_id="123_4", validate="raise", cores=2)
+    """Records as the stages emit them (every stage of the registry's STAGE_DMCA,
+    ok/failed/skipped, full physics block, a real UnitResult) validate against the schema."""
+    tel = T.Telemetry(tmp_path, rank=3, job_id="123_4", validate="raise", cores=2, stage_dmca=STAGE_DMCA)
     recs = []
-    for stage in T.STAGE_DMCA:
+    for stage in STAGE_DMCA:
         recs.append(tel.record(stage, f"{stage}-0", "ok", 1.5, 2.5, 321.0, physics=PHYSICS_FULL))
         recs.append(tel.record(stage, f"{stage}-1", "skipped", 0.0, 0.0, 0.0))
     good = run_unit(lambda u: u * 2, 0, 21, rank=3)
@@ -67,6 +68,39 @@ def test_every_stage_record_validates(tmp_path):
         assert not errors, errors
     assert recs[-2]["hpc"]["status"] == "failed" and recs[-2]["hpc"]["error"].startswith("ZeroDivisionError")
     assert "form_factor_q0" not in recs[-1]["physics"] and recs[-1]["physics"]["kpts"] == [4, 4, 4]
+    # the (domain, hypothesis) come from the caller's table; an unnamed stage gets the default
+    assert (recs[0]["domain"], recs[0]["hypothesis"]) == STAGE_DMCA["materials"]
+    nuc = next(r for r in recs if r["hpc"]["stage"] == "nuclear")
+    assert (nuc["domain"], nuc["hypothesis"]) == ("dm-nucleus", "WIMP")
+    plain = T.Telemetry(tmp_path, filename="plain.jsonl", validate="raise").record("nuclear", "u", "ok", 1, 1, 1)
+    assert (plain["domain"], plain["hypothesis"]) == T.DEFAULT_DMCA
+
+
+#: DMCA-format lines, old and new: the DMCA README / sample_ops_telemetry.jsonl lines
+#: (integer step, core fields only), the same with the DMCA PySCF guide's physics block,
+#: our own v1 (string step, core only) and v2 (hpc block) records
+DMCA_FILE = Path(__file__).with_name("dmca_format.jsonl")
+
+
+def test_dmca_format_file_validates_old_and_new():
+    lines = DMCA_FILE.read_bytes().splitlines()
+    assert len(lines) >= 6
+    dec = T.LineDecoder()
+    for i, line in enumerate(lines, 1):
+        rec = json.loads(line)
+        assert VALIDATOR.is_valid(rec), (i, list(VALIDATOR.iter_errors(rec)))
+        assert T.record_error(rec) is None, i
+        got, _ = dec.decode(line)
+        assert got == rec
+    recs = [json.loads(x) for x in lines]
+    assert {type(r["step"]) for r in recs} == {int, str}
+    assert any("physics" in r and "computation_time_sec" in r["physics"] for r in recs)
+    # the fast path vouches for the DMCA README line itself (no jsonschema call needed)
+    assert T.quick_valid(recs[0])
+    # what stays invalid: a negative / boolean / empty step
+    for bad in (-1, True, "", 1.5):
+        assert not VALIDATOR.is_valid({**recs[0], "step": bad}), bad
+        assert T.record_error({**recs[0], "step": bad}) is not None, bad
 
 
 def test_old_style_records_validate():
