@@ -113,7 +113,7 @@ def time_pairs(bd, s, pairs, aopair=True):
 def worker(args):
     """One wedge (or full) table under the current launcher; prints JSON."""
     from dmca_hpc.electronic.formfactor import compute_table, settings
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     from dmca_hpc.hpc.parallel import get_comm, peak_memory_mb
     comm = get_comm()
     bd = load_bands(args.bands)
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         return worker(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from dmca_hpc.electronic.formfactor import settings
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     wd = Path(args.workdir)
     wd.mkdir(parents=True, exist_ok=True)
     res = {"case": {"material": "Si", "basis": "gth-dzvp", "xc": "PBE", "kmesh": [4, 4, 4],

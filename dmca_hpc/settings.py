@@ -75,8 +75,8 @@ SECTIONS: dict[str, Section] = {
           'SCF convergence threshold on the total-energy change [hartree].'),
         F('max_cycles', 50, 'count', 'integer',
           'maximum SCF iterations [count]; reaching it is a recorded failure (the last orbitals are kept and a rerun continues from them).'),
-        F('density_fit', 'FFTDF', 'choice', 'string',
-          'Coulomb integral scheme [choice]: FFTDF (plane-wave FFT; default: about 2x faster than GDF for Si gth-dzvp 2x2x2 on 2 cores, and the bands on new k need no rebuild) or GDF (Gaussian density fitting).'),
+        F('density_fit', 'auto', 'choice', 'string',
+          'Coulomb integral scheme [choice]: auto (FFTDF with GTH pseudopotentials, GDF for all-electron bases, whose core shells would need an FFT mesh of thousands of points per axis), FFTDF (plane-wave FFT: about 2x faster than GDF for Si gth-dzvp 2x2x2 on 2 cores, and the bands on new k need no rebuild) or GDF (Gaussian density fitting; the dense-mesh bands then use GDF too).'),
         F('smearing_hartree', None, 'hartree', ['number', 'null'],
           'occupation smearing width [hartree]; null = integer occupations (insulators).'),
         F('smearing_method', 'fermi', 'choice', 'string',
@@ -117,6 +117,8 @@ SECTIONS: dict[str, Section] = {
           'write band_structure.png and dos.png (matplotlib Agg) [flag].'),
         F('symprec_angstrom', 1e-05, 'angstrom', 'number',
           'spglib symmetry tolerance for the irreducible wedge [angstrom].'),
+        F('irreducible_only', 'auto', 'choice', ['string', 'boolean'],
+          "diagonalize only at the irreducible k of the mesh and rotate the states to the full mesh with PySCF's space-group operations [choice]: auto = when the Hamiltonian is expensive to build per k (all-electron / GDF, hybrids), true, false (every mesh k diagonalized: the FFTDF fast path)."),
     ]),
     'formfactor': _section('formfactor stage (crystal form factor |f_crystal(q, E)|^2)', [
         F('dq', 0.02, 'alpha m_e', 'number',
@@ -333,6 +335,8 @@ SECTIONS: dict[str, Section] = {
           'largest acceptable stage FTI for the collector gate [dimensionless]; 1.05 is the WARN/FAIL boundary'),
         F('fti_baseline', {}, 'USD per successful unit', 'object',
           'per-stage FTI baseline {stage: {cost_per_ok_unit_usd [USD per successful unit], latency_p50_ms [ms]}}; stages not listed use the run itself as baseline'),
+        F('lambda_effective', {'lambda_current': 0.85, 'sibg_beta': 0.33, 'fti_ref': 1.0, 'sibg_min': 0.7, 'sibg_max': 0.98, 'asdpi_lambda0': 0.1, 'asdpi_alpha': 0.5, 'deploy_rate': 6.0, 'deploy_rate_ref': 12.0, 'asdpi_min': 0.03, 'asdpi_max': 0.25, 'days_since_change': None}, 'dimensionless', 'object',
+          "parameters of the DMCA evolution rate lambda_effective = lambda_SIBG * exp(-lambda_ASDPI * days_since_change) in the collector report [dimensionless]; lambda_SIBG = clamp(lambda_current + sibg_beta * (fti_avg / fti_ref - 1), sibg_min, sibg_max) is the learning pressure from the FTI, lambda_ASDPI = clamp(asdpi_lambda0 + asdpi_alpha * (deploy_rate_ref / deploy_rate - 1), asdpi_min, asdpi_max) [1/day] the deployment damping; days_since_change null = measured from the telemetry (7 without timestamps); defaults are the original DMCA collector's"),
     ]),
     'slurm': _section('slurm: how `dmca-hpc submit` asks SLURM for resources', [
         F('job_name', 'dmca-hpc', 'name', 'string',

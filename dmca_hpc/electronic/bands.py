@@ -51,17 +51,20 @@ a band-structure plot along ASE's standard path and a DOS plot (PNG).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["BandsInputError", "choose_nbands", "apply_scissor", "density_of_states",
            "gap_summary", "chunk_units", "band_path", "segment_of", "BandWorker", "write_bands",
-           "validate_section"]
+           "validate_section", "fast_hamiltonian", "symmetry_kpoints", "unfold_states",
+           "BandData", "BandsFileError", "load_bands"]
 
 #: keys that change what a unit (k-chunk) contains; the rest only change the merge
 _UNIT_KEYS = ("kmesh", "n_conduction", "energy_above_gap_ev", "chunk_size", "band_path",
-              "band_path_npoints")
+              "band_path_npoints", "irreducible_only")
 
 STAGE = "bands"
 
@@ -241,9 +244,10 @@ class BandWorker:
     1e-12 hartree, tests/test_bands.py) without recomputing the density from
     the coarse-mesh density matrices for every chunk, which made
     ``get_bands`` about 2.5x slower per chunk of 4 k-points (Si gth-dzvp).
-    Anything else (hybrids, meta-GGA, GDF, all-electron) uses PySCF's
-    ``get_bands`` with FFTDF (GDF would rebuild its 3-index integrals for
-    every new k set).
+    Anything else (hybrids, meta-GGA) uses PySCF's ``get_bands``: with FFTDF
+    for GTH pseudopotentials (GDF would rebuild its 3-index integrals for
+    every new k set), with GDF for all-electron bases (4.8 s per k for Si
+    def2-svp, 41 s with def2-tzvp: hence ``irreducible_only``).
     """
 
     def __init__(self, scf_path: str, nbands: int, fast: bool = True):
@@ -256,7 +260,10 @@ class BandWorker:
             from dmca_hpc.electronic.scf import load_scf, make_kmf
             d = load_scf(self.scf_path)
             sec = dict(d["sec"])
-            sec["density_fit"] = "FFTDF"
+            if d["cell"]._pseudo:
+                # GTH: FFTDF needs no rebuild for new k (GDF rebuilds its 3-index integrals)
+                sec["density_fit"] = "FFTDF"
+            # all-electron: the SCF's GDF (an FFT mesh for the core shells cannot exist)
             mf = make_kmf(d["cell"], d["kpts"], sec)
             mf.verbose = 0
             self._mf, self.dm, self.cell, self.kpts = mf, d["dm"], d["cell"], d["kpts"]
@@ -334,6 +341,49 @@ class BandWorker:
         e = np.asarray(e)[:, :self.nbands]
         c = np.asarray(c)[:, :, :self.nbands]
         return e, c
+
+
+def fast_hamiltonian(xc: str, pseudo: str | None, density_fit: str) -> bool:
+    """True when :class:`BandWorker` can build H(k) from the potential on the
+    grid (FFTDF, GTH pseudopotentials, LDA/GGA without exact exchange), so a
+    k-point costs one diagonalization; otherwise each k needs PySCF's
+    ``get_bands`` (GDF integrals, exchange), which is what the irreducible
+    wedge saves."""
+    from pyscf.dft import libxc
+    if density_fit != "FFTDF" or pseudo in (None, "", "none"):
+        return False
+    try:
+        return libxc.xc_type(xc) in ("LDA", "GGA") and abs(libxc.hybrid_coeff(xc)) < 1e-14 \
+            and not libxc.is_hybrid_xc(xc)
+    except (KeyError, ValueError):
+        return False
+
+
+def symmetry_kpoints(cell_str: str, kmesh):
+    """PySCF ``KPoints`` (space group + time reversal) of the Gamma-centred
+    ``kmesh``: its ``kpts`` are the full mesh in :func:`symmetry.mesh_frac`
+    order, ``kpts_ibz`` the irreducible points whose states are rotated."""
+    from pyscf.pbc import gto
+    cell = gto.loads(cell_str)
+    cell.verbose = 0
+    cell.space_group_symmetry = True
+    cell.symmorphic = False
+    cell.build(dump_input=False, parse_arg=False)
+    return cell.make_kpts([int(x) for x in kmesh], space_group_symmetry=True,
+                          time_reversal_symmetry=True)
+
+
+def unfold_states(kp, energies_ibz, coeffs_ibz):
+    """(energies [nk, nb] hartree, coeffs [nk, nao, nb]) on the full mesh of
+    ``kp`` from the states at its irreducible points: for k = S k_ibz,
+    psi_{n,Sk}(r) = psi_{n,k_ibz}(S^-1 r) through PySCF's AO rotation matrices
+    (complex conjugate under time reversal); energies are copied.  The states
+    are Kohn-Sham eigenvectors at every k (tested), with a gauge that differs
+    from a direct diagonalization only by phases and unitary mixing within
+    degenerate sets, which every observable of the package sums over."""
+    e = np.asarray(kp.transform_mo_energy([np.asarray(x) for x in energies_ibz]))
+    c = np.asarray(kp.transform_mo_coeff([np.asarray(x) for x in coeffs_ibz]))
+    return e, c
 
 
 # --------------------------------------------------------------------------- bands.h5
@@ -429,3 +479,131 @@ def write_bands(path, *, input_hash: str, prov: dict | None, cell_str: str, mate
         a["cbm_path_segment"] = (band_path or {}).get("cbm_segment", "")
         a["cbm_path_fraction"] = (band_path or {}).get("cbm_fraction", float("nan"))
     return path
+
+
+# --------------------------------------------------------------------------- reading bands.h5
+
+#: datasets and attributes a bands.h5 file must carry (the contract with the form factor)
+BANDS_DATASETS = ("kpts_frac", "kpts", "energies", "coeffs", "ibz_index",
+                  "ibz_weight", "full_to_ibz")
+BANDS_ATTRS = ("cell", "material", "nocc", "nbands", "kmesh")
+
+
+class BandsFileError(ValueError):
+    """A bands file is missing an item or disagrees with the job (the message
+    names the file, the item and the expected value)."""
+
+
+@dataclass
+class BandData:
+    """Bands of one material on a full Gamma-centred k mesh (atomic units).
+
+    Attributes:
+        path: the bands.h5 file read.
+        cell_dump: pyscf ``cell.dumps()`` string.
+        material: material name.
+        xc, basis: functional and basis set names ("" if absent).
+        nocc: number of (doubly occupied) valence bands per k.
+        nbands: bands per k in the file.
+        kmesh: (n1, n2, n3).
+        kpts_frac: [nk, 3] fractional k points.
+        kpts: [nk, 3] cartesian k points [bohr^-1].
+        energies: [nk, nbands] band energies [hartree] (unshifted DFT).
+        coeffs: [nk, nao, nbands] complex AO coefficients.
+        ibz_index: [n_ibz] indices of the irreducible k into the full mesh.
+        ibz_weight: [n_ibz] weights (sum 1).
+        full_to_ibz: [nk] index of each full-mesh k's irreducible representative.
+        attrs: all root attributes (gaps etc.).
+    """
+
+    path: str
+    cell_dump: str
+    material: str
+    xc: str
+    basis: str
+    nocc: int
+    nbands: int
+    kmesh: tuple
+    kpts_frac: np.ndarray
+    kpts: np.ndarray
+    energies: np.ndarray
+    coeffs: np.ndarray
+    ibz_index: np.ndarray
+    ibz_weight: np.ndarray
+    full_to_ibz: np.ndarray
+    attrs: dict = field(default_factory=dict)
+    _cell: Any = None
+
+    @property
+    def nk(self) -> int:
+        return len(self.kpts)
+
+    @property
+    def nao(self) -> int:
+        return self.coeffs.shape[1]
+
+    def cell(self):
+        """The pyscf Cell (rebuilt from the dump, cached)."""
+        if self._cell is None:
+            from pyscf.pbc import gto
+            self._cell = gto.loads(self.cell_dump)
+            self._cell.verbose = 0
+        return self._cell
+
+    @property
+    def vbm_ha(self) -> float:
+        """Valence band maximum over the mesh [hartree]."""
+        return float(self.energies[:, self.nocc - 1].max())
+
+    @property
+    def cbm_ha(self) -> float:
+        """Conduction band minimum over the mesh [hartree]."""
+        return float(self.energies[:, self.nocc].min())
+
+
+def load_bands(path) -> BandData:
+    """Read a bands.h5 file (layout: see module docstring of dmca_hpc.electronic.bands).
+
+    Raises :class:`BandsFileError` naming the file and the missing item."""
+    import h5py
+    path = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise BandsFileError(f"{path}: cannot open bands file ({exc})") from exc
+    with f:
+        for k in BANDS_DATASETS:
+            if k not in f:
+                raise BandsFileError(f"{path}: dataset {k!r} missing (expected a bands "
+                                     f"file from the bands stage with {', '.join(BANDS_DATASETS)})")
+        for k in BANDS_ATTRS:
+            if k not in f.attrs:
+                raise BandsFileError(f"{path}: root attribute {k!r} missing")
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        d = {k: f[k][()] for k in BANDS_DATASETS}
+    bd = BandData(path=path, cell_dump=str(attrs["cell"]), material=str(attrs["material"]),
+                  xc=str(attrs.get("xc", "")), basis=str(attrs.get("basis", "")),
+                  nocc=int(attrs["nocc"]), nbands=int(attrs["nbands"]),
+                  kmesh=tuple(int(x) for x in np.ravel(attrs["kmesh"])),
+                  kpts_frac=np.asarray(d["kpts_frac"], float), kpts=np.asarray(d["kpts"], float),
+                  energies=np.asarray(d["energies"], float),
+                  coeffs=np.asarray(d["coeffs"], complex),
+                  ibz_index=np.asarray(d["ibz_index"], int),
+                  ibz_weight=np.asarray(d["ibz_weight"], float),
+                  full_to_ibz=np.asarray(d["full_to_ibz"], int), attrs=attrs)
+    nk = int(np.prod(bd.kmesh))
+    checks = [("kpts", bd.kpts.shape, (nk, 3)), ("kpts_frac", bd.kpts_frac.shape, (nk, 3)),
+              ("energies", bd.energies.shape, (nk, bd.nbands)),
+              ("coeffs", bd.coeffs.shape[::2], (nk, bd.nbands)),
+              ("full_to_ibz", bd.full_to_ibz.shape, (nk,)),
+              ("ibz_weight", bd.ibz_weight.shape, bd.ibz_index.shape)]
+    for name, got, want in checks:
+        if tuple(got) != tuple(want):
+            raise BandsFileError(f"{path}: {name} has shape {tuple(got)}, expected {tuple(want)} "
+                                 f"for kmesh {bd.kmesh} and nbands {bd.nbands}")
+    if not 0 < bd.nocc < bd.nbands:
+        raise BandsFileError(f"{path}: nocc = {bd.nocc} must lie in 1..nbands-1 "
+                             f"(nbands = {bd.nbands}): no conduction bands")
+    if abs(bd.ibz_weight.sum() - 1.0) > 1e-8:
+        raise BandsFileError(f"{path}: ibz_weight sums to {bd.ibz_weight.sum():.12g}, expected 1")
+    return bd

@@ -123,7 +123,7 @@ class Engine:
     """The form-factor computation for one bands file and one settings dict.
 
     Args:
-        bd: :class:`dmca_hpc.electronic.matrix_elements.BandData`.
+        bd: :class:`dmca_hpc.electronic.bands.BandData`.
         s: settings (:func:`settings`).
         gap_target_ev: scissor target gap [eV] (ignored for scissor "none").
     """

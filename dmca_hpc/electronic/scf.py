@@ -133,8 +133,9 @@ def _validate_section(sec: dict):
         raise DFTInputError(f"dft.kmesh must be three positive integers, got {km!r}")
     if str(sec["xc"]).upper() not in _XC_ALLOWED:
         raise DFTInputError(f"dft.xc = {sec['xc']!r}: expected one of {list(_XC_ALLOWED)}")
-    if sec["density_fit"] not in ("FFTDF", "GDF"):
-        raise DFTInputError(f"dft.density_fit = {sec['density_fit']!r}: expected 'FFTDF' or 'GDF'")
+    if sec["density_fit"] not in ("auto", "FFTDF", "GDF"):
+        raise DFTInputError(f"dft.density_fit = {sec['density_fit']!r}: expected 'auto', 'FFTDF' "
+                            "or 'GDF'")
     if int(sec["max_cycles"]) < 1:
         raise DFTInputError(f"dft.max_cycles must be >= 1, got {sec['max_cycles']!r}")
     if float(sec["conv_tol_hartree"]) <= 0:
@@ -179,12 +180,48 @@ def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
     return cell
 
 
+def resolve_density_fit(sec: dict, cell) -> str:
+    """``dft.density_fit`` with ``auto`` resolved: FFTDF when every element has
+    a GTH pseudopotential (the density is smooth, the FFT mesh small), GDF for
+    all-electron bases, whose core shells would need an FFT mesh of
+    thousands of points per axis (Si def2-svp: 2263^3)."""
+    df = str(sec["density_fit"])
+    if df != "auto":
+        return df
+    pseudo = getattr(cell, "_pseudo", None) or {}
+    return "FFTDF" if pseudo and len(pseudo) == len(set(cell.elements)) else "GDF"
+
+
+def fftdf_bytes(cell) -> float:
+    """Lower bound of the memory FFTDF needs [bytes]: the grid coordinates
+    (3 float64 per point) and one density and one potential on the mesh."""
+    return float(np.prod(np.asarray(cell.mesh, dtype=float))) * 8.0 * 5
+
+
+def preflight(cell, sec: dict, available_bytes: float | None = None) -> None:
+    """Refuse, before PySCF allocates anything, an SCF whose FFT mesh cannot fit
+    in memory (``available_bytes``: default the machine's available memory)."""
+    if resolve_density_fit(sec, cell) != "FFTDF":
+        return
+    need = fftdf_bytes(cell)
+    if available_bytes is None:
+        import psutil
+        available_bytes = float(psutil.virtual_memory().available)
+    if need > 0.8 * available_bytes:
+        mesh = "x".join(str(int(m)) for m in cell.mesh)
+        raise DFTInputError(
+            f"dft.density_fit = {sec['density_fit']!r} with basis {sec['basis']!r}: FFTDF needs an "
+            f"FFT mesh of {mesh} points, at least {need / 2**30:.3g} GiB, and this machine has "
+            f"{available_bytes / 2**30:.3g} GiB available; use dft.density_fit: GDF (or auto, "
+            "which picks GDF for all-electron bases), or a GTH basis with dft.pseudo")
+
+
 def make_kmf(cell, kpts, sec: dict):
     """KRKS object for ``cell`` at ``kpts`` [bohr^-1] with xc, density fitting,
     smearing and exxdiv of ``sec``."""
     from pyscf.pbc import dft as pdft
     mf = pdft.KRKS(cell, kpts, xc=str(sec["xc"]), exxdiv=sec.get("exxdiv", "ewald"))
-    if sec["density_fit"] == "GDF":
+    if resolve_density_fit(sec, cell) == "GDF":
         mf = mf.density_fit()
     if sec["smearing_hartree"] is not None:
         from pyscf.pbc.scf.addons import smearing_
@@ -259,6 +296,8 @@ def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
     from dmca_hpc.hpc.parallel import set_threads
     set_threads(threads)
     cell = build_cell(atoms, sec, output=log_path)
+    preflight(cell, sec)
+    sec = {**sec, "density_fit": resolve_density_fit(sec, cell)}
     kmesh = [int(x) for x in sec["kmesh"]]
     kpts = cell.make_kpts(kmesh, wrap_around=False)
     mf = make_kmf(cell, kpts, sec)

@@ -13,7 +13,8 @@ import numpy as np
 from dmca_hpc import settings
 from dmca_hpc.electronic.bands import (_UNIT_KEYS, BandsInputError, BandWorker, apply_scissor,
                                        band_path, choose_nbands, chunk_units, density_of_states,
-                                       gap_summary, segment_of, validate_section, write_bands)
+                                       fast_hamiltonian, gap_summary, segment_of, symmetry_kpoints,
+                                       unfold_states, validate_section, write_bands)
 from dmca_hpc.plots.electronic import plot_bands
 
 STAGE = "bands"
@@ -85,7 +86,7 @@ def run_stage(ctx) -> dict:
     if size > 1:
         set_threads(1)  # one core per rank: the k-chunks are the parallelism
     worker = BandWorker(plan["scf"], plan["nbands"])
-    kcart = {"mesh": plan["mesh_kpts"], "path": plan["path_kpts"]}
+    kcart = {"mesh": plan["work_kpts"], "path": plan["path_kpts"]}
     progress = Progress(f"{name} bands", len(units), comm=comm)
     unit_pos = {tuple(u): j for j, u in enumerate(units)}
 
@@ -158,6 +159,7 @@ def _plan(ctx, sec: dict, name: str) -> dict:
         e_tot = float(f.attrs["e_tot"])
         mo_energy = f["mo_energy"][()]
         cell_str = f.attrs["cell"]
+        fast = fast_hamiltonian(str(f.attrs["xc"]), str(f.attrs["pseudo"]), str(f.attrs["density_fit"]))
         smat = {k: f["structure"][k][()] for k in ("cell", "positions", "numbers")}
     from ase import Atoms
     atoms = Atoms(numbers=smat["numbers"], positions=smat["positions"], cell=smat["cell"], pbc=True)
@@ -172,7 +174,17 @@ def _plan(ctx, sec: dict, name: str) -> dict:
     else:
         path_frac = np.zeros((0, 3))
     path_kpts = cell.get_abs_kpts(path_frac) if len(path_frac) else np.zeros((0, 3))
-    units = chunk_units(len(frac), len(path_frac), int(sec["chunk_size"]))
+    irreducible = sec["irreducible_only"]
+    if irreducible == "auto":
+        irreducible = not fast
+    work_kpts = mesh_kpts
+    if irreducible:
+        kp = symmetry_kpoints(cell_str, sec["kmesh"])
+        if np.abs(kp.kpts - mesh_kpts).max() > 1e-9:
+            raise RuntimeError("bands: PySCF's symmetry k-points are not the Gamma-centred mesh "
+                               "in mesh order; set bands.irreducible_only: false")
+        work_kpts = np.asarray(kp.kpts_ibz)
+    units = chunk_units(len(work_kpts), len(path_frac), int(sec["chunk_size"]))
     unit_hash = config_hash({"stage": STAGE, "ctx": ctx.input_hash, "scf": scf_hash,
                              "nbands": nbands,
                              "section": {k: sec[k] for k in _UNIT_KEYS}})
@@ -186,6 +198,7 @@ def _plan(ctx, sec: dict, name: str) -> dict:
         if not reuse else []
     return {"scf": scf, "scf_hash": scf_hash, "nocc": nocc, "nbands": nbands, "warning": warn,
             "e_tot": e_tot, "mesh_frac": frac, "mesh_kpts": mesh_kpts, "path_frac": path_frac,
+            "irreducible": bool(irreducible), "work_kpts": work_kpts,
             "path_kpts": path_kpts, "units": units, "unit_hash": unit_hash, "out_hash": out_hash,
             "reuse": reuse, "done": done, "atoms": atoms, "cell_str": cell_str}
 
@@ -205,7 +218,7 @@ def _merge(ctx, sec, plan, store, out_path: Path, name: str):
     from dmca_hpc.electronic.symmetry import irreducible_mesh
     from dmca_hpc.units import HARTREE_EV
     units, nocc, nbands = plan["units"], plan["nocc"], plan["nbands"]
-    nk, npath = len(plan["mesh_frac"]), len(plan["path_frac"])
+    nk, npath = len(plan["work_kpts"]), len(plan["path_frac"])
     energies = coeffs = None
     path_e = np.zeros((npath, nbands))
     for i, (kind, s, t) in enumerate(units):
@@ -222,6 +235,9 @@ def _merge(ctx, sec, plan, store, out_path: Path, name: str):
             coeffs[s:t] = arrays["coeffs"]
         else:
             path_e[s:t] = arrays["energies"]
+    if plan["irreducible"]:  # states at the irreducible k -> the full mesh
+        energies, coeffs = unfold_states(symmetry_kpoints(plan["cell_str"], sec["kmesh"]),
+                                         energies, coeffs)
     gaps = gap_summary(energies, nocc, plan["mesh_frac"])
     target = _target_gap(ctx.material, sec)
     if target is None and sec["scissor_convention"] != "none":

@@ -10,7 +10,7 @@ from dmca_hpc.plots.electronic import plot_formfactor
 
 def run_stage(ctx) -> dict:
     """Pipeline stage: bands.h5 -> formfactor.hdf5 (+ plot).  See module doc."""
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     from dmca_hpc.tables import write_table
     s = settings(ctx.job.get(STAGE))
     bands_path = ctx.outputs["bands"]["bands"]

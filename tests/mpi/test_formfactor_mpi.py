@@ -19,7 +19,7 @@ from si_cases import SMALL, cached_si_bands
 @pytest.mark.mpi(min_size=2)
 def test_two_ranks_same_table_as_one(request):
     from dmca_hpc.electronic.formfactor import compute_table, settings
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     from dmca_hpc.hpc.parallel import SerialComm, get_comm
     from dmca_hpc.monitoring.telemetry import Telemetry
     comm = get_comm()

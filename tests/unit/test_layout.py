@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[2] / "dmca_hpc"
 
 #: top-level component of a module -> floor (0 = top)
 FLOORS = {
-    "cli": 0,
+    "cli": 0, "api": 0,
     "pipeline": 1, "config": 1,
     "stages": 2,
     "plots": 3, "detection": 3,

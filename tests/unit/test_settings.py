@@ -71,3 +71,10 @@ def test_field_lookup_and_reference():
         assert f"### `{name}:`" in ref
         for f in sec.fields:
             assert f"| `{f.name}` |" in ref
+
+
+def test_readme_job_key_reference_is_the_model():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- job-keys:begin -->\n", 1)[1].split("\n<!-- job-keys:end -->", 1)[0]
+    assert block.strip() == settings.reference_markdown().strip(), \
+        "README's job-key reference is stale: regenerate it from dmca_hpc.settings.reference_markdown()"

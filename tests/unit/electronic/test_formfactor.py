@@ -28,7 +28,7 @@ def si_bands(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bd(si_bands):
-    from dmca_hpc.electronic.matrix_elements import load_bands
+    from dmca_hpc.electronic.bands import load_bands
     return load_bands(si_bands)
 
 
@@ -172,7 +172,7 @@ def test_round_trip_and_plot(bd, wedge_table, tmp_path):
 _KILL_SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from dmca_hpc.electronic.matrix_elements import load_bands
+from dmca_hpc.electronic.bands import load_bands
 from dmca_hpc.electronic.formfactor import settings, compute_table
 s = settings({**%r, "kprime_block": 1})
 compute_table(load_bands(sys.argv[1]), s, sys.argv[2], "h-kill", progress=False,
@@ -250,7 +250,7 @@ def test_bad_input_named(bd, si_bands, tmp_path):
         Engine(bd, small(n_conduction=9), 1.11)
     with pytest.raises(FormFactorError, match="unknown key"):
         settings({"qmax": 3})
-    from dmca_hpc.electronic.matrix_elements import BandsFileError, load_bands
+    from dmca_hpc.electronic.bands import BandsFileError, load_bands
     import h5py
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:

@@ -148,7 +148,8 @@ def test_im_eps_matrix_elements_vs_f2_table(tmp_path, request, tmp_path_factory)
     from dmca_hpc.response.qsampling import fine_lattice_counts
     from dmca_hpc import units as U
     from dmca_hpc.electronic.formfactor import compute_table, settings
-    from dmca_hpc.electronic.matrix_elements import aopair_matrix_elements, load_bands
+    from dmca_hpc.electronic.bands import load_bands
+    from dmca_hpc.electronic.matrix_elements import aopair_matrix_elements
     from pyscf.pbc import gto
     bd = load_bands(cached_si_bands(request, tmp_path_factory.mktemp))
     dq, de = 0.01, 0.5
