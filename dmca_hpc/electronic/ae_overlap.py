@@ -39,46 +39,80 @@ McMurchie-Davidson coefficients E_ij^t.
 Lattice sum (the fast path, ``lattice_sum="factorized"``): when the lattice
 is a sublattice of an axis-aligned orthorhombic grid ``T = H m`` (``H =
 diag(h_x, h_y, h_z)``, m integer; every cubic cell of the seed targets --
-fcc, bcc, sc -- and hexagonal cells with a1 along x are), the indicator of
-the lattice in that grid is a sum of D = |det(A H^-1)| characters
-``(1/D) sum_chi exp(2 pi i g_chi.m)`` (fcc, bcc: D = 2).  The Bloch phase
-``exp(i k.T) = prod_d exp(i k_d h_d m_d)`` and the Gaussian product factorise
-per direction too, so
+fcc, bcc, sc in the conventional orientation -- and hexagonal cells with a1
+along x are), the indicator of the lattice in that grid is a sum of D =
+|det(A H^-1)| characters ``(1/D) sum_chi exp(2 pi i g_chi.m)`` (fcc and
+hexagonal: D = 2, bcc: 4, sc: 1; :func:`orthorhombic_supergrid`).  The
+Bloch phase ``exp(i k.T) = prod_d exp(i k_d h_d m_d)`` and the Gaussian
+product factorise per direction too, so
 
     S_ab(k, Q) = (1/D) sum_chi prod_d F_d[a_d, b_d](theta_d, Q_d),
     F_d(theta, Q_d) = sum_m exp(i theta m) I_{a_d b_d}(Q_d; B_d + h_d m),
     theta_d = k_d h_d + 2 pi g_chi,d:
 
-the lattice sum becomes three 1D sums tabulated once per primitive pair for
-the few distinct Q_d and theta_d of a Q set.  Per (k, Q) a Cartesian primitive
-pair then costs D products of three table entries; pairs whose 1D sums hold
-only the home image (compact x compact) are k independent and are evaluated
-once per Q for all k.  Other lattices use ``lattice_sum="direct"``: an
-explicit sum over the images T kept by the screening, with the Bloch phase of
-every k applied per image (exact, slower).
+the lattice sum becomes three 1D sums, tabulated once per primitive pair for
+the few distinct Q_d of a Q set (~33 per direction for Si at q <= 10) and the
+n_k D columns (k, chi).  Per (k, Q) a Cartesian primitive pair then costs D
+products of three table entries, vectorised over the (k, chi) columns;
+primitive pairs are grouped by contracted shell pair so each AO block is
+written once per Q.  Pairs whose 1D sums hold only the home image (compact x
+compact) are k independent and cost one product per Q for all k.  Other
+lattices (or ``lattice_sum="direct"``) use an explicit sum over the images T
+kept by the screening, with the Bloch phase of every k applied per image
+(exact, a few times slower).
+
+Symmetries used (exact; each is switched off when its partners are missing):
+``s_nu,mu(T; Q) = exp(iQ.T) s_mu,nu(-T; Q)`` gives ``S(k, Q)^T = S(-k-q, Q)``:
+only shell pairs I <= J are built when the k set holds every -k-q
+(``use_transpose``); real AOs give ``S(k, -Q) = conj(S(-k, Q))``: only one Q
+of each +-Q pair is built when the Q set is closed under negation (q = 0, or
+2q in the reciprocal lattice, e.g. every q of a 2x2x2 mesh) and the k set
+under k -> -k (``use_conjugate``).  Both hold for a q class with every k of
+a Gamma-centred mesh, the natural work unit: one table build serves all k.
 
 Screening (``precision``, default 1e-8, absolute on the AO matrix of
 normalized AOs, whose entries are <= ~1): a 1D image m is kept while
-``c_ab (pi/p)^{3/2} exp(-mu X_d^2) |X|^l > precision/10``; a primitive pair is
-skipped at a Q when the product of its three tabulated maxima (an upper
-bound of its contribution, which carries exp(-|Q|^2/4p)) is below
-``precision/10``.  Compact primitives thus only see their own atom's
-images, and diffuse pairs drop out at large |Q|.
+``c_ab (pi/p)^{3/2} exp(-mu X_d^2) |X|^l (2 pi R / mu V) > precision/10``; a
+primitive pair is skipped at a Q when the product of its three tabulated
+maxima (an upper bound of its contribution, which carries exp(-|Q|^2/4p)) is
+below ``precision/10``.  Compact primitives thus only see their own atom's
+images, and diffuse pairs drop out at large |Q|.  Measured error against
+pyscf at precision 1e-12 (Si def2-svp, |Q| <= 20): 1.5e-7 / 1.0e-9 / 3.3e-11
+(max |diff| / max |S|) at precision 1e-6 / 1e-8 / 1e-10.
 
 Normalization: libcint's Cartesian functions (``fac_sp(l) *
 _libcint_ctr_coeff * x^i y^j z^k exp(-a r^2)``, fac_sp = 1/sqrt(4 pi) for s,
-sqrt(3/(4 pi)) for p, 1 otherwise) and ``cell.cart2sph_coeff()``; the
-spherical matrix is ``c2s^T S_cart c2s`` and the MO transform folds c2s into
-the coefficients (``C_cart = c2s C``).
+sqrt(3/(4 pi)) for p, 1 otherwise; general contractions allowed) and
+``cell.cart2sph_coeff()``; the spherical matrix is ``c2s^T S_cart c2s`` and
+the MO transform folds c2s into the coefficients (``C_cart = c2s C``), so the
+spherical AO matrices are never formed on the production path.
 
-Cost and memory (per rank)
---------------------------
-Tables: ``3 * n_pairs * n_theta * n_Qd * (l_a+1)(l_b+1)`` complex numbers per
-(k set, Q set) (Si def2-svp, 2x2x2 k, q <= 10: ~20 MB).  Output batch:
-``n_k * n_Qbatch * nao_cart^2 * 16`` bytes.  Work per (k, Q): ~D * n_cart_pairs
-complex products for the extended pairs + the MO transform
-``n_k (nao^2 n_val + nao n_val n_cond)`` (a batched matmul).
-:meth:`AnalyticEngine.memory_bytes` gives the bound.
+API
+---
+:func:`q_plus_g` lists the Q of one q; :class:`AnalyticEngine` gives
+:meth:`~AnalyticEngine.ao_matrices` (spherical, [nk, nQ, nao, nao]),
+:meth:`~AnalyticEngine.matrix_elements` ([nk, nQ, nb', nb]) and its streaming
+form :meth:`~AnalyticEngine.iter_matrix_elements` (batches of Q), and
+:meth:`~AnalyticEngine.memory_bytes`.
+
+Cost and memory (per rank; Si def2-svp, 2 atoms, 38 Cartesian AOs, 2x2x2 k,
+|Q| <= 10, ~4540 Q per k-pair, one core; benchmarks/bench_ae_overlap.py)
+----------------------------------------------------------------------
+AO build 5.7 us per (k, Q) (10.5 us with every AO matrix materialized);
+pyscf ``ft_aopair_kpts`` at the same precision: 1.0 ms with one k per call,
+0.14 ms with all 8 k in one call.  MO matrix elements with every band of the
+basis (14 occupied x 22 conduction): 11.8 us per (k, Q), 0.053 core-s per
+k-pair, the table build included; the MO transform ``C_{k+q}^dagger (S C_k)``
+(two GEMMs, ``nao_c^2 n_occ + nao_c n_occ n_cond`` complex multiply-adds) is
+about half of it, so passing only the bands an energy window reaches (4 of
+the 14 for a 50 eV table of Si) gives 8.0 us.  A q class with every k of the
+mesh is the efficient unit: with one k per call (no partners, no table
+sharing) the cost per (k, Q) is ~3x higher.
+Memory: the 1D tables ``3 * sum_pairs (l_a+1)(l_b+1) * n_Qd * n_k D``
+complex numbers (23 MB here), one batch of AO matrices ``n_k * batch *
+nao_c^2 * 16`` bytes (6 MB at batch 32) and one M batch;
+:meth:`AnalyticEngine.memory_bytes` gives the bound (61 MB here; measured
+peak RSS growth 71 MB on top of the ~240 MB of Python, pyscf and numba).
 
 numba and pyscf are imported lazily (first use); the kernels are cached on
 disk (``cache=True``).
@@ -119,7 +153,8 @@ def q_plus_g(cell, q, q_max: float) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(q, float).reshape(3)
     # |m_j| <= (q_max + |q|) |a_j| / 2 pi bounds every G inside the sphere
     a = np.asarray(cell.lattice_vectors(), float)
-    nmax = np.ceil((q_max + np.linalg.norm(q)) * np.linalg.norm(a, axis=1) / (2 * np.pi)).astype(int)
+    reach = (q_max + np.linalg.norm(q)) * np.linalg.norm(a, axis=1) / (2 * np.pi)
+    nmax = np.ceil(reach).astype(int)
     axes = [np.arange(-n, n + 1) for n in nmax]
     m = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     Qv = q + m @ b
@@ -162,11 +197,11 @@ class _Basis:
         coord [np_, 3] bohr; l [np_]; exp [np_] bohr^-2; nctr [np_];
         coef [np_, maxctr] (libcint normalization incl. fac_sp);
         ao0 [np_, maxctr] first Cartesian AO of each contraction;
-        nao_cart, lmax.
+        shell [np_] pyscf shell index; nao_cart, lmax.
     """
 
     def __init__(self, cell):
-        coord, ls, exps, nctr, coefs, ao0 = [], [], [], [], [], []
+        coord, ls, exps, nctr, coefs, ao0, shell = [], [], [], [], [], [], []
         off = 0
         maxctr = max(int(cell.bas_nctr(i)) for i in range(cell.nbas))
         for ib in range(cell.nbas):
@@ -188,6 +223,7 @@ class _Basis:
                 apad[:nc] = off + ncart * np.arange(nc)
                 coefs.append(cpad)
                 ao0.append(apad)
+                shell.append(ib)
             off += ncart * nc
         self.coord = np.array(coord, float).reshape(-1, 3)
         self.l = np.array(ls, np.int64)
@@ -195,6 +231,7 @@ class _Basis:
         self.nctr = np.array(nctr, np.int64)
         self.coef = np.array(coefs, float).reshape(-1, maxctr)
         self.ao0 = np.array(ao0, np.int64).reshape(-1, maxctr)
+        self.shell = np.array(shell, np.int64)
         self.nao_cart = off
         self.lmax = int(self.l.max())
         self.nprim = len(self.exp)
@@ -293,20 +330,23 @@ def _kernels():
                 out[i, j] = work[i, j]
 
     @njit
-    def build_tables(pa, pb, coord, lval, expo, h, mlo, mhi, uq, uq_n, uth, uth_n,
-                     toff, table, fmax):
-        # For every pair n and direction d: table[toff[n, d] + ((t * nuq_d + iq)
-        # * (la+1) + i) * (lb+1) + j] = sum_m exp(i uth[d, t] m) I_ij(uq[d, iq];
-        # B_d + h_d m), m in [mlo[n, d], mhi[n, d]]; fmax[n, d, iq] = max |.| over t, i, j.
+    def build_tables(pa, pb, local, coord, lval, expo, h, mlo, mhi, uq, uq_n, theta,
+                     toff, tre, tim, fmax):
+        # For every pair n and direction d: F[toff[n, d] + ((iq * (la+1) + i) * (lb+1) + j)
+        # * nkc_n + c] = sum_m exp(i theta[c, d] m) I_ij(uq[d, iq]; B_d + h_d m) for
+        # m in [mlo[n, d], mhi[n, d]], stored as real (tre) and imaginary (tim) parts;
+        # nkc_n = 1 for local pairs (m = 0 only), else theta.shape[0].
+        # fmax[n, d, iq] = max |F| over i, j, c.
         npair = pa.shape[0]
+        nkc_all = theta.shape[0]
         lmax = 0
         for n in range(lval.shape[0]):
             if lval[n] > lmax:
                 lmax = lval[n]
         work = np.zeros((2 * lmax + 1, lmax + 1), np.complex128)
         I = np.zeros((lmax + 1, lmax + 1), np.complex128)
-        nthmax = uth.shape[1]
-        ph = np.zeros(nthmax, np.complex128)
+        phr = np.zeros(nkc_all)
+        phi = np.zeros(nkc_all)
         sq = math.sqrt(math.pi)
         for n in range(npair):
             a = pa[n]
@@ -317,10 +357,9 @@ def _kernels():
             eb = expo[b]
             p = ea + eb
             mu = ea * eb / p
-            nij = (la + 1) * (lb + 1)
+            nkc = 1 if local[n] else nkc_all
             for d in range(3):
                 nuq = uq_n[d]
-                nth = uth_n[d]
                 base = toff[n, d]
                 Ad = coord[a, d]
                 for m in range(mlo[n, d], mhi[n, d] + 1):
@@ -328,53 +367,73 @@ def _kernels():
                     X = Ad - Bd
                     P = (ea * Ad + eb * Bd) / p
                     g = sq / math.sqrt(p) * math.exp(-mu * X * X)
-                    for t in range(nth):
-                        ang = uth[d, t] * m
-                        ph[t] = complex(math.cos(ang), math.sin(ang))
+                    for c in range(nkc):
+                        ang = theta[c, d] * m
+                        phr[c] = math.cos(ang)
+                        phi[c] = math.sin(ang)
                     for iq in range(nuq):
                         qd = uq[d, iq]
                         ang = qd * P
-                        i00 = g * math.exp(-qd * qd / (4.0 * p)) * complex(math.cos(ang), math.sin(ang))
+                        i00 = (g * math.exp(-qd * qd / (4.0 * p))
+                               * complex(math.cos(ang), math.sin(ang)))
                         os1d(la, lb, p, P - Ad, X, qd, i00, work, I)
-                        for t in range(nth):
-                            o = base + (t * nuq + iq) * nij
-                            pt = ph[t]
-                            for i in range(la + 1):
-                                for j in range(lb + 1):
-                                    table[o + i * (lb + 1) + j] += pt * I[i, j]
+                        for i in range(la + 1):
+                            for j in range(lb + 1):
+                                o = base + ((iq * (la + 1) + i) * (lb + 1) + j) * nkc
+                                vr = I[i, j].real
+                                vi = I[i, j].imag
+                                for c in range(nkc):
+                                    tre[o + c] += phr[c] * vr - phi[c] * vi
+                                    tim[o + c] += phr[c] * vi + phi[c] * vr
+                w = (la + 1) * (lb + 1) * nkc
                 for iq in range(nuq):
                     mx = 0.0
-                    for t in range(nth):
-                        o = base + (t * nuq + iq) * nij
-                        for r in range(nij):
-                            v = abs(table[o + r])
-                            if v > mx:
-                                mx = v
-                    fmax[n, d, iq] = mx
+                    o = base + iq * w
+                    for r in range(w):
+                        v = tre[o + r] * tre[o + r] + tim[o + r] * tim[o + r]
+                        if v > mx:
+                            mx = v
+                    fmax[n, d, iq] = math.sqrt(mx)
 
     @njit_fast
-    def eval_factorized(pa, pb, local, pcmax, lval, nctr, coef, ao0, cart, uq_n, uth_n,
-                        toff, table, fmax, qidx, thidx, kbar, invD, eps, out):
-        # out[k, iQ, mu, nu] += contributions of every pair (cartesian AOs).
-        # kbar[k] >= 0: the pair list holds a <= b only and the transposed
-        # block (b, a) at k is the (a, b) block at kbar[k] (= -k - q mod G).
-        npair = pa.shape[0]
+    def eval_factorized(gstart, gsym, pa, pb, local, pcmax, lval, nctr, coef, ao0, cart,
+                        toff, tre, tim, fmax, qidx, nchi, kbar, eps, out):
+        # out[k, mu, iQ, nu] += sum over the primitive pairs of every group (one
+        # contracted shell pair, pairs gstart[g]:gstart[g+1]); cartesian AOs.
+        # Table column c = k * nchi + chi.  gsym[g]: the group is a shell pair
+        # I < J whose transposed block (J, I) at k is its block at kbar[k].
+        ngroup = gsym.shape[0]
         nk = out.shape[0]
-        nQ = out.shape[1]
-        nchi = thidx.shape[1]
+        nQ = out.shape[2]
+        nkc = nk * nchi
         ncm = cart.shape[1]
-        val = np.zeros((ncm, ncm), np.complex128)
+        mctr = coef.shape[1]
+        accr = np.zeros((mctr, mctr, ncm, ncm, nkc))
+        acci = np.zeros((mctr, mctr, ncm, ncm, nkc))
+        accl = np.zeros((mctr, mctr, ncm, ncm), np.complex128)
+        vr = np.zeros(nkc)
+        vi = np.zeros(nkc)
         ix = np.zeros((3, ncm, ncm), np.int64)
+        invD = 1.0 / nchi
         nkept = 0
-        n0 = uq_n[0]
-        n1 = uq_n[1]
-        n2 = uq_n[2]
-        for n in range(npair):
-            a = pa[n]
-            b = pb[n]
-            sym = a != b and kbar[0] >= 0
+        maxpg = 1
+        for grp in range(ngroup):
+            if gstart[grp + 1] - gstart[grp] > maxpg:
+                maxpg = gstart[grp + 1] - gstart[grp]
+        yzr = np.zeros((maxpg, ncm, ncm, nkc))
+        yzi = np.zeros((maxpg, ncm, ncm, nkc))
+        ykey = np.full(maxpg, -1, np.int64)
+        for grp in range(ngroup):
+            g0 = gstart[grp]
+            g1 = gstart[grp + 1]
+            ykey[:] = -1
+            a = pa[g0]
+            b = pb[g0]
+            sym = gsym[grp]
             la = lval[a]
             lb = lval[b]
+            nA = nctr[a]
+            nB = nctr[b]
             nca = (la + 1) * (la + 2) // 2
             ncb = (lb + 1) * (lb + 2) // 2
             nij = (la + 1) * (lb + 1)
@@ -383,70 +442,123 @@ def _kernels():
                 for ib in range(ncb):
                     for d in range(3):
                         ix[d, ia, ib] = cart[la, ia, d] * l1 + cart[lb, ib, d]
-            o0 = toff[n, 0]
-            o1 = toff[n, 1]
-            o2 = toff[n, 2]
             for iQ in range(nQ):
                 q0 = qidx[iQ, 0]
                 q1 = qidx[iQ, 1]
                 q2 = qidx[iQ, 2]
-                bound = pcmax[n] * fmax[n, 0, q0] * fmax[n, 1, q1] * fmax[n, 2, q2]
-                if bound < eps:
-                    continue
-                nkept += 1
-                if local[n]:
-                    # home image only: k independent, table index t = 0
-                    b0 = o0 + q0 * nij
-                    b1 = o1 + q1 * nij
-                    b2 = o2 + q2 * nij
-                    for ia in range(nca):
-                        for ib in range(ncb):
-                            val[ia, ib] = (table[b0 + ix[0, ia, ib]] * table[b1 + ix[1, ia, ib]]
-                                           * table[b2 + ix[2, ia, ib]])
-                    for ca in range(nctr[a]):
-                        ra = ao0[a, ca]
-                        for cb in range(nctr[b]):
-                            rb = ao0[b, cb]
-                            cc = coef[a, ca] * coef[b, cb]
-                            for ia in range(nca):
-                                for ib in range(ncb):
-                                    v = cc * val[ia, ib]
-                                    for k in range(nk):
-                                        out[k, iQ, ra + ia, rb + ib] += v
-                                        if sym:
-                                            out[k, iQ, rb + ib, ra + ia] += v
-                    continue
-                for k in range(nk):
-                    for ia in range(nca):
-                        for ib in range(ncb):
-                            val[ia, ib] = 0.0
-                    for c in range(nchi):
-                        b0 = o0 + (thidx[k, c, 0] * n0 + q0) * nij
-                        b1 = o1 + (thidx[k, c, 1] * n1 + q1) * nij
-                        b2 = o2 + (thidx[k, c, 2] * n2 + q2) * nij
+                used_e = False
+                used_l = False
+                for n in range(g0, g1):
+                    if pcmax[n] * fmax[n, 0, q0] * fmax[n, 1, q1] * fmax[n, 2, q2] < eps:
+                        continue
+                    nkept += 1
+                    pa_ = pa[n]
+                    pb_ = pb[n]
+                    if local[n]:
+                        if not used_l:
+                            used_l = True
+                            for ca in range(nA):
+                                for cb in range(nB):
+                                    for ia in range(nca):
+                                        for ib in range(ncb):
+                                            accl[ca, cb, ia, ib] = 0.0
+                        b0 = toff[n, 0] + q0 * nij
+                        b1 = toff[n, 1] + q1 * nij
+                        b2 = toff[n, 2] + q2 * nij
                         for ia in range(nca):
                             for ib in range(ncb):
-                                val[ia, ib] += (table[b0 + ix[0, ia, ib]] * table[b1 + ix[1, ia, ib]]
-                                                * table[b2 + ix[2, ia, ib]])
-                    kb = kbar[k]
-                    for ca in range(nctr[a]):
-                        ra = ao0[a, ca]
-                        for cb in range(nctr[b]):
-                            rb = ao0[b, cb]
-                            cc = coef[a, ca] * coef[b, cb] * invD
-                            for ia in range(nca):
-                                for ib in range(ncb):
-                                    v = cc * val[ia, ib]
-                                    out[k, iQ, ra + ia, rb + ib] += v
+                                x = complex(tre[b0 + ix[0, ia, ib]], tim[b0 + ix[0, ia, ib]])
+                                y = complex(tre[b1 + ix[1, ia, ib]], tim[b1 + ix[1, ia, ib]])
+                                z = complex(tre[b2 + ix[2, ia, ib]], tim[b2 + ix[2, ia, ib]])
+                                v = x * y * z
+                                for ca in range(nA):
+                                    for cb in range(nB):
+                                        accl[ca, cb, ia, ib] += (coef[pa_, ca] * coef[pb_, cb]) * v
+                        continue
+                    if not used_e:
+                        used_e = True
+                        for ca in range(nA):
+                            for cb in range(nB):
+                                for ia in range(nca):
+                                    for ib in range(ncb):
+                                        for c in range(nkc):
+                                            accr[ca, cb, ia, ib, c] = 0.0
+                                            acci[ca, cb, ia, ib, c] = 0.0
+                    b0 = toff[n, 0] + q0 * nij * nkc
+                    nl = n - g0
+                    key = q1 * 1000003 + q2
+                    if ykey[nl] != key:
+                        # y*z products of this pair, reused while (Q_y, Q_z) stay
+                        # (the Q of a batch are sorted by (Q_y, Q_z, Q_x))
+                        ykey[nl] = key
+                        b1 = toff[n, 1] + q1 * nij * nkc
+                        b2 = toff[n, 2] + q2 * nij * nkc
+                        for ia in range(nca):
+                            for ib in range(ncb):
+                                s1 = b1 + ix[1, ia, ib] * nkc
+                                s2 = b2 + ix[2, ia, ib] * nkc
+                                y_r = tre[s1:s1 + nkc]
+                                y_i = tim[s1:s1 + nkc]
+                                z_r = tre[s2:s2 + nkc]
+                                z_i = tim[s2:s2 + nkc]
+                                w_r = yzr[nl, ia, ib]
+                                w_i = yzi[nl, ia, ib]
+                                for c in range(nkc):
+                                    w_r[c] = y_r[c] * z_r[c] - y_i[c] * z_i[c]
+                                    w_i[c] = y_r[c] * z_i[c] + y_i[c] * z_r[c]
+                    for ia in range(nca):
+                        for ib in range(ncb):
+                            s0 = b0 + ix[0, ia, ib] * nkc
+                            x_r = tre[s0:s0 + nkc]
+                            x_i = tim[s0:s0 + nkc]
+                            w_r = yzr[nl, ia, ib]
+                            w_i = yzi[nl, ia, ib]
+                            if nA == 1 and nB == 1:
+                                # one contraction each (the common case): accumulate directly
+                                cc = coef[pa_, 0] * coef[pb_, 0]
+                                ar = accr[0, 0, ia, ib]
+                                ai = acci[0, 0, ia, ib]
+                                for c in range(nkc):
+                                    ar[c] += cc * (x_r[c] * w_r[c] - x_i[c] * w_i[c])
+                                    ai[c] += cc * (x_r[c] * w_i[c] + x_i[c] * w_r[c])
+                                continue
+                            for c in range(nkc):
+                                vr[c] = x_r[c] * w_r[c] - x_i[c] * w_i[c]
+                                vi[c] = x_r[c] * w_i[c] + x_i[c] * w_r[c]
+                            for ca in range(nA):
+                                for cb in range(nB):
+                                    cc = coef[pa_, ca] * coef[pb_, cb]
+                                    for c in range(nkc):
+                                        accr[ca, cb, ia, ib, c] += cc * vr[c]
+                                        acci[ca, cb, ia, ib, c] += cc * vi[c]
+                if not (used_e or used_l):
+                    continue
+                for ca in range(nA):
+                    ra = ao0[a, ca]
+                    for cb in range(nB):
+                        rb = ao0[b, cb]
+                        for ia in range(nca):
+                            for ib in range(ncb):
+                                vl = accl[ca, cb, ia, ib] if used_l else 0.0j
+                                for k in range(nk):
+                                    v = vl
+                                    if used_e:
+                                        sr = 0.0
+                                        si = 0.0
+                                        for c in range(k * nchi, (k + 1) * nchi):
+                                            sr += accr[ca, cb, ia, ib, c]
+                                            si += acci[ca, cb, ia, ib, c]
+                                        v += complex(sr * invD, si * invD)
+                                    out[k, ra + ia, iQ, rb + ib] += v
                                     if sym:
-                                        out[kb, iQ, rb + ib, ra + ia] += v
+                                        out[kbar[k], rb + ib, iQ, ra + ia] += v
         return nkept
 
     @njit
     def eval_direct(pa, pb, img0, img1, imgT, lval, nctr, coef, ao0, coord, expo, cart,
                     Qv, phase, eps_img, out):
         # explicit image sum: pair n uses images imgT[img0[n]:img1[n]] (cartesian T);
-        # phase [nk, nimg_total] = exp(i k.T) of each stored image
+        # phase [nk, nimg_total] = exp(i k.T) of each stored image; out[k, mu, iQ, nu]
         npair = pa.shape[0]
         nk = out.shape[0]
         nQ = Qv.shape[0]
@@ -512,7 +624,7 @@ def _kernels():
                                 cc = coef[a, ca] * coef[b, cb] * ph
                                 for ia in range(nca):
                                     for ib in range(ncb):
-                                        out[k, iQ, ra + ia, rb + ib] += cc * val[ia, ib]
+                                        out[k, ra + ia, iQ, rb + ib] += cc * val[ia, ib]
 
     _KERNELS = {"os1d": os1d, "build_tables": build_tables,
                 "eval_factorized": eval_factorized, "eval_direct": eval_direct}
@@ -534,12 +646,17 @@ class AnalyticEngine:
             direct), ``"factorized"`` or ``"direct"``.
         use_transpose: halve the factorized work with ``S(k, Q)^T = S(-k-q, Q)``
             when the k set holds every partner -k-q (a full Gamma-centred mesh does).
+        use_conjugate: build only one Q of each +-Q pair, ``S(k, -Q) =
+            conj(S(-k, Q))``, when the Q set and the k set are closed under
+            negation (every q with 2q in the reciprocal lattice, e.g. all q of
+            a 2x2x2 mesh, and q = 0 for any mesh).
     """
 
     def __init__(self, cell, precision: float = DEFAULT_PRECISION, lattice_sum: str = "auto",
-                 use_transpose: bool = True):
+                 use_transpose: bool = True, use_conjugate: bool = True):
         if lattice_sum not in ("auto", "factorized", "direct"):
-            raise ValueError(f"lattice_sum must be 'auto', 'factorized' or 'direct', got {lattice_sum!r}")
+            raise ValueError("lattice_sum must be 'auto', 'factorized' or 'direct', "
+                             f"got {lattice_sum!r}")
         if not precision > 0:
             raise ValueError(f"precision must be > 0, got {precision!r}")
         self.cell = cell
@@ -555,6 +672,9 @@ class AnalyticEngine:
         self.lattice_sum = ("direct" if lattice_sum == "direct" or grid is None else "factorized")
         #: evaluate pairs a <= b only and fill (b, a) from S(k, Q)^T = S(-k-q, Q)
         self.use_transpose = bool(use_transpose)
+        #: build one Q of each +-Q pair and fill the other from S(k,-Q) = conj(S(-k,Q))
+        self.use_conjugate = bool(use_conjugate)
+        self.last_plan_bytes = 0
         self.grid = grid
         if getattr(cell, "cart", False):
             self.c2s = np.eye(self.basis.nao_cart)
@@ -645,52 +765,58 @@ class AnalyticEngine:
 
     # ---------------------------------------------------------------- plans
     def _plan_factorized(self, kpts: np.ndarray, Qv: np.ndarray) -> dict:
+        """1D tables of every kept pair for the distinct Q_d of ``Qv`` and the
+        columns c = k * D + chi (theta_d = k_d h_d + 2 pi g_chi,d)."""
         K = _kernels()
         B = self.basis
         h, N, g = self.grid
         nchi = len(g)
-        # distinct Q_d and theta_d = k_d h_d + 2 pi g_chi,d (mod 2 pi)
         uq, qidx = [], np.zeros((len(Qv), 3), np.int64)
-        uth, thidx = [], np.zeros((len(kpts), nchi, 3), np.int64)
         for d in range(3):
             u, inv = _unique_index(Qv[:, d])
             uq.append(u)
             qidx[:, d] = inv
-            th = kpts[:, d][:, None] * h[d] + 2 * np.pi * g[None, :, d]
-            th = np.mod(th, 2 * np.pi)
-            th[np.abs(th - 2 * np.pi) < 1e-10] = 0.0
-            u, inv = _unique_index(th, 10)
-            uth.append(u)
-            thidx[:, :, d] = inv
         uq_n = np.array([len(u) for u in uq], np.int64)
-        uth_n = np.array([len(u) for u in uth], np.int64)
         uq_a = np.zeros((3, uq_n.max()))
-        uth_a = np.zeros((3, uth_n.max()))
         for d in range(3):
             uq_a[d, :uq_n[d]] = uq[d]
-            uth_a[d, :uth_n[d]] = uth[d]
+        theta = (kpts[:, None, :] * h[None, None, :] + 2 * np.pi * g[None, :, :]).reshape(-1, 3)
+        theta = np.ascontiguousarray(np.mod(theta, 2 * np.pi))
         kbar = self.partner_kpoints(kpts, Qv) if self.use_transpose else None
+        sha = B.shell[self._pa[self._fkeep]]
+        shb = B.shell[self._pb[self._fkeep]]
         if kbar is None:
             kbar = np.full(len(kpts), -1, np.int64)
             sel = np.arange(len(self._fkeep))
         else:
-            # (b, a) blocks follow from (a, b) at kbar: keep a <= b only
-            sel = np.nonzero(self._pa[self._fkeep] <= self._pb[self._fkeep])[0]
+            # (J, I) blocks follow from (I, J) at kbar: keep shell pairs I <= J only
+            sel = np.nonzero(sha <= shb)[0]
+        # group the primitive pairs by contracted shell pair
+        sel = sel[np.lexsort((shb[sel], sha[sel]))]
+        gid = sha[sel] * (B.shell.max() + 1) + shb[sel]
+        gstart = np.r_[0, np.nonzero(np.diff(gid))[0] + 1, len(sel)].astype(np.int64)
+        gsym = (sha[sel][gstart[:-1]] != shb[sel][gstart[:-1]]) & (kbar[0] >= 0)
         keep = self._fkeep[sel]
         pa, pb = self._pa[keep], self._pb[keep]
+        local = self._local[sel]
         la, lb = B.l[pa], B.l[pb]
         nij = (la + 1) * (lb + 1)
-        sizes = (uth_n[None, :] * uq_n[None, :]) * nij[:, None]  # [npair, 3]
+        nkc = np.where(local, 1, len(theta))
+        sizes = uq_n[None, :] * (nij * nkc)[:, None]  # [npair, 3]
         toff = np.zeros((len(pa), 3), np.int64)
         flat = sizes.ravel()
         toff.ravel()[1:] = np.cumsum(flat)[:-1]
-        table = np.zeros(int(flat.sum()), np.complex128)
+        tre = np.zeros(int(flat.sum()))
+        tim = np.zeros(int(flat.sum()))
         fmax = np.zeros((len(pa), 3, uq_n.max()))
-        K["build_tables"](pa, pb, B.coord, B.l, B.exp, np.asarray(h, float), self._mlo[sel],
-                          self._mhi[sel], uq_a, uq_n, uth_a, uth_n, toff, table, fmax)
-        return {"pa": pa, "pb": pb, "local": self._local[sel], "pcmax": self._pcmax[keep],
-                "uq_n": uq_n, "uth_n": uth_n, "toff": toff, "table": table, "fmax": fmax,
-                "qidx": qidx, "thidx": thidx, "kbar": kbar, "invD": 1.0 / nchi}
+        K["build_tables"](pa, pb, local, B.coord, B.l, B.exp, np.asarray(h, float),
+                          self._mlo[sel], self._mhi[sel], uq_a, uq_n, theta, toff, tre, tim, fmax)
+        #: bytes of the last factorized plan's tables (for the memory report)
+        self.last_plan_bytes = int(tre.nbytes + tim.nbytes + fmax.nbytes)
+        return {"gstart": gstart, "gsym": gsym, "pa": pa, "pb": pb, "local": local,
+                "pcmax": self._pcmax[keep],
+                "toff": toff, "tre": tre, "tim": tim, "fmax": fmax, "qidx": qidx,
+                "nchi": nchi, "kbar": kbar, "nk": len(kpts)}
 
     def partner_kpoints(self, kpts, Qv):
         """Index map ``kbar[k]`` of the k point ``-k - q`` (mod G) in ``kpts``
@@ -714,30 +840,130 @@ class AnalyticEngine:
             if len(hit) == 0:
                 return None
             kb[i] = hit[0]
+        if np.any(kb[kb] != np.arange(len(kpts))):  # duplicate k: no bijection
+            return None
         return kb
 
     # ---------------------------------------------------------------- public
-    def memory_bytes(self, nk: int, nQ_batch: int, nQ_total: int | None = None,
+    def memory_bytes(self, nk: int, batch: int = 32, nQ_total: int | None = None,
                      nbands: int | None = None, nbands_p: int | None = None) -> int:
-        """Bound of the large arrays of one :meth:`matrix_elements` call [bytes]:
-        the 1D tables for ``nQ_total`` Q (factorized route), one batch of
-        Cartesian AO matrices ``[nk, nQ_batch, nao_cart, nao_cart]``, its
-        half-transformed copy and the MO output ``[nk, nQ_batch, nb', nb]``."""
-        nQ_total = nQ_batch if nQ_total is None else nQ_total
+        """Bound of the large arrays of one :meth:`iter_matrix_elements` pass [bytes].
+
+        Args:
+            nk: k points per call; batch: Q built per batch; nQ_total: Q of the
+            call (sets the 1D table size; default ``batch``); nbands, nbands_p:
+            ket and bra bands (default nao_cart).
+
+        Counts the 1D tables (factorized route; local pairs counted as
+        extended, so an over-estimate), the AO batch ``[nk, nao_c, batch,
+        nao_c]``, the half-transformed GEMM result ``[nao_c batch, 2 nb]`` and
+        one M batch ``[nk, 2 batch, nb', nb]``.  :meth:`matrix_elements`
+        holds in addition its whole output ``[nk, nQ, nb', nb]``."""
+        nQ_total = batch if nQ_total is None else nQ_total
         nc = self.nao_cart
-        b = 16 * nk * nQ_batch * nc * nc
         nb = nc if nbands is None else nbands
         nbp = nc if nbands_p is None else nbands_p
-        b += 16 * nk * nQ_batch * (nc * nb + nbp * nb)
+        b = 16 * nk * batch * nc * nc
+        b += 16 * 2 * batch * nc * 2 * nb
+        b += 16 * nk * 2 * batch * nbp * nb
         if self.lattice_sum == "factorized":
             B = self.basis
             keep = self._fkeep
             nij = (B.l[self._pa[keep]] + 1) * (B.l[self._pb[keep]] + 1)
-            # distinct components per direction: at most nQ_total, typically ~ 2 q_max / |b|
-            nqd = min(nQ_total, int(round(nQ_total ** (1.0 / 3.0) * 2)) + 8)
-            nth = nk * len(self.grid[2])
-            b += 16 * 3 * int(nij.sum()) * nth * nqd
+            # distinct Q_d per direction: at most nQ_total; a sphere of N points
+            # spans about 2 (3N / 4 pi)^(1/3) layers per direction
+            nqd = min(nQ_total, int(2 * (3 * nQ_total / (4 * np.pi)) ** (1 / 3)) + 8)
+            ncol = nk * len(self.grid[2])
+            b += 16 * 3 * int(nij.sum()) * ncol * nqd
+        else:
+            b += 16 * nk * len(self._img_index)
         return int(b)
+
+    def conjugate_partners(self, kpts, Qv):
+        """``(rep, partner, kneg)`` for the relation ``S(k, -Q) = conj(S(-k, Q))``
+        (real AOs), or None when the Q set is not closed under Q -> -Q or the
+        k set under k -> -k (mod G).
+
+        rep: indices of the Q evaluated (one of each +-Q pair); partner[i]:
+        index of -Qv[rep[i]] (== rep[i] for Q = 0); kneg[k]: index of -k."""
+        kpts = np.asarray(kpts, float).reshape(-1, 3)
+        Qv = np.asarray(Qv, float).reshape(-1, 3)
+        if not self.use_conjugate or len(Qv) == 0:
+            return None
+        # match Q and -Q by their rounded fractional coordinates
+        f = np.round(Qv @ self.a.T * (1e6 / (2 * np.pi))).astype(np.int64).tolist()
+        key = {tuple(x): i for i, x in enumerate(f)}
+        neg = np.array([key.get((-x[0], -x[1], -x[2]), -1) for x in f], np.int64)
+        if np.any(neg < 0):
+            return None
+        kneg = np.full(len(kpts), -1, np.int64)
+        for i, k in enumerate(kpts):
+            f = (kpts + k) @ self.a.T / (2 * np.pi)
+            hit = np.nonzero(np.abs(f - np.round(f)).max(axis=1) < 1e-6)[0]
+            if len(hit) == 0:
+                return None
+            kneg[i] = hit[0]
+        # both maps must be involutions (no duplicate Q or k)
+        if np.any(neg[neg] != np.arange(len(Qv))) or np.any(kneg[kneg] != np.arange(len(kpts))):
+            return None
+        rep = np.nonzero(np.arange(len(Qv)) <= neg)[0]
+        return rep, neg[rep], kneg
+
+    def _rep_batches(self, kpts, Qv, batch: int):
+        """Yield ``(rep, S, partner, sel, kneg)`` per batch: ``S[k, mu, j, nu]``
+        (Cartesian AOs) for ``Qv[rep[j]]``; with the +-Q relation, the Q
+        ``Qv[partner[j]]`` for ``j in sel`` follow as ``conj(S[kneg[k], :, j])``
+        (partner, sel, kneg are None without it)."""
+        kpts = np.asarray(kpts, float).reshape(-1, 3)
+        Qv = np.asarray(Qv, float).reshape(-1, 3)
+        nk, nc = len(kpts), self.nao_cart
+        pm = self.conjugate_partners(kpts, Qv)
+        if pm is None:
+            rep, partner, kneg = np.arange(len(Qv)), None, None
+        else:
+            rep, partner, kneg = pm
+        Qrep = Qv[rep]
+        plan = None
+        if self.lattice_sum == "factorized":
+            plan = self._plan_factorized(kpts, Qrep)
+            # order by (Q_y, Q_z, Q_x): the kernel reuses the y*z products
+            qi = plan["qidx"]
+            order = np.lexsort((qi[:, 0], qi[:, 2], qi[:, 1]))
+            plan["qidx"] = np.ascontiguousarray(qi[order])
+            rep, Qrep = rep[order], Qrep[order]
+            if partner is not None:
+                partner = partner[order]
+        buf = None
+        for s0 in range(0, len(rep), batch):
+            s1 = min(s0 + batch, len(rep))
+            # one buffer for all full batches (no page faults per batch); the
+            # consumer uses S before asking for the next batch
+            if buf is None or buf.shape[2] != s1 - s0:
+                buf = np.zeros((nk, nc, s1 - s0, nc), np.complex128)
+            else:
+                buf[...] = 0.0
+            S = buf
+            if plan is not None:
+                self._eval_plan(plan, slice(s0, s1), S)
+            else:
+                self._eval_direct(kpts, Qrep[s0:s1], S)
+            if partner is None:
+                yield rep[s0:s1], S, None, None, None
+            else:
+                p = partner[s0:s1]
+                yield rep[s0:s1], S, p, np.nonzero(p != rep[s0:s1])[0], kneg
+
+    def ao_cart_batches(self, kpts, Qv, batch: int = 32):
+        """Yield ``(idx, S_cart)``: Cartesian AO matrices ``S_cart[k, j, mu, nu]``
+        for the Q vectors ``Qv[idx[j]]``, batch by batch, covering every Q once
+        (with the +-Q relation a batch holds up to 2 * batch Q)."""
+        for rep, S, partner, sel, kneg in self._rep_batches(kpts, Qv, batch):
+            St = S.transpose(0, 2, 1, 3)
+            if partner is None:
+                yield rep, np.ascontiguousarray(St)
+            else:
+                yield (np.concatenate([rep, partner[sel]]),
+                       np.concatenate([St, np.conj(St[kneg][:, sel])], axis=1))
 
     def ao_matrices_cart(self, kpts, Qv) -> np.ndarray:
         """Cartesian AO matrices S_cart[k, iQ, mu, nu] (complex, dimensionless).
@@ -749,23 +975,19 @@ class AnalyticEngine:
         kpts = np.asarray(kpts, float).reshape(-1, 3)
         Qv = np.asarray(Qv, float).reshape(-1, 3)
         out = np.zeros((len(kpts), len(Qv), self.nao_cart, self.nao_cart), np.complex128)
-        if len(Qv) == 0:
-            return out
-        if self.lattice_sum == "factorized":
-            plan = self._plan_factorized(kpts, Qv)
-            self._eval_plan(plan, slice(0, len(Qv)), out)
-        else:
-            self._eval_direct(kpts, Qv, out)
+        for idx, S in self.ao_cart_batches(kpts, Qv, batch=max(len(Qv), 1)):
+            out[:, idx] = S
         return out
 
-    def _eval_plan(self, plan, sl: slice, out) -> int:
+    def _eval_plan(self, plan, sl: slice, out: np.ndarray) -> int:
+        """Add the Q slice ``sl`` of a factorized plan into ``out`` [nk, nc, nQs, nc]."""
         K = _kernels()
         B = self.basis
-        return int(K["eval_factorized"](plan["pa"], plan["pb"], plan["local"], plan["pcmax"],
-                                        B.l, B.nctr, B.coef, B.ao0, self.cart, plan["uq_n"],
-                                        plan["uth_n"], plan["toff"], plan["table"],
-                                        plan["fmax"], plan["qidx"][sl], plan["thidx"],
-                                        plan["kbar"], plan["invD"], self.eps, out))
+        return int(K["eval_factorized"](plan["gstart"], plan["gsym"], plan["pa"], plan["pb"],
+                                        plan["local"], plan["pcmax"], B.l, B.nctr, B.coef, B.ao0,
+                                        self.cart, plan["toff"], plan["tre"], plan["tim"],
+                                        plan["fmax"], plan["qidx"][sl], plan["nchi"],
+                                        plan["kbar"], self.eps, out))
 
     def _eval_direct(self, kpts, Qv, out):
         K = _kernels()
@@ -792,22 +1014,13 @@ class AnalyticEngine:
         c = self.c2s
         return np.einsum("mi,kqmn,nj->kqij", c, Sc, c, optimize=True)
 
-    def matrix_elements(self, kpts, Qv, coeffs_k, coeffs_kq, batch: int = 256,
-                        out: np.ndarray | None = None) -> np.ndarray:
-        """MO matrix elements ``M[k, iQ, i', i] = <i', k+q| exp(iQ.r) |i, k>``.
+    def iter_matrix_elements(self, kpts, Qv, coeffs_k, coeffs_kq, batch: int = 32):
+        """Yield ``(idx, M)`` batch by batch: ``M[k, j, i', i] = <i', k+q|
+        exp(iQ.r) |i, k>`` for ``Q = Qv[idx[j]]`` (complex [nk, len(idx), nb', nb],
+        a fresh array per batch); every Q once.  Arguments as :meth:`matrix_elements`.
 
-        Args:
-            kpts: [nk, 3] ket k points [bohr^-1].
-            Qv: [nQ, 3] Q = q + G [bohr^-1], one q for all (bra at k + q).
-            coeffs_k: [nk, nao, nb] ket MO coefficients at kpts.
-            coeffs_kq: [nk, nao, nb'] bra MO coefficients at kpts + q.
-            batch: Q per evaluation batch (memory: :meth:`memory_bytes`).
-            out: optional complex [nk, nQ, nb', nb] output.
-
-        Returns:
-            complex [nk, nQ, nb', nb] (``M[k].transpose(1, 2, 0)`` is the
-            [nb', nb, nQ] layout of ``matrix_elements.aopair_matrix_elements``).
-        """
+        Memory: the batch of AO matrices (``nk * batch * nao_cart^2 * 16`` bytes),
+        the 1D tables and one M batch (``nk * 2 batch * nb' * nb * 16``)."""
         kpts = np.asarray(kpts, float).reshape(-1, 3)
         Qv = np.asarray(Qv, float).reshape(-1, 3)
         nk = len(kpts)
@@ -817,22 +1030,52 @@ class AnalyticEngine:
         Ckc = np.einsum("mi,kin->kmn", self.c2s, Ck)
         Ckqh = np.einsum("mi,kin->knm", self.c2s, Ckq).conj()  # [nk, nb', nao_cart]
         nb, nbp = Ck.shape[2], Ckq.shape[2]
+        nc = self.nao_cart
+        for rep, S, partner, sel, kneg in self._rep_batches(kpts, Qv, batch):
+            nq = len(rep)
+            npart = 0 if partner is None else len(sel)
+            M = np.empty((nk, nq + npart, nbp, nb), np.complex128)
+            for j in range(nk):
+                # S[j] is [nc, nq, nc]: one GEMM [nc nq, nc] @ [nc, nb] (plus the
+                # columns conj(C) of the -Q partner k = kneg[j]), then [nb', nc] @ [nc, nq nb]
+                A = S[j].reshape(nc * nq, nc)
+                if partner is None:
+                    R = A @ Ckc[j]
+                else:
+                    R = A @ np.concatenate([Ckc[j], Ckc[kneg[j]].conj()], axis=1)
+                X = np.ascontiguousarray(R[:, :nb]).reshape(nc, nq * nb)
+                M[j, :nq] = (Ckqh[j] @ X).reshape(nbp, nq, nb).transpose(1, 0, 2)
+                if npart:
+                    # M(k', -Q) = Ckqh[k'] conj(S(j, Q)) Ckc[k'] with k' = kneg[j]
+                    kp = kneg[j]
+                    X = np.conj(R[:, nb:].reshape(nc, nq, nb)[:, sel]).reshape(nc, npart * nb)
+                    M[kp, nq:] = (Ckqh[kp] @ X).reshape(nbp, npart, nb).transpose(1, 0, 2)
+            yield (rep if partner is None else np.concatenate([rep, partner[sel]])), M
+
+    def matrix_elements(self, kpts, Qv, coeffs_k, coeffs_kq, batch: int = 32,
+                        out: np.ndarray | None = None) -> np.ndarray:
+        """MO matrix elements ``M[k, iQ, i', i] = <i', k+q| exp(iQ.r) |i, k>``.
+
+        Args:
+            kpts: [nk, 3] ket k points [bohr^-1].
+            Qv: [nQ, 3] Q = q + G [bohr^-1], one q for all (bra at k + q).
+            coeffs_k: [nk, nao, nb] ket MO coefficients at kpts.
+            coeffs_kq: [nk, nao, nb'] bra MO coefficients at kpts + q.
+            batch: Q built per evaluation batch (up to 2 * batch Q per batch
+                with the +-Q relation; memory: :meth:`memory_bytes`).
+            out: optional complex [nk, nQ, nb', nb] output.
+
+        Returns:
+            complex [nk, nQ, nb', nb] (``M[k].transpose(1, 2, 0)`` is the
+            [nb', nb, nQ] layout of ``matrix_elements.aopair_matrix_elements``).
+            :meth:`iter_matrix_elements` streams the same by batches.
+        """
+        kpts = np.asarray(kpts, float).reshape(-1, 3)
+        Qv = np.asarray(Qv, float).reshape(-1, 3)
+        nb = np.shape(coeffs_k)[-1]
+        nbp = np.shape(coeffs_kq)[-1]
         if out is None:
-            out = np.empty((nk, len(Qv), nbp, nb), np.complex128)
-        plan = self._plan_factorized(kpts, Qv) if self.lattice_sum == "factorized" else None
-        buf = np.empty((nk, min(batch, max(len(Qv), 1)), self.nao_cart, self.nao_cart), np.complex128)
-        for s0 in range(0, len(Qv), batch):
-            s1 = min(s0 + batch, len(Qv))
-            S = buf[:, :s1 - s0]
-            S[...] = 0.0
-            if plan is not None:
-                self._eval_plan(plan, slice(s0, s1), S)
-            else:
-                self._eval_direct(kpts, Qv[s0:s1], S)
-            nq, nc = s1 - s0, self.nao_cart
-            for k in range(nk):
-                # one GEMM [nQb nc, nc] @ [nc, nb], then [nb', nc] @ [nc, nQb nb]
-                tmp = (S[k].reshape(nq * nc, nc) @ Ckc[k]).reshape(nq, nc, nb)
-                tmp = np.ascontiguousarray(tmp.transpose(1, 0, 2)).reshape(nc, nq * nb)
-                out[k, s0:s1] = (Ckqh[k] @ tmp).reshape(nbp, nq, nb).transpose(1, 0, 2)
+            out = np.empty((len(kpts), len(Qv), nbp, nb), np.complex128)
+        for idx, M in self.iter_matrix_elements(kpts, Qv, coeffs_k, coeffs_kq, batch):
+            out[:, idx] = M
         return out
