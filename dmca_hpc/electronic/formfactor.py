@@ -73,12 +73,27 @@ def settings(section: dict | None) -> dict:
     for k in ("dq", "de", "q_max", "e_max"):
         if not (isinstance(s[k], (int, float)) and s[k] > 0):
             raise FormFactorError(f"formfactor.{k} must be a positive number, got {s[k]!r}")
+    if s["route"] not in ("auto", "fft", "analytic"):
+        raise FormFactorError(f"formfactor.route must be 'auto', 'fft' or 'analytic', got {s['route']!r}")
     if s["scissor"] not in ("qcdark", "qedark", "none"):
         raise FormFactorError(f"formfactor.scissor must be 'qcdark', 'qedark' or 'none', "
                               f"got {s['scissor']!r}")
     if int(s["kprime_block"]) < 1:
         raise FormFactorError(f"formfactor.kprime_block must be >= 1, got {s['kprime_block']!r}")
     return s
+
+
+def choose_route(cell, s: dict) -> str:
+    """The matrix-element route: ``formfactor.route`` when it is ``fft`` or
+    ``analytic``; ``auto``: FFT for GTH bases (every element has a
+    pseudopotential: the products are smooth and one FFT per band pair gives
+    every G), analytic for all-electron bases, whose core shells would need an
+    FFT grid of thousands of points per axis."""
+    route = s.get("route", "auto")
+    if route in ("fft", "analytic"):
+        return route
+    pseudo = getattr(cell, "_pseudo", None) or {}
+    return "fft" if pseudo and len(pseudo) == len(set(cell.elements)) else "analytic"
 
 
 def table_shape(s: dict) -> tuple[int, int]:
@@ -132,14 +147,20 @@ class Engine:
         from dmca_hpc.electronic.matrix_elements import GridEngine, choose_mesh
         self.bd, self.s = bd, s
         self.nq, self.ne = table_shape(s)
-        cell = bd.cell()
-        self.mesh, self.grid_info = choose_mesh(cell, s["q_max"], bd.kpts, s["precision"],
-                                                s["mesh"])
-        if s["q_max"] > self.grid_info["G_prod"]:
-            warnings.warn(f"formfactor.q_max = {s['q_max']} alpha m_e exceeds the Fourier "
-                          f"bandwidth of the basis products ({self.grid_info['G_prod']:.2f} "
-                          f"alpha m_e at precision {s['precision']:g}): the table is ~0 above it")
-        self.grid = GridEngine(cell, self.mesh, self.grid_info["G_wf"])
+        cell = self.cell = bd.cell()
+        self.route = choose_route(cell, s)
+        self.mesh, self.grid_info, self.grid, self.analytic = None, {}, None, None
+        if self.route == "fft":
+            self.mesh, self.grid_info = choose_mesh(cell, s["q_max"], bd.kpts, s["precision"],
+                                                    s["mesh"])
+            if s["q_max"] > self.grid_info["G_prod"]:
+                warnings.warn(f"formfactor.q_max = {s['q_max']} alpha m_e exceeds the Fourier "
+                              f"bandwidth of the basis products ({self.grid_info['G_prod']:.2f} "
+                              f"alpha m_e at precision {s['precision']:g}): the table is ~0 above it")
+            self.grid = GridEngine(cell, self.mesh, self.grid_info["G_wf"])
+        else:
+            from dmca_hpc.electronic.ae_overlap import AnalyticEngine
+            self.analytic = AnalyticEngine(cell, precision=float(s["precision"]))
         self.nocc = bd.nocc
         nc_all = bd.nbands - bd.nocc
         nc = s["n_conduction"]
@@ -169,13 +190,51 @@ class Engine:
                 f"(after scissor): too few conduction bands, the table is incomplete above "
                 f"{self.e_complete_ev:.2f} eV (compute more bands: bands.nbands)")
         self.e_ev = e_ev
+        # valence bands a transition below e_max can start from: E_c - E_v >= gap + (VBM - E_v),
+        # so a band entirely more than e_max - gap below the VBM (a deep core shell) never does
+        top_v = e_ev[:, :bd.nocc].max(axis=0)
+        reach = top_v > self.vbm_ev + self.gap_ev - s["e_max"]
+        self.v0 = int(np.argmax(reach)) if reach.any() else bd.nocc - 1
+        self.nval = bd.nocc - self.v0
+        self.batch = 1
+        if self.route == "analytic":
+            nc = self.analytic.nao_cart
+            # AO batch of the analytic engine: nk * batch * nao_cart^2 complex, <= ~256 MiB
+            self.batch = int(max(1, min(64, (256 * 2 ** 20) // (bd.nk * nc * nc * 16))))
 
     @property
     def memory_bound_mb(self) -> float:
         """Stated per-rank bound of the engine's large arrays [MiB]."""
-        b = self.grid.memory_bytes(self.bd.nao, self.nocc, self.ncond)
+        if self.route == "fft":
+            b = self.grid.memory_bytes(self.bd.nao, self.nocc, self.ncond)
+        else:
+            b = self.analytic.memory_bytes(self.bd.nk, batch=self.batch, nbands=self.nval,
+                                           nbands_p=self.ncond)
         b += self.bd.coeffs.nbytes + 8 * self.nq * self.ne
         return b / 2 ** 20
+
+    def plan_units(self) -> list[tuple]:
+        """Work units of the route: the FFT route's (k, k' start, k' stop, w_k)
+        (k over the wedge against blocks of k'); the analytic route's
+        (q index, 0, N_k, w_q): one irreducible q = k' - k (a mesh point) against
+        every k of the mesh, so that one build of the lattice-summed tables
+        serves all k (the binned |f|^2 depends only on |q + G| and E, so q may
+        run over the wedge as k does: the same sum regrouped)."""
+        if self.route == "fft":
+            return plan_units(self.bd, self.s["use_symmetry"], int(self.s["kprime_block"]))
+        bd = self.bd
+        if self.s["use_symmetry"]:
+            qs = [(int(i), float(w)) for i, w in zip(bd.ibz_index, bd.ibz_weight)]
+        else:
+            qs = [(i, 1.0 / bd.nk) for i in range(bd.nk)]
+        return [(iq, 0, bd.nk, w) for iq, w in qs]
+
+    def _partner_index(self, iq: int) -> np.ndarray:
+        """Mesh index of k + q for every k (q = the mesh point ``iq``)."""
+        bd = self.bd
+        n = np.asarray(bd.kmesh, int)
+        frac = np.rint((bd.kpts_frac + bd.kpts_frac[iq]) * n).astype(int) % n
+        return (frac[:, 0] * n[1] + frac[:, 1]) * n[2] + frac[:, 2]
 
     def transition_energies(self, k: int, kp: int) -> np.ndarray:
         """[nval, ncond] E_i'k' - E_ik + shift [eV]."""
@@ -186,6 +245,8 @@ class Engine:
     def compute_unit(self, unit) -> tuple[np.ndarray, dict]:
         """Partial table ``sum w_k w_k' |M|^2`` [nq, nE] (not yet multiplied
         by :func:`prefactor`) of one unit, and statistics."""
+        if self.route == "analytic":
+            return self._compute_unit_analytic(unit)
         from dmca_hpc.electronic.kernels import bin_pair, e_bins, q_bins
         k, kp0, kp1, wk = unit
         bd, s = self.bd, self.s
@@ -206,6 +267,38 @@ class Engine:
                 M = self.grid.pair_fft(uv[i], uc, conjugated=True)
                 bin_pair(table, M, idx, qb, eb[i], w)
         return table, {"pairs": kp1 - kp0, "q_scan_points": nsel_total}
+
+    def _compute_unit_analytic(self, unit) -> tuple[np.ndarray, dict]:
+        """One irreducible q against every k: M(k, Q) for all Q = q + G with
+        |Q| < q_max from :class:`dmca_hpc.electronic.ae_overlap.AnalyticEngine`,
+        streamed in batches of Q and binned like the FFT route."""
+        from dmca_hpc.electronic.ae_overlap import q_plus_g
+        from dmca_hpc.electronic.kernels import bin_pair, e_bins, q_bins
+        iq, k0, k1, wq = unit
+        bd, s = self.bd, self.s
+        ks = np.arange(k0, k1)
+        kps = self._partner_index(iq)[ks]
+        q = bd.kpts[iq]
+        # every Q = q + G strictly inside the table (|Q| < nq dq)
+        Qv, _ = q_plus_g(self.cell, q, self.nq * s["dq"])
+        table = np.zeros((self.nq, self.ne))
+        v0, v1, c1 = self.v0, self.nocc, self.nocc + self.ncond
+        ck = bd.coeffs[ks][:, :, v0:v1]
+        ckq = bd.coeffs[kps][:, :, v1:c1]
+        ebs = [e_bins(self.e_ev[kp, v1:c1][None, :] - self.e_ev[k, v0:v1][:, None] + self.shift_ev,
+                      s["de"], self.ne) for k, kp in zip(ks, kps)]
+        w = wq / bd.nk
+        nsel = 0
+        for idx, M in self.analytic.iter_matrix_elements(bd.kpts[ks], Qv, ck, ckq,
+                                                         batch=self.batch):
+            sel, qb = q_bins(np.linalg.norm(Qv[idx], axis=1), s["dq"], self.nq)
+            nsel += len(sel) * len(ks)
+            for j in range(len(ks)):
+                for i in range(self.nval):
+                    if np.all(ebs[j][i] < 0):
+                        continue
+                    bin_pair(table, M[j, :, :, i].T, sel, qb, ebs[j][i], w)
+        return table, {"pairs": len(ks), "q_scan_points": nsel}
 
 
 def _save_unit(store, index: int, table: np.ndarray, stats: dict):
@@ -238,7 +331,7 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     comm = comm or get_comm()
     rank = comm.Get_rank()
     eng = Engine(bd, s, gap_target_ev)
-    units = plan_units(bd, s["use_symmetry"], int(s["kprime_block"]))
+    units = eng.plan_units()
     store = UnitStore(Path(workdir) / "units", input_hash)
     done = store.done(len(units)) if rank == 0 else None
     done = comm.bcast(done, root=0)
@@ -298,14 +391,19 @@ def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | Non
         "nbands": int(bd.nbands), "scissor_scheme": s["scissor"],
         "gap_dft_ev": eng.gap_dft_ev, "gap_ev": eng.gap_ev, "scissor_shift_ev": eng.shift_ev,
         "vbm_dft_ev": eng.vbm_ev, "e_complete_ev": eng.e_complete_ev,
-        "fft_mesh": list(eng.mesh), "grid": eng.grid_info, "q_max_ame": s["q_max"],
+        "fft_mesh": list(eng.mesh) if eng.mesh is not None else [], "grid": eng.grid_info,
+        "q_max_ame": s["q_max"], "route": eng.route, "precision": float(s["precision"]),
+        "valence_bands_used": [int(eng.v0), int(eng.nocc)],
         "e_max_ev": s["e_max"], "bands_file": str(bd.path),
         "a": (np.asarray(cell.lattice_vectors()) * U.BOHR_ANGSTROM).tolist(),
         "kpts": bd.kpts.tolist(), "atom": cell.atom if isinstance(cell.atom, str) else str(cell.atom),
         "units": {"kpts": "bohr^-1", "a": "angstrom", "gap_dft_ev": "eV", "gap_ev": "eV",
                   "scissor_shift_ev": "eV", "vbm_dft_ev": "eV", "e_complete_ev": "eV",
                   "q_max_ame": "alpha*m_e", "e_max_ev": "eV", "grid": "bohr^-1 (G_*, nyquist*)"},
-        "method": "FFT of cell-periodic products (dmca_hpc.electronic.matrix_elements)",
+        "method": ("FFT of cell-periodic products (dmca_hpc.electronic.matrix_elements)"
+                   if eng.route == "fft" else
+                   "analytic Gaussian plane-wave overlaps, lattice sum per axis "
+                   "(dmca_hpc.electronic.ae_overlap)"),
     }
     if prov is not None:
         meta["provenance"] = prov
