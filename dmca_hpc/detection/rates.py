@@ -282,8 +282,32 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
             dr_dq[:, k - 1] = dr_de[:, sel].sum(axis=1) * table.de_ev
     notes = []
     emax = max_energy_transfer_ev(masses, h.v_max_km_s)
+    # the table's own validity (formfactor metadata): bins above e_complete_ev miss final
+    # states of the finite basis; bins above q_complete_ame miss the matrix elements' reach
+    meta = table.metadata or {}
+    e_ok = meta.get("e_complete_ev")
+    frac_e = (dr_de[:, table.e_ev > float(e_ok)].sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
+              if e_ok is not None and float(e_ok) < table.e_ev[-1] else np.zeros(masses.size))
+    q_ok = meta.get("q_complete_ame")
+    frac_q = np.zeros(masses.size)
+    if q_ok is not None and float(q_ok) < table.q_ame[-1]:
+        s_in = _q_sums(table, np.where(table.q_ame[:, None] <= float(q_ok), w, 0.0), masses, h)
+        frac_q = 1.0 - (pref[:, None] * dq_ev * s_in).sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
+    ae = meta.get("all_electron")
+    pseudo_table = ae is False or (ae is None and str(meta.get("basis", "")).lower().startswith("gth"))
     for i, m in enumerate(masses):
         n = []
+        if frac_e[i] > 0.01:
+            n.append(f"{100 * frac_e[i]:.0f}% of this rate comes from E > {float(e_ok):.1f} eV, where "
+                     f"the table is incomplete (its basis has no more final states there): "
+                     f"an underestimate")
+        if frac_q[i] > 0.01:
+            n.append(f"{100 * frac_q[i]:.0f}% of this rate comes from q > {float(q_ok):.2f} alpha m_e, "
+                     f"beyond the table's stated q validity")
+        if pseudo_table and fdm == "heavy" and m > 30 * U.MEV_EV:
+            n.append("pseudopotential table (no core or semicore structure): heavy-mediator rates "
+                     "above ~30 MeV draw on high q and semicore shells and are underestimated "
+                     "(GTH Ge: 0.2-0.5x the all-electron rate); use an all-electron table")
         if emax[i] < gap:
             n.append(f"m_chi = {m / U.MEV_EV:g} MeV is below the kinematic threshold: the "
                      f"largest energy transfer m v_max^2/2 = {emax[i]:.3g} eV is below the gap "

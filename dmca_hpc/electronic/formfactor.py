@@ -393,13 +393,17 @@ def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | Non
         "vbm_dft_ev": eng.vbm_ev, "e_complete_ev": eng.e_complete_ev,
         "fft_mesh": list(eng.mesh) if eng.mesh is not None else [], "grid": eng.grid_info,
         "q_max_ame": s["q_max"], "route": eng.route, "precision": float(s["precision"]),
+        "all_electron": not bool(getattr(cell, "_pseudo", None)),
+        "q_complete_ame": float(s["q_max"] if eng.route == "analytic"
+                                else min(s["q_max"], eng.grid_info.get("G_prod", s["q_max"]))),
         "valence_bands_used": [int(eng.v0), int(eng.nocc)],
         "e_max_ev": s["e_max"], "bands_file": str(bd.path),
         "a": (np.asarray(cell.lattice_vectors()) * U.BOHR_ANGSTROM).tolist(),
         "kpts": bd.kpts.tolist(), "atom": cell.atom if isinstance(cell.atom, str) else str(cell.atom),
         "units": {"kpts": "bohr^-1", "a": "angstrom", "gap_dft_ev": "eV", "gap_ev": "eV",
                   "scissor_shift_ev": "eV", "vbm_dft_ev": "eV", "e_complete_ev": "eV",
-                  "q_max_ame": "alpha*m_e", "e_max_ev": "eV", "grid": "bohr^-1 (G_*, nyquist*)"},
+                  "q_max_ame": "alpha*m_e", "e_max_ev": "eV", "grid": "bohr^-1 (G_*, nyquist*)",
+                  "q_complete_ame": "alpha*m_e"},
         "method": ("FFT of cell-periodic products (dmca_hpc.electronic.matrix_elements)"
                    if eng.route == "fft" else
                    "analytic Gaussian plane-wave overlaps, lattice sum per axis "

@@ -176,3 +176,27 @@ def test_run_stage_defaults_come_from_settings(tmp_path):
                           prov={}, seed=7)
     with pytest.raises(SettingsError, match=r"rates: unknown key\(s\) \['mases_mev'\]"):
         run_stage(ctx)
+
+
+def test_rates_warn_when_they_draw_on_bins_outside_the_table_validity():
+    """A table states how far it is complete (formfactor metadata e_complete_ev,
+    q_complete_ame); the rate notes the share of the rate that comes from beyond,
+    and that share equals the rate lost when those bins are zeroed."""
+    import copy
+    import dataclasses
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.tables import load
+    t = load(material="Si")
+    t = dataclasses.replace(t, metadata={**copy.deepcopy(t.metadata), "e_complete_ev": 10.0,
+                                         "q_complete_ame": 3.0, "all_electron": True})
+    r = electron_rates(t, [1e9], fdm="heavy")
+    cut_e = dataclasses.replace(t, f2=np.where(t.e_ev[None, :] > 10.0, 0.0, t.f2))
+    cut_q = dataclasses.replace(t, f2=np.where(t.q_ame[:, None] > 3.0, 0.0, t.f2))
+    share_e = 1 - electron_rates(cut_e, [1e9], fdm="heavy").total[0] / r.total[0]
+    share_q = 1 - electron_rates(cut_q, [1e9], fdm="heavy").total[0] / r.total[0]
+    notes = " ".join(r.notes[0])
+    assert f"{100 * share_e:.0f}% of this rate comes from E > 10.0 eV" in notes
+    assert f"{100 * share_q:.0f}% of this rate comes from q > 3.00 alpha m_e" in notes
+    assert "pseudopotential table" not in notes
+    # the shipped GTH table says what it lacks for heavy-mediator GeV dark matter
+    assert any("pseudopotential table" in n for n in electron_rates(load(material="Si"), [1e9]).notes[0])
