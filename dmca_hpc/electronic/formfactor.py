@@ -301,6 +301,25 @@ class Engine:
         return table, {"pairs": len(ks), "q_scan_points": nsel}
 
 
+def check_memory(eng, comm=None, available_bytes: float | None = None) -> None:
+    """Refuse, before any unit runs, a table whose per-rank engine arrays
+    (:attr:`Engine.memory_bound_mb`, times the ranks of this node) exceed 80%
+    of the machine's available memory; the message gives the numbers and the
+    keys that lower them."""
+    need = eng.memory_bound_mb * 2 ** 20
+    nranks = comm.Get_size() if comm is not None else 1
+    if available_bytes is None:
+        import psutil
+        available_bytes = float(psutil.virtual_memory().available)
+    if need * nranks > 0.8 * available_bytes:
+        raise FormFactorError(
+            f"formfactor: the {eng.route} route needs about {need / 2**30:.3g} GiB per rank "
+            f"({nranks} rank(s): {need * nranks / 2**30:.3g} GiB) for bands of "
+            f"{eng.bd.nk} k x {eng.bd.nao} AOs and a {eng.nq} x {eng.ne} table, and this "
+            f"machine has {available_bytes / 2**30:.3g} GiB available; lower formfactor.q_max "
+            "/ e_max, the bands.kmesh, or use fewer ranks per node")
+
+
 def _save_unit(store, index: int, table: np.ndarray, stats: dict):
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
     with atomic_h5(store.path(index), input_hash=store.input_hash, stage=STAGE) as f:
@@ -331,6 +350,7 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     comm = comm or get_comm()
     rank = comm.Get_rank()
     eng = Engine(bd, s, gap_target_ev)
+    check_memory(eng, comm)
     units = eng.plan_units()
     store = UnitStore(Path(workdir) / "units", input_hash)
     done = store.done(len(units)) if rank == 0 else None

@@ -141,3 +141,19 @@ def test_import_is_cheap():
             "print(int('pyscf' in sys.modules), int('spglib' in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "0"]
+
+
+def test_all_electron_fftdf_is_refused_up_front_and_auto_picks_gdf():
+    """An all-electron basis with FFTDF would need an FFT mesh for the 1s shell
+    (Si def2-svp: 2263^3 points, hundreds of GiB): refused before PySCF
+    allocates anything, with the numbers; ``auto`` chooses GDF, and FFTDF for GTH."""
+    from dmca_hpc import settings
+    at = get_material("Si").atoms()
+    sec = settings.with_defaults("dft", {"basis": "def2-svp", "pseudo": None, "density_fit": "FFTDF"})
+    cell = dft.build_cell(at, sec)
+    with pytest.raises(dft.DFTInputError, match=r"FFTDF needs an FFT mesh of \d+x\d+x\d+ points, at least "
+                                                  r"[\d.e+]+ GiB.*use dft.density_fit: GDF"):
+        dft.preflight(cell, sec)
+    assert dft.resolve_density_fit(dict(sec, density_fit="auto"), cell) == "GDF"
+    gth = settings.with_defaults("dft", {"basis": "gth-szv"})
+    assert dft.resolve_density_fit(gth, dft.build_cell(at, gth)) == "FFTDF"

@@ -312,3 +312,13 @@ def test_analytic_route_equals_fft_route(bd, wedge_table, tmp_path):
     assert ana["n_units"] == len(bd.ibz_index)          # one unit per irreducible q
     assert np.abs(ana["f2"] - ref).max() <= 1e-6 * ref.max()
     assert np.abs(full["f2"] - ana["f2"]).max() <= 1e-10 * ref.max()  # q-wedge = full q sum
+
+
+def test_memory_beyond_the_machine_is_refused_with_numbers(bd):
+    from dmca_hpc.electronic.formfactor import Engine, FormFactorError, check_memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eng = Engine(bd, small(), 1.11)
+    check_memory(eng)  # the real machine: fine
+    with pytest.raises(FormFactorError, match=r"needs about .* GiB per rank .* has 0.0001 GiB available"):
+        check_memory(eng, available_bytes=0.0001 * 2 ** 30)
