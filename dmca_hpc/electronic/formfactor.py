@@ -437,36 +437,64 @@ def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | Non
                            material=bd.material, metadata=meta)
 
 
-def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3.0) -> dict:
-    """Bethe f-sum ratio at q = G (k' = k) for the first ``n_shells`` shells
-    of reciprocal lattice vectors below ``q_limit`` [alpha m_e]:
+def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3.0,
+                    q_targets=None, route: str = "auto", precision: float = 1e-8) -> dict:
+    """Bethe f-sum ratio at q = G (k' = k) for shells of reciprocal lattice vectors:
 
         R(|G|) = (1/N_k) sum_k sum_{i val} sum_{f cond, f < n_c}
                  (E_fk - E_ik) |<fk| e^{iG.r} |ik>|^2 / (N_val |G|^2 / 2)
 
     averaged over the shell (+G and -G, so valence-valence terms, which
     cancel in the pair (q, -q), are not needed); hartree atomic units,
-    N_val = doubly occupied orbitals per cell.  For a complete set (and a
-    local potential) R = 1; with a finite basis R < 1, rising with n_c.
-    Returns ``{n_c: {|G|: R}}``."""
-    from dmca_hpc.electronic.matrix_elements import GridEngine, choose_mesh
+    N_val = doubly occupied orbitals per cell that the sum starts from (the
+    valence bands of the form factor: for an all-electron basis the core
+    bands below the table's reach are left out of both sides).  For a complete
+    set (and a local potential) R = 1; with a finite basis R < 1, rising with
+    n_c.  Shells: the first ``n_shells`` below ``q_limit`` [alpha m_e], or the
+    shell nearest to each of ``q_targets``.  ``route``: ``fft``, ``analytic``
+    or ``auto`` (as :func:`choose_route`).  Returns ``{n_c: {|G|: R}}``."""
     cell = bd.cell()
-    mesh, info = choose_mesh(cell, q_limit, bd.kpts)
-    eng = GridEngine(cell, mesh, info["G_wf"])
-    g = np.linalg.norm(eng.Gv, axis=1)
-    shells = {}
-    for qn in np.unique(np.round(g[(g > 0) & (g < q_limit)], 6))[:n_shells]:
-        shells[float(qn)] = np.nonzero(np.abs(g - qn) < 1e-5)[0]
+    route = choose_route(cell, {"route": route})
     nmax = max(n_conduction_list)
+    b = np.asarray(cell.reciprocal_vectors())
+    gmax = max(list(q_targets or []) + [q_limit]) * 1.05 + 1.0
+    n = int(np.ceil(gmax / np.linalg.norm(b, axis=1).min())) + 1
+    r = np.arange(-n, n + 1)
+    G = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3) @ b
+    g = np.linalg.norm(G, axis=1)
+    uniq = np.unique(np.round(g[g > 1e-9], 6))
+    if q_targets:
+        picks = sorted({float(uniq[np.argmin(np.abs(uniq - q))]) for q in q_targets})
+    else:
+        picks = [float(x) for x in uniq[uniq < q_limit][:n_shells]]
+    shells = {q: G[np.abs(g - q) < 1e-5] for q in picks}
+    e_ev = bd.energies * U.HARTREE_EV
+    vbm = e_ev[:, :bd.nocc].max()
+    # valence bands: the top ones (a GTH basis: all; all-electron: above the deep core)
+    v0 = 0 if route == "fft" else int(np.argmax(e_ev[:, :bd.nocc].max(axis=0) > vbm - 60.0))
+    nval = bd.nocc - v0
     acc = {nc: {q: 0.0 for q in shells} for nc in n_conduction_list}
+    if route == "fft":
+        from dmca_hpc.electronic.matrix_elements import GridEngine, choose_mesh
+        mesh, info = choose_mesh(cell, gmax, bd.kpts)
+        eng = GridEngine(cell, mesh, info["G_wf"])
+        gidx = {q: np.array([int(np.argmin(np.linalg.norm(eng.Gv - v, axis=1))) for v in Gs])
+                for q, Gs in shells.items()}
+    else:
+        from dmca_hpc.electronic.ae_overlap import AnalyticEngine
+        ana = AnalyticEngine(cell, precision=precision)
     for k in range(bd.nk):
-        u = eng.u_on_grid(bd.kpts[k], bd.coeffs[k][:, :bd.nocc + nmax])
         e = bd.energies[k]
-        for i in range(bd.nocc):
-            M = eng.pair_fft(u[i], u[bd.nocc:bd.nocc + nmax])  # [nmax, N]
-            de = e[bd.nocc:bd.nocc + nmax] - e[i]
+        de = e[bd.nocc:bd.nocc + nmax][None, :] - e[v0:bd.nocc][:, None]  # [nval, nmax]
+        for q, Gs in shells.items():
+            if route == "fft":
+                u = eng.u_on_grid(bd.kpts[k], bd.coeffs[k][:, v0:bd.nocc + nmax])
+                m2 = np.stack([np.abs(eng.pair_fft(u[i], u[nval:nval + nmax])[:, gidx[q]]) ** 2
+                               for i in range(nval)])            # [nval, nmax, nG]
+            else:
+                M = ana.matrix_elements(bd.kpts[k:k + 1], Gs, bd.coeffs[k:k + 1, :, v0:bd.nocc],
+                                        bd.coeffs[k:k + 1, :, bd.nocc:bd.nocc + nmax])[0]
+                m2 = np.abs(M.transpose(2, 1, 0)) ** 2              # [nval, nmax, nG]
             for nc in n_conduction_list:
-                s = (de[:nc, None] * np.abs(M[:nc]) ** 2).sum(0)
-                for q, idx in shells.items():
-                    acc[nc][q] += s[idx].mean() / bd.nk
-    return {nc: {q: v / (bd.nocc * q ** 2 / 2) for q, v in d.items()} for nc, d in acc.items()}
+                acc[nc][q] += (de[:, :nc, None] * m2[:, :nc]).sum() / len(Gs) / bd.nk
+    return {nc: {q: v / (nval * q ** 2 / 2) for q, v in d.items()} for nc, d in acc.items()}

@@ -322,3 +322,12 @@ def test_memory_beyond_the_machine_is_refused_with_numbers(bd):
     check_memory(eng)  # the real machine: fine
     with pytest.raises(FormFactorError, match=r"needs about .* GiB per rank .* has 0.0001 GiB available"):
         check_memory(eng, available_bytes=0.0001 * 2 ** 30)
+
+
+def test_bethe_ratio_same_by_both_routes(bd):
+    from dmca_hpc.electronic.formfactor import bethe_sum_ratio
+    fft = bethe_sum_ratio(bd, [4], q_targets=[1.0, 2.0], route="fft")[4]
+    ana = bethe_sum_ratio(bd, [4], q_targets=[1.0, 2.0], route="analytic")[4]
+    assert list(fft) == list(ana) and len(fft) == 2
+    for q in fft:
+        assert ana[q] == pytest.approx(fft[q], rel=1e-6, abs=1e-9)
