@@ -198,7 +198,11 @@ def _run_run(args) -> int:
             print(f"summary:   {summary['telemetry_summary']}  {summary.get('telemetry_summary_md', '')}"
                   f"\n           cost {summary['cost_usd']:.4g} USD, p95 latency "
                   f"{summary['latency_p95_ms']:.4g} ms, failed units {summary['failed_units']}, "
-                  f"FTI {summary['fti_avg']:.3g} ({summary['fti_grade_worst']})")
+                  + (f"FTI {summary['fti_avg']:.3g} ({summary['fti_grade_worst']}) against "
+                     f"{summary['fti_baseline'] if isinstance(summary['fti_baseline'], str) else 'the given baseline'}"
+                     if summary.get("fti_baseline") else
+                     "FTI: no baseline (a run is not graded against itself; set "
+                     "telemetry.fti_baseline to an earlier run's telemetry_summary.json)"))
         print(f"run:       {rd}/run.json")
         if summary["failed"]:
             print(f"{summary['failed']} stage(s) failed or were skipped; see run.json and "

@@ -116,7 +116,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -765,7 +764,8 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
     from dmca_hpc.monitoring.telemetry import KEY_ENV, load_key
     sec = dict(section or {})
     key = load_key() if os.environ.get(KEY_ENV) else None
-    rep = collect([tel_path], key=key, baseline=baseline or sec.get("fti_baseline") or None,
+    base = baseline or sec.get("fti_baseline") or None
+    rep = collect([tel_path], key=key, baseline=base,
                   fti_max=float(sec.get("fti_max", FTI_WARN)), lambda_params=sec.get("lambda_effective"))
     run_dir = Path(run_dir)
     pj, pm = run_dir / "telemetry_summary.json", run_dir / "telemetry_summary.md"
@@ -778,7 +778,7 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
             "invalid_telemetry_lines": rep["invalid_lines_total"], "fti_avg": rep["fti_avg"],
             "fti_grade_worst": rep["fti_grade_worst"], "lambda_effective": rep["lambda_effective"],
             "throughput_units_per_s": rep["throughput_units_per_s"], "fti_stage_avg": rep["fti_stage_avg"],
-            "fti_stage_grade_worst": rep["fti_stage_grade_worst"]}
+            "fti_stage_grade_worst": rep["fti_stage_grade_worst"], "fti_baseline": base}
 
 
 # --------------------------------------------------------------------------- rendering
