@@ -117,7 +117,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 #: FTI grade thresholds (architecture.md): OK <= 1.0 < WARN <= 1.05 < FAIL
 FTI_OK, FTI_WARN = 1.0, 1.05
