@@ -8,26 +8,37 @@ from dmca_hpc import settings
 
 
 def add_arguments(parser):
-    """``dmca-hpc dft``: SCF and dense-mesh bands of one material, standalone."""
+    """``dmca-hpc dft``: SCF and dense-mesh bands of one material, standalone.
+    Option help and defaults come from the settings model (dft.* and bands.*)."""
+    def doc(key):
+        f = settings.field(key)
+        return f.doc.replace("%", "%%")
+
     parser.add_argument("material", help="library name (Si, Ge, ...) or structure file")
     parser.add_argument("--out", required=True, help="output directory")
     d = settings.defaults("dft")
-    parser.add_argument("--basis", default=d["basis"])
+    parser.add_argument("--basis", default=d["basis"], help=doc("dft.basis"))
     parser.add_argument("--pseudo", default=d["pseudo"],
                         help="GTH pseudopotential name, or 'none' for all-electron bases")
-    parser.add_argument("--xc", default=d["xc"])
-    parser.add_argument("--kmesh", type=int, nargs=3, default=d["kmesh"],
-                        help="coarse SCF mesh (Gamma-centred)")
-    parser.add_argument("--ke-cutoff-hartree", type=float, default=None)
-    parser.add_argument("--conv-tol-hartree", type=float, default=d["conv_tol_hartree"])
-    parser.add_argument("--max-cycles", type=int, default=d["max_cycles"])
+    parser.add_argument("--xc", default=d["xc"], help=doc("dft.xc"))
+    parser.add_argument("--kmesh", type=int, nargs=3, default=d["kmesh"], help=doc("dft.kmesh"))
+    parser.add_argument("--density-fit", choices=("auto", "FFTDF", "GDF"), default=d["density_fit"],
+                        help=doc("dft.density_fit"))
+    parser.add_argument("--ke-cutoff-hartree", type=float, default=None,
+                        help=doc("dft.ke_cutoff_hartree"))
+    parser.add_argument("--conv-tol-hartree", type=float, default=d["conv_tol_hartree"],
+                        help=doc("dft.conv_tol_hartree"))
+    parser.add_argument("--max-cycles", type=int, default=d["max_cycles"], help=doc("dft.max_cycles"))
     parser.add_argument("--dense-kmesh", type=int, nargs=3, default=None,
-                        help="dense bands mesh (omit to run the SCF only)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="k-points per bands unit")
-    parser.add_argument("--n-conduction", type=int, default=None)
-    parser.add_argument("--energy-above-gap-ev", type=float, default=None)
-    parser.add_argument("--band-path-npoints", type=int, default=None)
-    parser.add_argument("--no-plots", action="store_true")
+                        help="dense bands mesh [k-points per reciprocal axis] (omit to run the SCF only)")
+    b = settings.defaults("bands")
+    parser.add_argument("--chunk-size", type=int, default=b["chunk_size"], help=doc("bands.chunk_size"))
+    parser.add_argument("--n-conduction", type=int, default=None, help=doc("bands.n_conduction"))
+    parser.add_argument("--energy-above-gap-ev", type=float, default=b["energy_above_gap_ev"],
+                        help=doc("bands.energy_above_gap_ev"))
+    parser.add_argument("--band-path-npoints", type=int, default=b["band_path_npoints"],
+                        help=doc("bands.band_path_npoints"))
+    parser.add_argument("--no-plots", action="store_true", help="no band-structure and DOS plots")
     return parser
 
 
@@ -49,7 +60,8 @@ def run_cli(args) -> int:
         return 2
     dft = {"basis": args.basis, "pseudo": None if str(args.pseudo).lower() == "none" else args.pseudo,
            "xc": args.xc, "kmesh": list(args.kmesh), "ke_cutoff_hartree": args.ke_cutoff_hartree,
-           "conv_tol_hartree": args.conv_tol_hartree, "max_cycles": args.max_cycles}
+           "conv_tol_hartree": args.conv_tol_hartree, "max_cycles": args.max_cycles,
+           "density_fit": args.density_fit}
     job = {"dft": dft}
     if args.dense_kmesh:
         b = {"kmesh": list(args.dense_kmesh)}

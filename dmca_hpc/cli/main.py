@@ -46,6 +46,18 @@ _HOOKS = {"slurm-selftest": ("add_selftest_arguments", "run_selftest_cli")}
 EXIT_BAD_INPUT = 2
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and states every option's default
+    (``(default: X)``) unless its help already says it or it has none."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if ("default" in h.lower() or action.default in (None, False, argparse.SUPPRESS)
+                or action.option_strings == [] or isinstance(action.default, list) and not action.default):
+            return h
+        return h + " (default: %(default)s)"
+
+
 def available_commands() -> dict:
     """Commands whose module is installed (checked without importing it)."""
     return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
@@ -94,7 +106,7 @@ def main(argv=None) -> int:
     name, rest = argv[0], argv[1:]
     modname, helptext = cmds[name]
     parser = argparse.ArgumentParser(prog=f"dmca-hpc {name}", description=helptext,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     if modname == "dmca_hpc.cli.main":
         adder, runner = _LOCAL[name]
     else:
