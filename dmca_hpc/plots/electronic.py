@@ -33,12 +33,18 @@ def plot_bands(stage_dir: Path, name: str, nk_mesh: int, path_e, path_info: dict
         ax.set_xticklabels(path_info["labels"])
         ax.set_xlim(x[0], x[-1])
     ax.axhline(0, color="k", lw=0.5, ls=":")
-    ax.set_ylim(-13, 12)
+    if path_info:
+        # every band the bands file holds, valence bottom to conduction top (+ scissor)
+        lo = float(e.min()) - 1.0
+        hi = float(e.max() + max(sc["delta_ev"], 0.0)) + 1.0
+        ax.set_ylim(max(lo, -40.0), min(hi, 60.0))
+    else:
+        ax.set_ylim(-13, 12)
     ax.set_ylabel("E - E_VBM (DFT) [eV]")
     ax.set_title(f"{name} bands (dashed: conduction after {sc['convention']} scissor, "
                  f"{sc['delta_ev']:+.2f} eV)", fontsize=9)
     with atomic_path(stage_dir / "band_structure.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -47,7 +53,7 @@ def plot_bands(stage_dir: Path, name: str, nk_mesh: int, path_e, path_info: dict
     ax.set_ylabel("DOS [states / eV / cell]")
     ax.set_title(f"{name} DOS, mesh {nk_mesh} k", fontsize=9)
     with atomic_path(stage_dir / "dos.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_formfactor(table, path) -> Path:
@@ -69,11 +75,23 @@ def plot_formfactor(table, path) -> Path:
     ax1.set_ylabel(r"$E$ [eV]")
     ax1.set_title(f"{table.material}: crystal form factor")
     ax2.plot(table.e_ev, f2.sum(axis=0) * table.dq_ame)
+    # E axis to where the data end; the completeness limit of the basis marked
+    nz = np.nonzero(f2.sum(axis=0) > 0)[0]
+    e_top = float(table.e_ev[nz[-1]] + table.de_ev) if nz.size else float(table.e_ev[-1])
+    e_ok = (table.metadata or {}).get("e_complete_ev")
+    for ax in (ax1, ax2):
+        ax_e = ax.set_ylim if ax is ax1 else ax.set_xlim
+        ax_e(table.e_min_ev, min(e_top * 1.05, table.e_ev[-1] + table.de_ev / 2))
+    if e_ok is not None and float(e_ok) < e_top:
+        ax1.axhline(float(e_ok), color="w", ls="--", lw=0.8)
+        ax2.axvline(float(e_ok), color="C3", ls="--", lw=0.8,
+                    label=f"complete to {float(e_ok):.1f} eV")
+        ax2.legend(fontsize=8)
     ax2.set_xlabel(r"$E$ [eV]")
     ax2.set_ylabel(r"$\int dq\, |f|^2$ [$\alpha m_e$]")
     ax2.set_title("q-integrated spectrum")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
