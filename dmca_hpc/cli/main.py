@@ -92,8 +92,21 @@ def _one_thread_per_rank():
             os.environ.setdefault(var, "1")
 
 
+def _one_line_warnings():
+    """Warnings as one line, ``dmca-hpc: warning: ...`` (not Python's two-line
+    file:line form with the source line), each said once per process."""
+    import warnings
+
+    def fmt(message, category, filename, lineno, line=None):
+        return f"dmca-hpc: warning: {message}\n"
+
+    warnings.formatwarning = fmt
+    warnings.simplefilter("default")
+
+
 def main(argv=None) -> int:
     _one_thread_per_rank()
+    _one_line_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = available_commands()
     if not argv or argv[0] not in cmds:

@@ -349,7 +349,10 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     from dmca_hpc.hpc.parallel import Progress, get_comm, map_units
     comm = comm or get_comm()
     rank = comm.Get_rank()
-    eng = Engine(bd, s, gap_target_ev)
+    with warnings.catch_warnings():
+        if rank != 0:  # the same completeness warnings on every rank: say them once
+            warnings.simplefilter("ignore")
+        eng = Engine(bd, s, gap_target_ev)
     check_memory(eng, comm)
     units = eng.plan_units()
     store = UnitStore(Path(workdir) / "units", input_hash)

@@ -3,7 +3,6 @@ k-chunks over the ranks (see :mod:`dmca_hpc.electronic.bands` for the
 physics, the conventions and the file it writes)."""
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -68,7 +67,6 @@ def run_stage(ctx) -> dict:
         raise (BandsInputError if etype == "BandsInputError" else RuntimeError)(msg)
     if plan["warning"] and rank == 0:
         warnings.warn(plan["warning"])
-        print(f"dmca_hpc bands: WARNING: {plan['warning']}", file=sys.stderr)
 
     out_path = stage_dir / "bands.h5"
     outputs = {"bands": str(out_path)}
