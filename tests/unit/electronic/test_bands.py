@@ -303,3 +303,18 @@ def test_irreducible_only_rotates_eigenstates_to_the_full_mesh(si_bands, tmp_pat
     f_dir = compute_table(direct, s_ff, tmp_path / "ff_dir", "d", progress=False, gap_target_ev=1.11)["f2"]
     # bins are 1 eV wide: an energy shift of `spread` moves weight only at a bin edge
     assert np.abs(f_rot - f_dir).sum() <= 1e-2 * f_dir.sum()
+
+
+def test_gdf_band_path_beyond_memory_is_refused_with_numbers():
+    """All-electron (GDF) band-path chunks rebuild 3-index integrals against
+    every SCF k; a chunk that cannot fit (Si cc-pVTZ, 27 x 16 k: 23 GB was
+    measured before an OOM kill) is refused up front with the estimate and the
+    keys that fix it."""
+    from dmca_hpc import settings
+    from dmca_hpc.stages.bands import _check_gdf_path_memory
+    sec = settings.with_defaults("dft", {"basis": "def2-svp", "pseudo": None})
+    cell = dft.build_cell(get_material("Si").atoms(), sec)
+    _check_gdf_path_memory(cell, 27, 4, 1, available_bytes=64 * 2 ** 30)
+    with pytest.raises(bands.BandsInputError, match=r"needs about [\d.]+ GiB per rank .* set "
+                                                     r"bands.band_path_npoints: 0 or bands.chunk_size <= \d+"):
+        _check_gdf_path_memory(cell, 27, 16, 2, available_bytes=4 * 2 ** 30)
