@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -86,7 +87,7 @@ def _describe(err) -> list[tuple[str, str]]:
     if v == "additionalProperties":
         allowed = sorted(sch.get("properties", {}))
         out = []
-        for k in sorted(set(inst) - set(allowed)):
+        for k in sorted(set(inst) - set(allowed), key=str):  # YAML keys need not be strings
             close = difflib.get_close_matches(str(k), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             out.append((key_path(path + [k]),
@@ -114,11 +115,26 @@ def _describe(err) -> list[tuple[str, str]]:
     if v == "uniqueItems":
         return [(key_path(path), "expected every item once, got duplicates")]
     if v == "pattern":
-        return [(key_path(path), f"got {inst!r}, expected text matching {err.validator_value}")]
+        # a schema may say in words what its pattern means ("x-expected", ignored by jsonschema)
+        exp = sch.get("x-expected") or f"text matching {err.validator_value}"
+        return [(key_path(path), f"got {inst!r}, expected {exp}")]
     if v in ("anyOf", "oneOf") and err.context:
         from jsonschema.exceptions import best_match
         return _describe(best_match(err.context))
     return [(key_path(path), err.message)]
+
+
+def _nonfinite(obj, path=()):
+    """Key paths of the NaN / infinite numbers in ``obj`` (YAML's .nan, .inf)."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            yield list(path), obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _nonfinite(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _nonfinite(v, path + (i,))
 
 
 def validate(job: Any, filename: str = "<job>") -> list[str]:
@@ -127,7 +143,10 @@ def validate(job: Any, filename: str = "<job>") -> list[str]:
     if not isinstance(job, dict):
         return [f"{filename}: (top level): expected a mapping of keys, got {_type_name(job)}"]
     val = Draft202012Validator(job_schema())
-    lines = []
+    # JSON Schema's minimum/maximum let .inf through and every comparison with .nan
+    # passes: no job number may be either
+    lines = [f"{filename}: {key_path(kp)}: got {v!r}, expected a finite number"
+             for kp, v in _nonfinite(job)]
     for err in sorted(val.iter_errors(job), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
         for kp, msg in _describe(err):
             line = f"{filename}: {kp}: {msg}"
@@ -135,7 +154,7 @@ def validate(job: Any, filename: str = "<job>") -> list[str]:
                 lines.append(line)
     stages = job.get("stages") if isinstance(job.get("stages"), list) else []
     for st in stages:
-        for need in STAGE_NEEDS.get(st, ()):
+        for need in (STAGE_NEEDS.get(st, ()) if isinstance(st, str) else ()):
             if need not in stages:
                 lines.append(f"{filename}: stages: stage {st!r} needs stage {need!r} in the same job")
     needs_material = [s for s in stages if s in ("materials", "dft", "bands", "formfactor", "dielectric")]
@@ -207,15 +226,75 @@ def apply_defaults(job: dict) -> dict:
     return job
 
 
+class _DuplicateKey(Exception):
+    """A mapping of a YAML document gives one key twice."""
+
+    def __init__(self, path: list, key, line: int, first_line: int):
+        super().__init__(f"{key_path(path)}: key {key!r} given twice (line {line}, first at line "
+                         f"{first_line}); expected each key once")
+
+
+@lru_cache(maxsize=None)
+def _job_loader():
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping
+    (PyYAML keeps the last one silently, so a second ``dft:`` block would
+    quietly replace the first).  Merge keys (``<<``) may still be overridden."""
+    import yaml
+
+    class JobLoader(yaml.SafeLoader):
+        def construct_document(self, node):
+            self._check_mappings(node, [], set())
+            return super().construct_document(node)
+
+        def _check_mappings(self, node, path, done):
+            if id(node) in done:  # an alias: checked where its anchor stands (and no cycles)
+                return
+            done.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                for i, item in enumerate(node.value):
+                    self._check_mappings(item, path + [i], done)
+            elif isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                for knode, vnode in node.value:
+                    key = knode.value if isinstance(knode, yaml.ScalarNode) else None
+                    if key is not None and knode.tag != "tag:yaml.org,2002:merge":
+                        try:
+                            key = self.construct_object(knode)  # 'seed' and "seed" are one key
+                            hash(key)
+                        except Exception:
+                            key = knode.value
+                        if key in first:
+                            raise _DuplicateKey(path + [key], key, knode.start_mark.line + 1,
+                                                first[key])
+                        first[key] = knode.start_mark.line + 1
+                    self._check_mappings(vnode, path + ([key] if key is not None else []), done)
+
+    return JobLoader
+
+
+def load_yaml_text(stream) -> Any:
+    """YAML of a str, bytes or binary stream, refusing duplicate keys
+    (raises ``yaml.YAMLError`` or :class:`_DuplicateKey`)."""
+    import yaml
+    return yaml.load(stream, Loader=_job_loader())
+
+
 def parse_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML file; raises JobError with one line on any read/parse error."""
+    """Parse a YAML file; raises JobError with one line on any read/parse
+    error: unreadable file, not UTF-8 text (a binary file), malformed YAML,
+    a key given twice in one mapping."""
     import yaml
     p = str(path)
     try:
-        with open(p) as fh:
-            return yaml.safe_load(fh)
+        with open(p, "rb") as fh:  # bytes: PyYAML decodes (UTF-8/16) and reports bad bytes
+            return load_yaml_text(fh)
     except OSError as exc:
         raise JobError([f"{p}: cannot read the file: {exc.strerror}"]) from None
+    except _DuplicateKey as exc:
+        raise JobError([f"{p}: {exc}"]) from None
+    except yaml.reader.ReaderError as exc:
+        raise JobError([f"{p}: (top level): not a YAML text file ({exc.reason} at position "
+                        f"{exc.position}); expected a UTF-8 YAML job file"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -250,10 +329,13 @@ def load_job(path: str | os.PathLike, overrides: dict | None = None) -> dict:
     raw = parse_yaml(path)
     if overrides and isinstance(raw, dict):
         for key, val in overrides.items():
-            if key == "materials":
-                byname = {(m if isinstance(m, str) else m.get("name")): m for m in raw.get("materials", [])
-                          if isinstance(m, (str, dict))}
-                val = [byname.get(v, v) for v in val]
+            if key == "materials" and isinstance(val, list):
+                # names given on the command line keep the job's own entry of that name;
+                # anything else (mappings, wrong types) is left for validation to report
+                have = raw.get("materials") if isinstance(raw.get("materials"), list) else []
+                byname = {(m if isinstance(m, str) else m.get("name")): m for m in have
+                          if isinstance(m, str) or (isinstance(m, dict) and isinstance(m.get("name"), str))}
+                val = [byname.get(v, v) if isinstance(v, str) else v for v in val]
             set_key(raw, key, val)
     problems = validate(raw, str(path))
     if not problems:
@@ -301,7 +383,9 @@ def parse_set(item: str) -> tuple[str, Any]:
             raise ValueError(f"--set {item!r}: unknown job key {key!r}{hint}; the keys are listed by "
                              "'dmca-hpc validate --keys'") from None
     try:
-        value = yaml.safe_load(val)
+        value = load_yaml_text(val)
+    except _DuplicateKey as exc:
+        raise ValueError(f"--set {item!r}: VALUE: {exc}") from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         want = f"; expected {f.type} [{f.unit}]: {f.doc}" if f is not None else ""

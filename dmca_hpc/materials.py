@@ -24,6 +24,7 @@ constant.  Numbers and sources:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,23 @@ class MaterialError(ValueError):
     """Unknown material or unreadable structure file."""
 
 
+#: a material name is a directory name inside the run's output directory: letters,
+#: digits, _ . -, not starting with '.' (so no '/', no '..', not absolute); the job
+#: schema's materials[].name pattern (config/job.schema.json) is the same expression
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def check_plain_name(name, what: str = "name") -> str:
+    """``name`` if it is a plain name (:data:`PLAIN_NAME`), else MaterialError
+    saying what is expected (a name like ``../../evil`` would write outside
+    the output directory)."""
+    if not isinstance(name, str) or not PLAIN_NAME.match(name):
+        raise MaterialError(f"{what} {name!r} is not a plain name; expected letters, digits, _ . - "
+                            "(not starting with '.'): it names the material's directory inside "
+                            "the output directory")
+    return name
+
+
 def list_materials() -> list[str]:
     return list(LIBRARY)
 
@@ -147,7 +165,9 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
     """Material from a job-file entry: a library name, or a mapping
     ``{name, structure_file, gap_ev, pair_energy_ev, scissor_gap_ev}`` for a
     structure ASE can read (CIF, POSCAR, extxyz...), relative paths taken
-    from ``base_dir`` (the job file's directory)."""
+    from ``base_dir`` (the job file's directory).  The name of a structure
+    file's material must be a plain name (:func:`check_plain_name`): it is
+    a directory of the run."""
     if isinstance(spec, str):
         return get_material(spec)
     if "structure_file" not in spec:
@@ -157,6 +177,7 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
     path = Path(spec["structure_file"])
     if not path.is_absolute():
         path = Path(base_dir) / path
+    name = check_plain_name(spec.get("name") or path.stem)
     if not path.exists():
         raise MaterialError(f"structure_file {str(path)!r} does not exist")
     try:
@@ -164,7 +185,6 @@ def material_from_spec(spec: str | dict, base_dir: str | os.PathLike = ".") -> M
         atoms = read(str(path), parallel=False)
     except Exception as exc:
         raise MaterialError(f"structure_file {str(path)!r}: ASE cannot read it ({exc})") from exc
-    name = spec.get("name") or path.stem
     gap = spec.get("gap_ev")
     return Material(name=name, structure="file", formula=atoms.get_chemical_formula(),
                     a_angstrom=None, gap_ev=gap, gap_type=None,

@@ -20,16 +20,27 @@ Output directory (``--out DIR``, default ``runs/<name>``)::
     DIR/<...>/<stage>/stage.json manifest: input hash, outputs, status
     DIR/telemetry/rank-*.jsonl   per-rank telemetry, merged into telemetry.jsonl
     DIR/telemetry_summary.json   collector summary of the run (and .md)
+    DIR/.dmca-run.lock           locked (flock) by the run using DIR: its host, pid, start
 
 Preemption: SIGUSR1 or SIGTERM (SLURM's pre-timeout signal) makes every rank
 exit at once with code 99.  Nothing is lost beyond the units in flight,
 because every finished unit is already in an atomic checkpoint; the same
 command run again resumes.
+
+One run per output directory: rank 0 takes an exclusive ``flock`` on
+``DIR/.dmca-run.lock`` before it writes anything and holds it to the end; a
+second run on the same DIR is refused at once (:class:`RunLocked`, naming the
+holder), because two runs would both run every stage, double the telemetry
+and restart from each other's half-written checkpoints.  The kernel drops a
+flock when its holder dies, so the lock left by a kill -9 never blocks the
+resume.  Before that, :func:`preflight` refuses a job that cannot finish
+(an encrypted telemetry without its key), so nothing is written for it.
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import sys
 import time
@@ -43,6 +54,105 @@ from dmca_hpc.stages.registry import (PER_MATERIAL, STAGE_DMCA, STAGE_NEEDS, STA
 
 #: exit code after a preemption signal: "checkpointed, run me again"
 EXIT_PREEMPTED = 99
+
+#: the lock file a run holds (flock) in its output directory
+LOCK_NAME = ".dmca-run.lock"
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start; the message is one line saying why and what to do
+    (the ``run`` command exits 2 with it)."""
+
+
+class RunLocked(RunRefused):
+    """Another live run holds the output directory's lock."""
+
+
+class RunLock:
+    """Exclusive lock of a run's output directory: ``fcntl.flock`` on
+    ``DIR/.dmca-run.lock``, which records the holder's host, pid and start
+    time (for the message of the run it refuses; the lock itself is the
+    flock, not the file's content).
+
+    A flock belongs to the open file, so the kernel releases it when the
+    holder's process ends in any way (kill -9 included): a lock file left
+    behind never blocks a resume.  The descriptor is not inherited by
+    programs the run starts (pw.x), which therefore cannot keep a dead run's
+    lock.  The file is never deleted (deleting it would let two runs lock two
+    different files of the same name).  On NFS, Linux maps flock onto NFS
+    byte-range locks, which hold across nodes; a file system without locks
+    runs unprotected, with a warning.
+
+    Use ``with RunLock(d):`` or ``acquire()`` / ``release()``."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (creating the directory), or raise :class:`RunLocked`
+        naming the holder."""
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunLocked(f"{self.path.parent}: another run is using this output directory "
+                            f"({holder}; lock file {self.path}); wait for it to end, or give "
+                            "another --out") from None
+        except OSError as exc:  # ENOLCK / EOPNOTSUPP: no locks on this file system
+            os.close(fd)
+            print(f"dmca-hpc: warning: cannot lock {self.path} ({exc.strerror}); nothing stops "
+                  "a second run on this output directory", file=sys.stderr)
+            return self
+        info = {"host": platform.node(), "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_unix": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock_holder(fd: int) -> str:
+    """'held by pid P on host H since T' from a lock file's content."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"held by pid {info['pid']} on host {info['host']} since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "held by a run that is just starting (its details are not written yet)"
+
+
+def preflight(job: dict, comm) -> None:
+    """Refuse, before anything is written, a job that cannot finish: raise
+    :class:`RunRefused` naming the job key and what is missing.  Today: an
+    encrypted telemetry (``telemetry.encrypt: true``) without the key in
+    ``$DMCA_TELEMETRY_KEY`` on some rank.  Collective (every rank checks
+    its own environment; all raise the same message)."""
+    problem = None
+    if (job.get("telemetry") or {}).get("encrypt"):
+        from dmca_hpc.monitoring.telemetry import KeyError_, load_key
+        try:
+            load_key()
+        except KeyError_ as exc:
+            where = f"rank {comm.Get_rank()}: " if comm.Get_size() > 1 else ""
+            problem = f"{job.get('_job_file', '<job>')}: telemetry.encrypt: {where}{exc}"
+    problem = next((p for p in comm.allgather(problem) if p), None)
+    if problem:
+        raise RunRefused(problem)
 
 @dataclass
 class StageContext:
@@ -139,16 +249,38 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
 
     Returns (on rank 0) a summary dict: run_dir, per-stage status and
     outputs, telemetry path, summary paths, number of failed stages.
+    Raises :class:`RunRefused` (on every rank) when :func:`preflight` fails
+    or another run holds the output directory (:class:`RunLocked`); then
+    nothing has been written.
     """
+    from dmca_hpc.hpc.parallel import get_comm
+    comm = get_comm()
+    run_dir = Path(out_dir or Path("runs") / job["name"]).resolve()
+    preflight(job, comm)
+    lock = RunLock(run_dir)
+    refused = None
+    if comm.Get_rank() == 0:  # one holder: rank 0 locks, the ranks follow its decision
+        try:
+            lock.acquire()
+        except RunLocked as exc:
+            refused = str(exc)
+    refused = comm.bcast(refused, root=0)
+    if refused:
+        raise RunLocked(refused)
+    try:
+        return _run_stages(job, run_dir, comm, log)
+    finally:
+        lock.release()
+
+
+def _run_stages(job: dict, run_dir: Path, comm, log) -> dict:
+    """:func:`run_job` once the output directory is locked."""
     from dmca_hpc.hpc.checkpoint import atomic_path, config_hash, provenance
     from dmca_hpc.materials import material_from_spec
-    from dmca_hpc.hpc.parallel import get_comm
     from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
 
-    comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
     root = rank == 0
-    run_dir = Path(out_dir or Path("runs") / job["name"]).resolve()
     pub = public_job(job)
     job_hash = config_hash(pub)
     seed = int(job.get("seed", 0))

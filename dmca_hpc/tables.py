@@ -164,15 +164,28 @@ def read_table(path: str | os.PathLike, **qedark_kw) -> FormFactorTable:
     """Read a form-factor table, detecting its format (module docstring).
 
     ``qedark_kw`` are passed to :func:`read_qedark_text` for text files.
-    Raises :class:`TableFormatError` naming the file and the missing item,
-    FileNotFoundError if the path does not exist.
+    Every message starts with the file name and says what was expected:
+    FileNotFoundError if the path does not exist; :class:`TableFormatError`
+    for a directory, an unreadable (truncated, damaged) HDF5 file, a missing
+    item, a bin width or cell value that is not a positive number, NaN /
+    infinite or negative |f|^2 bins, and an ``f2`` whose shape disagrees with
+    the file's own ``run_settings/binning`` (a transposed table).
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"form-factor table {path} does not exist")
+        raise FileNotFoundError(f"{path}: no such file (expected a form-factor table: HDF5 or "
+                                "QEdark text)")
+    if path.is_dir():
+        raise TableFormatError(f"{path}: is a directory (expected a form-factor table file: HDF5 "
+                               "or QEdark text)")
     import h5py
     if h5py.is_hdf5(path):
-        return _read_h5(path)
+        try:
+            return _read_h5(path)
+        except OSError as exc:  # h5py: truncated file, damaged B-tree, unreadable chunk
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TableFormatError(f"{path}: HDF5 file cannot be read ({why}); expected a complete "
+                                   "form-factor table (truncated or damaged copy?)") from None
     return read_qedark_text(path, **qedark_kw)
 
 
@@ -181,6 +194,42 @@ def _attr(obj, name, path, where, meaning):
         raise TableFormatError(
             f"{path}: attribute '{name}' missing from '{where}' (expected {meaning})")
     return obj.attrs[name]
+
+
+def _number_attr(obj, name, path, where, meaning, positive=True) -> float:
+    """A finite number attribute (> 0 when ``positive``, else >= 0), or
+    TableFormatError naming the file, the attribute and what was expected."""
+    raw = _attr(obj, name, path, where, meaning)
+    try:
+        v = float(np.asarray(raw).reshape(-1)[0]) if np.size(raw) == 1 else None
+    except (TypeError, ValueError):
+        v = None
+    if v is None or not np.isfinite(v) or (v <= 0 if positive else v < 0):
+        want = "a positive number" if positive else "a number >= 0"
+        raise TableFormatError(f"{path}: attribute '{name}' of '{where}' is {_to_py(raw)!r}; "
+                               f"expected {want}: {meaning}")
+    return v
+
+
+def check_f2(f2, path, item: str = "dataset 'results/f2'") -> np.ndarray:
+    """``f2`` as a 2-D float array of finite |f|^2 >= 0, or TableFormatError
+    naming the file, the dataset, the first bad bin and what was expected
+    (a negative |f|^2 gives negative rates that look like numbers)."""
+    try:
+        a = np.asarray(f2, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TableFormatError(f"{path}: {item} is not numeric; expected |f_crystal|^2 "
+                               "[nq, nE] numbers") from None
+    if a.ndim != 2:
+        raise TableFormatError(f"{path}: {item} has shape {a.shape}; expected a 2-D "
+                               "array [nq, nE]")
+    for bad, what in ((~np.isfinite(a), "NaN or infinite"), (a < 0, "negative")):
+        if bad.any():
+            i, j = (int(x) for x in np.argwhere(bad)[0])
+            raise TableFormatError(f"{path}: {item} has {int(bad.sum())} {what} bins "
+                                   f"(first [{i}, {j}] = {float(a[i, j])!r}); expected finite "
+                                   "|f_crystal|^2 >= 0")
+    return a
 
 
 def _material_from_atom_string(atom) -> str:
@@ -208,15 +257,15 @@ def _to_py(v):
 def _read_h5(path: Path) -> FormFactorTable:
     import h5py
     with h5py.File(path, "r") as f:
-        if "results" not in f or "f2" not in f["results"]:
+        if not isinstance(f.get("results"), h5py.Group) or "f2" not in f["results"]:
             raise TableFormatError(
                 f"{path}: dataset 'results/f2' missing (expected |f_crystal|^2 [nq, nE], "
                 "QCDark / dmca_hpc layout)")
         res = f["results"]
-        vals = {k: float(_attr(res, k, path, "results", m))
+        vals = {k: _number_attr(res, k, path, "results", m, positive=(k != "bandgap"))
                 for k, m in REQUIRED_RESULT_ATTRS.items()}
         scissor = _to_py(res.attrs["scissor"]) if "scissor" in res.attrs else "unknown"
-        f2 = res["f2"][()]
+        f2 = check_f2(res["f2"][()], path)
         ours = f.attrs.get("format", b"") in (FORMAT_TAG, FORMAT_TAG.encode())
         meta: dict = {}
         material = ""
@@ -233,12 +282,24 @@ def _read_h5(path: Path) -> FormFactorTable:
                 b = np.asarray(rs["binning"][()], dtype=float)
                 if b.shape == (2, 3):
                     q_min, e_min = float(b[0, 0]), float(b[1, 0])
+                    _check_binning(path, b, f2.shape, vals["dq"], vals["dE"])
         if ours:
             material = _to_py(f.attrs.get("material", material)) or material
-            if "metadata" in f.attrs:
-                meta.update(json.loads(_to_py(f.attrs["metadata"])))
-            if "provenance" in f.attrs:
-                meta["provenance"] = json.loads(_to_py(f.attrs["provenance"]))
+            for k in ("metadata", "provenance"):
+                if k not in f.attrs:
+                    continue
+                try:
+                    v = json.loads(_to_py(f.attrs[k]))
+                except (TypeError, ValueError):
+                    raise TableFormatError(f"{path}: root attribute '{k}' is not JSON; expected "
+                                           "the JSON object dmca_hpc writes") from None
+                if k == "provenance":
+                    meta["provenance"] = v
+                elif isinstance(v, dict):
+                    meta.update(v)
+                else:
+                    raise TableFormatError(f"{path}: root attribute 'metadata' is a JSON "
+                                           f"{type(v).__name__}; expected a JSON object")
             meta["format"] = "dmca_hpc"
         else:
             meta["format"] = "qcdark"
@@ -246,6 +307,22 @@ def _read_h5(path: Path) -> FormFactorTable:
     return FormFactorTable(f2=f2, dq_ame=vals["dq"], de_ev=vals["dE"], vcell_ev3=vals["VCell"],
                            cell_mass_ev=vals["mCell"], gap_ev=vals["bandgap"], scissor=scissor,
                            material=material, metadata=meta, q_min_ame=q_min, e_min_ev=e_min)
+
+
+def _check_binning(path, b, shape, dq, de) -> None:
+    """The table agrees with its own ``run_settings/binning`` [[q_min, dq, nq],
+    [E_min, dE, nE]]: a transposed f2 (nE x nq) would otherwise be read as
+    q bins of the wrong width and give wrong rates silently."""
+    nq, ne = b[0, 2], b[1, 2]
+    if (nq, ne) != tuple(float(x) for x in shape):
+        hint = " (transposed?)" if (ne, nq) == tuple(float(x) for x in shape) else ""
+        raise TableFormatError(f"{path}: dataset 'results/f2' has shape {tuple(shape)} but "
+                               f"'run_settings/binning' says nq = {nq:g}, nE = {ne:g}{hint}; "
+                               "expected f2 of shape [nq, nE]")
+    for name, v, ref in (("dq", b[0, 1], dq), ("dE", b[1, 1], de)):
+        if not np.isclose(v, ref, rtol=1e-6, atol=0):
+            raise TableFormatError(f"{path}: 'run_settings/binning' says {name} = {v:g} but "
+                                   f"attribute '{name}' of 'results' is {ref:g}; expected one bin width")
 
 
 #: QEdark (Essig et al. 2016) cell data and energy prefactor for the
@@ -305,6 +382,7 @@ def read_qedark_text(path: str | os.PathLike, material: str | None = None,
         vcell_ev3 = v_bohr3 / U.ALPHA_ME_EV**3
     if gap_ev is None:
         gap_ev = ref["gap_ev"]
+    check_f2(raw.reshape(ne, nq), path, "the table's values [nE, nq] (E outer, q inner)")
     table = raw.reshape(ne, nq).T  # -> [nq, nE]
     qi = np.arange(1, nq + 1, dtype=float)[:, None]
     f2 = prefactor_ev * qi / de_ev * (QEDARK_WK / 4.0) * table

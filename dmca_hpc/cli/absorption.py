@@ -38,8 +38,8 @@ def run_cli(args) -> int:
             d = dielectric_from_table(args.table)
         res = absorption_curves(d, args.mass_min_ev, args.mass_max_ev, args.n_masses,
                                 args.rho_gev_cm3, args.exposure_kg_year, args.n_events)
-    except (FileNotFoundError, DielectricError, TableFormatError, ValueError) as exc:
-        print(f"dmca-hpc absorption: {exc}", file=sys.stderr)
+    except (OSError, DielectricError, TableFormatError, ValueError) as exc:  # OSError: unreadable file
+        print(f"dmca-hpc absorption: error: {exc}", file=sys.stderr)
         return 2
     from dmca_hpc.hpc.checkpoint import atomic_h5, config_hash, provenance, write_dataset
     out = Path(args.out)

@@ -46,7 +46,7 @@ def run_cli(args: argparse.Namespace) -> int:
         exp = Exporter(args.telemetry, address=args.address, port=args.port, interval=args.interval, key=key,
                        report_options=opts)
     except (OSError, ValueError) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if args.textfile:
         if not args.textfile.endswith(".prom"):
@@ -54,7 +54,7 @@ def run_cli(args: argparse.Namespace) -> int:
         try:
             exp.write_textfile(args.textfile)
         except (OSError, RuntimeError) as exc:
-            print(f"{prog}: cannot write {args.textfile}: {exc}", file=sys.stderr)
+            print(f"{prog}: error: cannot write {args.textfile}: {exc}", file=sys.stderr)
             return 2
         rep = exp.report
         print(f"wrote {args.textfile}: {rep.get('records', 0)} records, {rep.get('invalid_lines_total', 0)} invalid lines")
@@ -62,7 +62,7 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         exp.start()
     except OSError as exc:
-        print(f"{prog}: cannot listen on {args.address}:{args.port}: {exc}", file=sys.stderr)
+        print(f"{prog}: error: cannot listen on {args.address}:{args.port}: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()
 

@@ -198,7 +198,7 @@ def _overrides(args) -> dict:
 def _run_run(args) -> int:
     from dmca_hpc.config import JobError, load_job
     from dmca_hpc.hpc.parallel import get_comm
-    from dmca_hpc.pipeline import install_preemption_handler, run_job
+    from dmca_hpc.pipeline import RunRefused, install_preemption_handler, run_job
     path = args.job or _quickstart_path()
     try:
         job = load_job(path, overrides=_overrides(args))
@@ -211,7 +211,12 @@ def _run_run(args) -> int:
         return EXIT_BAD_INPUT
     install_preemption_handler()
     comm = get_comm()
-    summary = run_job(job, args.out)
+    try:
+        summary = run_job(job, args.out)
+    except RunRefused as exc:  # locked output directory, missing telemetry key: nothing written
+        if comm.Get_rank() == 0:
+            print(f"dmca-hpc run: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if comm.Get_rank() == 0:
         rd = summary["run_dir"]
         print(f"\nresults:   {rd}/<material>/<stage>/ (HDF5, units on every dataset)")
@@ -245,42 +250,80 @@ def _add_materials(p):
     p.add_argument("--json", action="store_true", help="print a JSON array")
 
 
+def _material_aliases() -> dict:
+    """{library name: [other names users type]} (C: [diamond]); the library
+    key stays the short name; case variants (gaas) are not listed."""
+    from dmca_hpc import materials
+    aliases: dict = {}
+    for alias, key in getattr(materials, "_ALIASES", {}).items():
+        if alias.lower() != key.lower():
+            aliases.setdefault(key, []).append(alias)
+    return aliases
+
+
+def _material_label(name: str, aliases: dict) -> str:
+    """``C (diamond)``: the library name with its aliases, as materials and select print it."""
+    return name + (f" ({', '.join(aliases[name])})" if aliases.get(name) else "")
+
+
 def _run_materials(args) -> int:
     import json
-    from dmca_hpc.materials import LIBRARY
-    rows = [m.to_dict() for m in LIBRARY.values()]
+    from dmca_hpc import materials
+    aliases = _material_aliases()
+    rows = [dict(m.to_dict(), aliases=aliases.get(m.name, [])) for m in materials.LIBRARY.values()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':<5} {'structure':<15} {'a [A]':>7} {'gap [eV]':>9} {'scissor [eV]':>12} "
-          f"{'pair [eV]':>9} {'rho [g/cm3]':>11} {'M_cell [GeV]':>12} {'V_cell [A^3]':>12}")
+    names = {r["name"]: _material_label(r["name"], aliases) for r in rows}
+    w = max(len(n) for n in names.values())
+    print(f"{'name':<{w}} {'structure':<15} {'a [A]':>7} {'exp. gap [eV]':>13} "
+          f"{'scissor gap [eV]':>16} {'pair [eV]':>9} {'rho [g/cm3]':>11} {'M_cell [GeV]':>12} "
+          f"{'V_cell [A^3]':>12}")
     for r in rows:
         pe = f"{r['pair_energy_ev']:.2f}" if r["pair_energy_ev"] else "-"
-        print(f"{r['name']:<5} {r['structure']:<15} {r['a_angstrom']:7.3f} {r['gap_ev']:9.2f} "
-              f"{r['scissor_gap_ev']:12.2f} {pe:>9} {r['density_g_cm3']:11.3f} "
+        print(f"{names[r['name']]:<{w}} {r['structure']:<15} {r['a_angstrom']:7.3f} "
+              f"{r['gap_ev']:13.2f} {r['scissor_gap_ev']:16.2f} {pe:>9} {r['density_g_cm3']:11.3f} "
               f"{r['cell_mass_ev'] / 1e9:12.3f} {r['cell_volume_angstrom3']:12.3f}")
+    print("exp. gap: low-temperature experimental band gap; scissor gap: the gap the form-factor "
+          "tables are shifted to, used by rates and select")
     return 0
 
 
 def _add_select(p):
-    p.add_argument("--mass-mev", type=float, required=True, help="DM mass [MeV]")
+    p.add_argument("--mass-mev", type=float, required=True, help="DM mass [MeV] (> 0)")
     p.add_argument("--halo", default="shm-2021", help="halo preset (default shm-2021)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (gap_ev: the scissor gap, as in the text output)")
 
 
 def _run_select(args) -> int:
     import json
+    import math
+    from dmca_hpc.detection.halo import get_halo
     from dmca_hpc.detection.select import select_material
+    if not (args.mass_mev > 0 and math.isfinite(args.mass_mev)):
+        # the form of the other commands' number checks (cli/rates.py number_problem)
+        print(f"dmca-hpc select: error: --mass-mev {args.mass_mev:g}: expected a DM mass > 0 [MeV]",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
+        v_max = get_halo(args.halo).v_max_km_s
         rows = select_material(args.mass_mev * 1e6, halo=args.halo)
     except (KeyError, ValueError) as exc:
-        print(f"dmca-hpc select: {exc}")
+        print(f"dmca-hpc select: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.json:
         print(json.dumps(rows, indent=1))
-    else:
-        for r in rows:
-            print(f"{r['name']:<5} {'yes' if r['viable'] else 'no ':<4} {r['reason']}")
+        return 0
+    print(f"m_chi = {args.mass_mev:g} MeV, halo {args.halo}: max deposit m_chi v_max^2 / 2 with "
+          f"v_max = v_esc + v_E = {v_max:g} km/s, against the scissor gap (the gap the "
+          f"form-factor tables use; 'dmca-hpc materials' lists the experimental gap too)")
+    aliases = _material_aliases()
+    w = max(len(_material_label(r["name"], aliases)) for r in rows)
+    for r in rows:
+        ok, rel = ("yes", ">") if r["viable"] else ("no", "<=")
+        print(f"{_material_label(r['name'], aliases):<{w}} {ok:<4} max deposit "
+              f"{r['max_deposit_ev']:.3g} eV {rel} scissor gap {r['gap_ev']:g} eV")
     return 0
 
 

@@ -10,7 +10,8 @@ import sys
 def add_arguments(parser):
     """Arguments of ``dmca-hpc nuclear``."""
     from dmca_hpc.detection.nuclear import known_targets
-    parser.add_argument("--target", required=True, help=f"one of {', '.join(known_targets())}")
+    parser.add_argument("--target", required=True,
+                        help=f"one of {', '.join(known_targets())} (any case: xe = Xe)")
     parser.add_argument("--mass-gev", type=float, required=True, help="DM mass [GeV]")
     parser.add_argument("--sigma-n", type=float, default=1e-45,
                         help="WIMP-nucleon SI cross section [cm^2]")
@@ -26,20 +27,21 @@ def add_arguments(parser):
 def run_cli(args) -> int:
     """``dmca-hpc nuclear``: dR/dE_R at the given recoil energies (table or JSON)."""
     import numpy as np
-    from dmca_hpc.detection.nuclear import recoil_rate, target_composition
+    from dmca_hpc.detection.nuclear import canonical_target, recoil_rate, target_composition
     try:
         from dmca_hpc.detection.halo import get_halo
         h = get_halo(args.halo)
-        r = np.atleast_1d(recoil_rate(args.target, args.mass_gev, args.recoil_kev,
+        target = canonical_target(args.target)
+        r = np.atleast_1d(recoil_rate(target, args.mass_gev, args.recoil_kev,
                                       sigma_n_cm2=args.sigma_n, halo=h, model=args.model,
                                       coupling=args.coupling))
-        comp = target_composition(args.target)
+        comp = target_composition(target)
     except ValueError as exc:
         print(f"dmca-hpc nuclear: error: {exc}", file=sys.stderr)
         return 2
     vals = [float(x) for x in r]
     out = {
-        "target": args.target, "model": args.model, "mass_gev": args.mass_gev,
+        "target": target, "model": args.model, "mass_gev": args.mass_gev,
         "sigma_n_cm2": args.sigma_n if args.model == "wimp" else None,
         "coupling": args.coupling if args.model != "wimp" else None,
         "recoil_kev": args.recoil_kev if len(args.recoil_kev) > 1 else args.recoil_kev[0],
@@ -53,7 +55,14 @@ def run_cli(args) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"{args.model} on {args.target}: m = {args.mass_gev:g} GeV, halo {h.name}")
+    inter = (f"sigma_n = {args.sigma_n:g} cm^2" if args.model == "wimp"
+             else f"coupling factor {args.coupling:g}")
+    hp = h.params()
+    halo_txt = ", ".join(f"{name} = {hp[k]:g} {unit}" for k, name, unit in (
+        ("rho_gev_cm3", "rho", "GeV/cm^3"), ("v0_km_s", "v0", "km/s"),
+        ("v_esc_km_s", "v_esc", "km/s"), ("v_earth_km_s", "v_E", "km/s")) if k in hp)
+    print(f"{args.model} on {target}: m = {args.mass_gev:g} GeV, {inter}, halo {h.name}"
+          + (f" ({halo_txt})" if halo_txt else ""))
     for e, v in zip(args.recoil_kev, vals):
         print(f"  E_R = {e:8.3g} keV   dR/dE_R = {v:.5g} events/tonne/year/keV")
     return 0

@@ -74,8 +74,10 @@ def _settings(args) -> dict:
 
 
 def run_cli(args) -> int:
-    """``dmca-hpc oracle``: exit 0 when the batch finished (even with failed
-    candidates), 2 on a setup error (message names the bad value)."""
+    """``dmca-hpc oracle``: exit 0 when every candidate was labelled, 1 when
+    the batch finished with failed candidates (listed in ``failures.json``;
+    the labelled ones are kept), 2 on a setup error (message names the bad
+    value)."""
     from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
     from dmca_hpc.hpc.parallel import get_comm
     from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
@@ -93,7 +95,7 @@ def run_cli(args) -> int:
         candidates = read_candidates(args.structures)
     except (OracleSetupError, OSError) as exc:
         if rank == 0:
-            print(f"dmca-hpc oracle: {exc}", file=sys.stderr)
+            print(f"dmca-hpc oracle: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     ih = config_hash({"settings": physics_settings(settings),
@@ -105,8 +107,10 @@ def run_cli(args) -> int:
     paths = run_batch(candidates, settings, out, comm=comm,
                       record=functools.partial(tel.record, STAGE), prov=prov, input_hash=ih, log=log)
     comm.barrier()
+    nfail = None
     if rank == 0:
         merge_rank_files(tdir)
         nfail = len(json.loads(Path(paths["failures"]).read_text()))
         print(json.dumps({"candidates": len(candidates), "failed": nfail, **paths}, indent=1))
-    return 0
+    # every rank exits with the same code (the package's: 1 = a unit failed, work kept)
+    return 1 if comm.bcast(nfail, root=0) else 0

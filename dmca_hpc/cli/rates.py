@@ -5,6 +5,7 @@ events / kg / year."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 
@@ -33,12 +34,33 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def number_problem(checks) -> str | None:
+    """The first bad number option as one line ``FLAG VALUE: expected ...``
+    (the value as given, in the option's own unit), or None.
+
+    ``checks``: ``(flag, value, ok, expected)`` tuples with ``ok(value)`` the
+    test of a finite value; a value None (option not given) passes; NaN and
+    infinities never do."""
+    for flag, value, ok, expected in checks:
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            return f"{flag} {value:g}: expected {expected}"
+    return None
+
+
 def run_cli(args) -> int:
     """``dmca-hpc rates``: print a table (or JSON) of rates for one mass."""
     from dmca_hpc import units as U
     from dmca_hpc.detection.rates import electron_rates, rates_json
     from dmca_hpc.response.screening import screening_eps2
     from dmca_hpc.tables import TableFormatError, load
+    bad = number_problem([
+        ("--mass-mev", args.mass_mev, lambda v: v > 0, "a DM mass > 0 [MeV]"),
+        ("--sigma-e", args.sigma_e, lambda v: v > 0, "a DM-electron cross section > 0 [cm^2]"),
+        ("--gap", args.gap, lambda v: v >= 0, "a band gap >= 0 [eV]"),
+        ("--pair-energy", args.pair_energy, lambda v: v > 0, "an energy per electron-hole pair > 0 [eV]")])
+    if bad:
+        print(f"dmca-hpc rates: error: {bad}", file=sys.stderr)
+        return 2
     try:
         table = load(args.table, args.material)
         eps2 = screening_eps2(table, args.screening, args.dielectric)
@@ -46,7 +68,7 @@ def run_cli(args) -> int:
                            sigma_e_cm2=args.sigma_e, gap_ev=args.gap,
                            pair_energy_ev=args.pair_energy, screening=eps2)
         r.inputs["screening_model"] = args.screening
-    except (FileNotFoundError, TableFormatError, ValueError, KeyError) as exc:
+    except (OSError, TableFormatError, ValueError, KeyError) as exc:  # OSError: missing/unreadable file
         print(f"dmca-hpc rates: error: {exc}", file=sys.stderr)
         return 2
     out = rates_json(r)

@@ -56,15 +56,26 @@ def known_targets() -> list[str]:
     return sorted(ELEMENTS) + sorted(COMPOUNDS)
 
 
+def canonical_target(name: str) -> str:
+    """The known target spelled as :func:`known_targets` spells it (``xe`` ->
+    ``Xe``, ``NAI`` -> ``NaI``): names are case-insensitive, as material names
+    are; unknown names list the known ones."""
+    for k in known_targets():
+        if k.lower() == str(name).lower():
+            return k
+    raise ValueError(f"unknown target {name!r}; known targets: {', '.join(known_targets())} "
+                     "(any case)")
+
+
 def target_composition(name: str) -> list[tuple[str, float]]:
-    """[(element, mass fraction)] of a target; unknown names list the known ones."""
+    """[(element, mass fraction)] of a target (case-insensitive name); unknown
+    names list the known ones."""
+    name = canonical_target(name)
     if name in ELEMENTS:
         return [(name, 1.0)]
-    if name in COMPOUNDS:
-        parts = COMPOUNDS[name]
-        tot = sum(ELEMENTS[e][1] * n for e, n in parts.items())
-        return [(e, ELEMENTS[e][1] * n / tot) for e, n in parts.items()]
-    raise ValueError(f"unknown target {name!r}; known targets: {', '.join(known_targets())}")
+    parts = COMPOUNDS[name]
+    tot = sum(ELEMENTS[e][1] * n for e, n in parts.items())
+    return [(e, ELEMENTS[e][1] * n / tot) for e, n in parts.items()]
 
 
 def helm_form_factor(q_mev, a_mass_number: float):
@@ -129,7 +140,8 @@ def recoil_rate(target: str, mass_gev: float, e_kev, sigma_n_cm2: float = 1e-45,
     """dR/dE_R [events / tonne / year / keV] at recoil energies ``e_kev``.
 
     Args:
-        target: element (Xe, Ar, Ge, Si, Na, I, Cs, Ga, As) or compound (NaI, CsI, GaAs).
+        target: element (Xe, Ar, Ge, Si, Na, I, Cs, Ga, As) or compound (NaI, CsI, GaAs),
+            any case (``xe`` = ``Xe``).
         mass_gev: DM mass [GeV].
         sigma_n_cm2: WIMP-nucleon SI cross section [cm^2] (model ``wimp``).
         halo: halo preset / object.

@@ -260,13 +260,22 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
     h = get_halo(halo)
     if fdm not in FDM_CHOICES:
         raise ValueError(f"fdm must be one of {FDM_CHOICES}, got {fdm!r}")
-    if not (sigma_e_cm2 > 0):
-        raise ValueError(f"sigma_e must be > 0 cm^2, got {sigma_e_cm2}")
+    if not (0 < sigma_e_cm2 < np.inf):
+        raise ValueError(f"sigma_e must be a finite number > 0 cm^2, got {sigma_e_cm2}")
     masses = np.atleast_1d(np.asarray(masses_ev, dtype=float))
     if np.any(~np.isfinite(masses)) or np.any(masses <= 0):
-        raise ValueError(f"DM masses must be positive and finite, got {masses}")
+        # masses arrive in eV; users give MeV (command line, job files): say both
+        bad = masses[~(np.isfinite(masses) & (masses > 0))]
+        raise ValueError("DM masses must be positive (> 0 MeV) and finite, got "
+                         + ", ".join(f"{m / U.MEV_EV:g}" for m in bad) + " MeV ("
+                         + ", ".join(f"{m:g}" for m in bad) + " eV)")
     gap = table.gap_ev if gap_ev is None else float(gap_ev)
     eps = default_pair_energy(table) if pair_energy_ev is None else float(pair_energy_ev)
+    # a negative gap would count deposits below zero energy as charge ("max deposit -3.5 eV")
+    if not (0 <= gap < np.inf):
+        raise ValueError(f"gap must be a finite number >= 0 eV, got {gap}")
+    if not (0 < eps < np.inf):
+        raise ValueError(f"pair energy must be a finite number > 0 eV, got {eps}")
     w = _weights(table, fdm, screening)
     s = _q_sums(table, w, masses, h)
     pref = rate_prefactor_per_kg_year(masses, table.cell_mass_ev, h.rho_gev_cm3, sigma_e_cm2)

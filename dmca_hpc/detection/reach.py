@@ -77,10 +77,13 @@ def reach_from_rates(rates, exposure_kg_year: float, q_threshold: int = 1,
     """Reach from an :class:`dmca_hpc.detection.rates.ElectronRates` (rates at sigma_ref).
 
     Exactly one of ``n_events`` (background-free, default 3) or
-    ``observed_counts`` (list of counts for Q = 1, 2, ...) is used."""
+    ``observed_counts`` (list of counts for Q = 1, 2, ...) is used.  Counts
+    may stop before the last Q bin: the bins without a count are not used
+    (unconstrained; the limit comes from Q = q_threshold .. len(counts)) and
+    a note says so."""
     from dmca_hpc.detection.rates import rate_in_q_range
-    if not (exposure_kg_year > 0):
-        raise ValueError(f"exposure must be > 0 kg-year, got {exposure_kg_year}")
+    if not (0 < exposure_kg_year < np.inf):
+        raise ValueError(f"exposure must be a finite number > 0 kg-year, got {exposure_kg_year}")
     if int(q_threshold) < 1:
         raise ValueError(f"Q threshold must be >= 1, got {q_threshold}")
     sigma_ref = rates.inputs["sigma_e_cm2"]
@@ -100,10 +103,15 @@ def reach_from_rates(rates, exposure_kg_year: float, q_threshold: int = 1,
         counts = [int(c) for c in observed_counts]
         if any(c < 0 for c in counts):
             raise ValueError(f"observed counts must be >= 0, got {observed_counts}")
-        bins = list(range(int(q_threshold), hi + 1))
+        if len(counts) < int(q_threshold):
+            raise ValueError(f"observed counts cover Q = 1..{len(counts)}, all below the Q "
+                             f"threshold {q_threshold}: give counts up to Q >= {q_threshold}")
         if len(counts) < hi:
-            raise ValueError(f"observed_counts has {len(counts)} entries (Q = 1..); need at "
-                             f"least Q = {hi} for the Q range [{q_threshold}, {hi}]")
+            # no count for Q > len(counts): those bins do not constrain the limit
+            notes.append(f"observed counts given for Q = 1..{len(counts)}: Q = "
+                         f"{len(counts) + 1}..{hi} not used (unconstrained)")
+            hi = len(counts)
+        bins = list(range(int(q_threshold), hi + 1))
         if mode == "combined":
             ntot = sum(counts[k - 1] for k in bins)
             mu = poisson_upper_limit(ntot, cl)
@@ -259,10 +267,16 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
 # HDF5 (beside the Reach and Bands it writes; the stage and the CLI share it)
 # ---------------------------------------------------------------------------
 
-def write_reach_h5(path, curves: dict, bands: "Bands | None" = None, input_hash: str = "",
+def write_reach_h5(path, curves: dict, bands=None, input_hash: str = "",
                    prov=None) -> Path:
-    """Write reach curves {label: Reach} (and bands) with units on every dataset."""
+    """Write reach curves {label: Reach} (and bands) with units on every dataset.
+
+    ``bands``: None, one :class:`Bands` or {label: Bands}.  The first bands go
+    to group ``bands``, further ones to ``bands_<label>``; each group's
+    ``mediator`` attribute names its F_DM."""
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
+    if bands is not None and not isinstance(bands, dict):
+        bands = {bands.nominal.inputs.get("fdm", ""): bands}
     with atomic_h5(path, input_hash=input_hash, stage="reach", prov=prov) as f:
         for label, rc in curves.items():
             g = f.create_group(label)
@@ -272,13 +286,14 @@ def write_reach_h5(path, curves: dict, bands: "Bands | None" = None, input_hash:
                           "rate in the Q range at sigma_ref = 1e-39 cm^2")
             g.attrs["inputs"] = json.dumps(rc.inputs, default=str)
             g.attrs["notes"] = json.dumps(rc.notes)
-        if bands is not None:
-            g = f.create_group("bands")
-            write_dataset(g, "mass", bands.masses_ev / U.MEV_EV, "MeV")
+        for i, (label, b) in enumerate((bands or {}).items()):
+            g = f.create_group("bands" if i == 0 else f"bands_{label}")
+            g.attrs["mediator"] = label
+            write_dataset(g, "mass", b.masses_ev / U.MEV_EV, "MeV")
             write_dataset(g, "percentiles", np.array(PERCENTILES), "percent")
-            write_dataset(g, "sigma", bands.sigma_cm2, "cm^2", "[percentile, mass]")
-            write_dataset(g, "dR_dQ", bands.dr_dq, "1/(kg*year)",
+            write_dataset(g, "sigma", b.sigma_cm2, "cm^2", "[percentile, mass]")
+            write_dataset(g, "dR_dQ", b.dr_dq, "1/(kg*year)",
                           "[percentile, mass, Q-1] at sigma_ref = 1e-39 cm^2")
-            write_dataset(g, "samples_sigma", bands.samples_sigma_cm2, "cm^2", "[sample, mass]")
-            g.attrs["inputs"] = json.dumps(bands.inputs, default=str)
+            write_dataset(g, "samples_sigma", b.samples_sigma_cm2, "cm^2", "[sample, mass]")
+            g.attrs["inputs"] = json.dumps(b.inputs, default=str)
     return Path(path)

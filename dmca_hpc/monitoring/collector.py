@@ -104,6 +104,25 @@ x_(floor(q (n-1))) (``numpy.quantile(..., method="lower")``).  Lists of
 failed units and invalid lines keep the first ``--max-list`` entries (the
 totals are always exact), so memory is bounded for any input size.
 
+Inputs
+------
+A directory stands for its merged ``telemetry.jsonl`` when present, else
+its ``rank-*.jsonl`` files.  A run writes only regular files there: a FIFO,
+socket or device under one of those names (in a directory, or named on the
+command line) would block the reader forever, so it is skipped with the
+reason in ``skipped_files``; any other FIFO named on the command line is
+streamed (the data need never exist as a file).  Given the merged file and
+rank files of the same directory (``collect runs/X/telemetry/*.jsonl``),
+the collector compares them: when the merged file is exactly the rank
+files' whole lines (what the pipeline merged), the rank files are skipped
+(``skipped_files``); otherwise the merged file is refused (listed in
+``unreadable_files``: pass one or the other) and only the rank files are
+read.  Either way no record is counted twice.
+
+Non-finite numbers: a line whose number overflows a double (``1e400``) or
+is NaN/Infinity is an invalid line (code ``nonfinite``); sums that overflow
+are reported as null, never as a crash of ``--json`` or the exporter.
+
 Gate (``--gate``): exit code 1 when the DMCA fti_avg exceeds ``--fti-max``
 (default 1.05, the DMCA gate and the FAIL threshold), any stage FTI exceeds it
 (waste or a regression against the baseline), failed units exceed ``--max-failures``
@@ -113,9 +132,12 @@ files or bad arguments; 0 otherwise.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
+import stat
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -161,6 +183,8 @@ class QuantileSketch:
         if x <= self.min_value:
             self.zero += 1
             return
+        if not x < math.inf:  # a finite latency in s becomes inf in ms: the top bucket
+            x = sys.float_info.max
         k = math.ceil(math.log(x) * self._inv_lg)
         b = self.bins
         b[k] = b.get(k, 0) + 1
@@ -182,8 +206,14 @@ class QuantileSketch:
         for k in sorted(self.bins):
             seen += self.bins[k]
             if rank < seen:
-                return 2.0 * self.gamma ** k / (self.gamma + 1.0)
-        return 2.0 * self.gamma ** max(self.bins) / (self.gamma + 1.0)  # pragma: no cover
+                return self._value(k)
+        return self._value(max(self.bins))  # pragma: no cover
+
+    def _value(self, k: int) -> float:
+        try:
+            return 2.0 * self.gamma ** k / (self.gamma + 1.0)
+        except OverflowError:  # the bucket of values near the largest double
+            return sys.float_info.max
 
 
 class GroupStats:
@@ -453,6 +483,7 @@ class Aggregator:
         self.failed_total = 0
         self.files: list[str] = []
         self.unreadable: list[dict] = []
+        self.skipped: list[dict] = []
 
     # -- input
     def _bad(self, fname: str, lineno: int, code: str, reason: str) -> None:
@@ -695,6 +726,7 @@ class Aggregator:
         out["encrypted_records"] = self.encrypted
         out["files"] = self.files
         out["unreadable_files"] = self.unreadable
+        out["skipped_files"] = self.skipped
         out["quantile_relative_error"] = total.lat.alpha
         reasons = []
         if out["fti_avg"] is not None and out["fti_avg"] > fti_max:
@@ -711,21 +743,128 @@ class Aggregator:
             reasons.append(f"{len(self.unreadable)} unreadable files")
         out["gate"] = {"breached": bool(reasons), "reasons": reasons, "fti_max": fti_max,
                        "max_failures": max_failures, "max_invalid": max_invalid}
-        return out
+        return finite_json(out)
+
+
+def finite_json(obj):
+    """``obj`` with every NaN / infinite float replaced by None (JSON has
+    neither; sums of huge finite values can still overflow)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+#: names of the files a run writes into its telemetry directory (dmca_hpc.monitoring.telemetry)
+MERGED_NAME = "telemetry.jsonl"
+RANK_GLOB = "rank-*.jsonl"
+
+_NOT_REGULAR = ("not a regular file ({kind}): a run writes only regular telemetry files and "
+                "reading this one could block forever; not read")
+
+
+def _kind(p: Path) -> str | None:
+    """None for a regular file (or a path that does not exist), else what it is."""
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "a device")
+
+
+def _run_file(p: Path) -> bool:
+    return p.name == MERGED_NAME or fnmatch.fnmatch(p.name, RANK_GLOB)
+
+
+def _whole_lines_size(fh, size: int) -> int:
+    """Bytes up to and including the last newline of a file of ``size`` bytes."""
+    pos = size
+    while pos > 0:
+        n = min(1 << 16, pos)
+        pos -= n
+        fh.seek(pos)
+        i = fh.read(n).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+    return 0
+
+
+def merged_matches(merged: Path, ranks: list[Path]) -> bool:
+    """True if ``merged`` is exactly the whole lines of ``ranks`` in order
+    (what :func:`dmca_hpc.monitoring.telemetry.merge_rank_files` writes);
+    streamed in blocks, memory bounded."""
+    try:
+        with open(merged, "rb") as m:
+            for r in ranks:
+                with open(r, "rb") as fh:
+                    left = _whole_lines_size(fh, os.fstat(fh.fileno()).st_size)
+                    fh.seek(0)
+                    while left:
+                        a = fh.read(min(1 << 20, left))
+                        if not a or m.read(len(a)) != a:
+                            return False
+                        left -= len(a)
+            return m.read(1) == b""
+    except OSError:
+        return False
+
+
+def select_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[dict], list[dict]]:
+    """(files to read, skipped, refused) for the given paths (module
+    docstring, "Inputs"): directories expanded, non-regular run files
+    skipped, the merged file of a directory whose rank files are also given
+    either used alone (it is their exact merge: the rank files are skipped)
+    or refused (the rank files are read).  ``skipped`` and ``refused`` are
+    ``{"file", "reason"}`` entries."""
+    files: list[Path] = []
+    skipped: list[dict] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            merged = p / MERGED_NAME
+            cands = [merged] if merged.is_file() else sorted(p.glob(RANK_GLOB))
+        else:
+            cands = [p]
+        for c in cands:
+            kind = _kind(c) if (p.is_dir() or _run_file(c)) else None
+            if kind:
+                skipped.append({"file": str(c), "reason": _NOT_REGULAR.format(kind=kind)})
+            elif c not in files:
+                files.append(c)
+    refused: list[dict] = []
+    where = lambda f: os.path.realpath(f.parent)  # noqa: E731  (./x and /abs/x are one directory)
+    merged_given = [f for f in files if f.name == MERGED_NAME]
+    for m in merged_given:
+        given = [f for f in files if fnmatch.fnmatch(f.name, RANK_GLOB) and where(f) == where(m)]
+        if not given or not m.is_file():
+            continue
+        every = sorted(x for x in m.parent.glob(RANK_GLOB) if x.is_file())
+        if merged_matches(m, every):
+            for f in given:
+                files.remove(f)
+                skipped.append({"file": str(f), "reason": f"its records are in {m} (the run's merge "
+                                                          "of its rank files); counted once"})
+        else:
+            files.remove(m)
+            refused.append({"file": str(m), "reason": f"holds records of the rank files given with it "
+                                                      f"({len(given)} of {m.parent}) but is not their "
+                                                      "exact merge; not read, so nothing is counted "
+                                                      "twice: pass the merged file or the rank files, "
+                                                      "not both"})
+    return files, skipped, refused
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files to read: a directory stands for its merged ``telemetry.jsonl``
-    when present, else its ``rank-*.jsonl`` files (never both: that would
-    count every record twice)."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            merged = p / "telemetry.jsonl"
-            out.extend([merged] if merged.is_file() else sorted(p.glob("rank-*.jsonl")))
-        else:
-            out.append(p)
-    return out
+    """Files to read (:func:`select_inputs` without its skip reasons): a
+    directory stands for its merged ``telemetry.jsonl`` when present, else
+    its ``rank-*.jsonl`` files (never both: that would count every record
+    twice)."""
+    return select_inputs(paths)[0]
 
 
 def load_baseline(path: str | os.PathLike) -> dict:
@@ -746,7 +885,9 @@ def collect(paths: Iterable[str | os.PathLike], key: bytes | None = None, baseli
             max_list: int = 1000, lambda_params: dict | None = None) -> dict:
     """Read telemetry files and return the report dict (see module docstring)."""
     agg = Aggregator(key=key, max_list=max_list)
-    for p in expand_inputs(paths):
+    files, agg.skipped, refused = select_inputs(paths)
+    agg.unreadable.extend(refused)
+    for p in files:
         agg.consume(p)
     return agg.report(baseline=baseline, fti_max=fti_max, max_failures=max_failures,
                       max_invalid=max_invalid, lambda_params=lambda_params)
@@ -847,6 +988,8 @@ def render_markdown(rep: dict) -> str:
             L.append(f"| {b['file']}:{b['line']} | {b['code']} | {b['reason'].replace('|', '/')[:200]} |")
     if rep["unreadable_files"]:
         L += ["", "## Unreadable files", ""] + [f"- {u['file']}: {u['reason']}" for u in rep["unreadable_files"]]
+    if rep.get("skipped_files"):
+        L += ["", "## Skipped files", ""] + [f"- {u['file']}: {u['reason']}" for u in rep["skipped_files"]]
     return "\n".join(L) + "\n"
 
 
@@ -869,6 +1012,8 @@ def render_text(rep: dict) -> str:
         lines.append(f"  ... {more} more invalid lines (use --json)")
     for u in rep["unreadable_files"]:
         lines.append(f"  UNREADABLE {u['file']}: {u['reason']}")
+    for u in rep.get("skipped_files", []):
+        lines.append(f"  SKIPPED {u['file']}: {u['reason']}")
     if rep["gate"]["breached"]:
         lines.append("  gate breached: " + "; ".join(rep["gate"]["reasons"]))
     return "\n".join(lines) + "\n"

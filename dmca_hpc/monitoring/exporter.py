@@ -18,6 +18,13 @@ Two modes:
   a scrape of /metrics or /report only renders the last snapshot, it never
   parses telemetry (/report is serialised once per refresh).
   SIGTERM / SIGINT shut it down cleanly (server closed, thread joined, exit 0).
+  Under load: a listen backlog of :data:`LISTEN_BACKLOG` connections (the
+  standard library's 5 dropped bursts of scrapers), a per-connection socket
+  timeout (``connection_timeout``, default :data:`CONNECTION_TIMEOUT_S`) so an
+  idle or stalled client frees its thread, and clients that disconnect early
+  (broken pipe, reset) are not errors: nothing is printed for them.
+  ``/health`` answers 503 while a telemetry path does not exist or cannot be
+  read, as well as after a failed or stale refresh.
 * Textfile: ``dmca-hpc export --telemetry FILE... --textfile PATH`` reads the
   files once, writes PATH for node_exporter's textfile collector atomically
   (temporary file in the same directory, then ``os.replace``), and exits.
@@ -64,6 +71,10 @@ from pathlib import Path
 from typing import Iterable
 
 DEFAULT_PORT = 9477
+#: listen(2) backlog of the HTTP server (socketserver's default is 5)
+LISTEN_BACKLOG = 128
+#: seconds a connection may stay idle (no request line, stalled body) before it is closed
+CONNECTION_TIMEOUT_S = 5.0
 
 
 class TelemetrySource:
@@ -88,8 +99,8 @@ class TelemetrySource:
 
     def refresh(self) -> dict:
         """Read new lines and return the collector report (dict)."""
-        from dmca_hpc.monitoring.collector import expand_inputs
-        files = expand_inputs(self.inputs)
+        from dmca_hpc.monitoring.collector import select_inputs
+        files, skipped, refused = select_inputs(self.inputs)
         if set(self.pos) - {str(p) for p in files}:
             # a file we counted is gone from the input set (e.g. rank files superseded by the
             # merged telemetry.jsonl): start over, or every record would be counted twice
@@ -104,7 +115,8 @@ class TelemetrySource:
             if ino != st.st_ino or st.st_size < off:
                 self._reset()
                 return self.refresh()
-        self.agg.unreadable = []
+        self.agg.unreadable = list(refused)
+        self.agg.skipped = skipped
         for p in files:
             key = str(p)
             ino, off, line = self.pos.get(key, (None, 0, 0))
@@ -151,24 +163,30 @@ def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None
     mem = gauge("dmca_peak_memory_bytes", "Largest peak resident memory of a rank [bytes]", ("stage",))
     fti = gauge("dmca_fti_ratio", "FTI = normalized cost / normalized performance (1 = baseline)", ("stage",))
     grade = gauge("dmca_fti_grade_info", "FTI grade of the stage (value 1 on the current grade)", ("stage", "grade"))
+
+    def put(fam, labels, value, scale=1.0):
+        # the report says null for a sum that overflowed a double: no sample, not a crash
+        if value is not None:
+            fam.add_metric(labels, value * scale)
+
     for name, s in stages.items():
         for status in ("ok", "failed", "skipped"):
             units.add_metric([name, status], s[status])
         failed.add_metric([name], s["failed"])
-        cost.add_metric([name], s["cost_usd"])
-        waste.add_metric([name], s["wasted_cost_usd"])
-        wall.add_metric([name], s["wall_seconds_total"])
-        cpu.add_metric([name], s["cpu_seconds_total"])
-        core.add_metric([name], s["core_seconds_total"])
+        put(cost, [name], s["cost_usd"])
+        put(waste, [name], s["wasted_cost_usd"])
+        put(wall, [name], s["wall_seconds_total"])
+        put(cpu, [name], s["cpu_seconds_total"])
+        put(core, [name], s["core_seconds_total"])
         for q, k in (("0.5", "latency_p50_ms"), ("0.95", "latency_p95_ms")):
             if s[k] is not None:
                 lat.add_metric([name, q], s[k] / 1e3)
-        span.add_metric([name], s["span_seconds"])
+        put(span, [name], s["span_seconds"])
         if s["throughput_units_per_s"] is not None:
             lam.add_metric([name], s["throughput_units_per_s"])
         if s["qps"] is not None:
             qps.add_metric([name], s["qps"])
-        mem.add_metric([name], s["peak_memory_mb_max"] * 2**20)
+        put(mem, [name], s["peak_memory_mb_max"], 2**20)
         if s["fti"] is not None:
             fti.add_metric([name], s["fti"])
         for g in ("OK", "WARN", "FAIL"):
@@ -221,6 +239,26 @@ class _SnapshotCollector:
         return iter(self.exporter.snapshot)
 
 
+def _server_class():
+    """ThreadingHTTPServer with a listen backlog of :data:`LISTEN_BACKLOG`
+    that stays quiet about clients that went away."""
+    import sys
+    from http.server import ThreadingHTTPServer
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = LISTEN_BACKLOG
+
+        def handle_error(self, request, client_address):
+            # a scraper that disconnects mid-response (broken pipe, reset) or a connection
+            # that timed out is the client's business, not a traceback on our stderr
+            if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                return
+            super().handle_error(request, client_address)
+
+    return Server
+
+
 class Exporter:
     """Background-refreshing exporter; ``start()`` serves HTTP, ``stop()`` shuts down.
 
@@ -233,15 +271,22 @@ class Exporter:
         report_options: keyword arguments of the collector's
             ``Aggregator.report`` (baseline, fti_max, max_failures, max_invalid,
             lambda_params), as ``dmca-hpc collect`` takes them.
+        connection_timeout: seconds an HTTP connection may stay idle [s].
     """
 
     def __init__(self, paths, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 interval: float = 15.0, key: bytes | None = None, report_options: dict | None = None):
+                 interval: float = 15.0, key: bytes | None = None, report_options: dict | None = None,
+                 connection_timeout: float = CONNECTION_TIMEOUT_S):
         from prometheus_client import CollectorRegistry
-        if interval <= 0:
+        if not interval > 0:
             raise ValueError(f"--interval must be > 0 seconds, got {interval}")
+        if not (isinstance(port, int) and 0 <= port <= 65535):
+            raise ValueError(f"--port {port}: expected a TCP port 0-65535 (0 = any free port)")
+        if not connection_timeout > 0:
+            raise ValueError(f"connection_timeout must be > 0 seconds, got {connection_timeout}")
         self.source = TelemetrySource(paths, key=key, report_options=report_options)
         self.address, self.port, self.interval = address, int(port), float(interval)
+        self.connection_timeout = float(connection_timeout)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_SnapshotCollector(self))
         self.snapshot: list = []      # replaced whole (atomic reference swap), never mutated
@@ -277,15 +322,21 @@ class Exporter:
             self.refresh()
 
     def health(self) -> tuple[int, dict]:
-        """(HTTP status, body): 200 when the last refresh succeeded and is
-        younger than 3 intervals, else 503."""
+        """(HTTP status, body): 200 when the last refresh succeeded, is
+        younger than 3 intervals and every telemetry path exists and was
+        read; else 503 (an exporter of a path that does not exist serves
+        empty metrics, which must not look healthy)."""
         age = (time.time() - self.last_refresh) if self.last_refresh else None
-        ok = self.last_error is None and age is not None and age <= 3 * self.interval + 1
+        missing = [str(p) for p in self.source.inputs if not p.exists()]
+        unreadable = self.report.get("unreadable_files") or []
+        ok = (self.last_error is None and age is not None and age <= 3 * self.interval + 1
+              and not missing and not unreadable)
         return (200 if ok else 503), {
             "status": "ok" if ok else "unhealthy", "last_refresh_age_seconds": age,
             "last_error": self.last_error, "refreshes": self.refreshes,
             "records": self.report.get("records"), "invalid_lines": self.report.get("invalid_lines_total"),
-            "files": [str(p) for p in self.source.inputs]}
+            "files": [str(p) for p in self.source.inputs], "missing": missing,
+            "unreadable": unreadable}
 
     def _handler(self):
         from http.server import BaseHTTPRequestHandler
@@ -295,6 +346,8 @@ class Exporter:
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = exporter.connection_timeout  # socket timeout: idle clients free the thread
+
             def _send(self, code, body: bytes, ctype: str):
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
@@ -326,10 +379,8 @@ class Exporter:
 
     def start(self) -> "Exporter":
         """First refresh (synchronously), then serve and refresh in background threads."""
-        from http.server import ThreadingHTTPServer
         self.refresh()
-        self._server = ThreadingHTTPServer((self.address, self.port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _server_class()((self.address, self.port), self._handler())
         self.port = self._server.server_address[1]
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="dmca-exporter-http",
                                                kwargs={"poll_interval": 0.2}, daemon=True)

@@ -11,7 +11,11 @@ Contract
     wimp_sigma_cm2, axion_coupling, darkphoton_epsilon, form_factor_q0,
     computation_time_sec) are optional, so records with only the core fields
     (the DMCA README's own sample lines) stay valid.  The contract only ever
-    grows by optional fields: a record valid once stays valid.
+    grows by optional fields: a record valid once stays valid.  Every number
+    is finite and fits a double (:data:`MAX_NUMBER`): a line with NaN,
+    Infinity or an overflowing literal such as ``1e400`` is invalid (code
+    ``nonfinite``), in :func:`quick_valid`, in the schema's bounds and in
+    :func:`diagnose` alike.
 
 Cost model
     ``infra_cost_usd = core_seconds / 3600 * price_per_core_hour_usd`` with
@@ -56,6 +60,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -105,29 +110,71 @@ def load_schema() -> dict:
     return _SCHEMA
 
 
+#: largest finite double: every number of a record lies within +-MAX_NUMBER (the
+#: schema's bounds), so a literal like 1e400 (parsed as infinity) or a 400-digit
+#: integer (no float holds it) is an invalid line, not a crash of a sum or a sketch
+MAX_NUMBER = sys.float_info.max
+
+
+def nonfinite_field(rec: Any, path: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN / infinite float in ``rec``, or
+    None.  JSON text cannot carry NaN (the readers refuse the literal), but a
+    record built in memory can, and every bound of the schema lets NaN
+    through (all comparisons with it are false)."""
+    if type(rec) is float:
+        return None if -MAX_NUMBER <= rec <= MAX_NUMBER else (path or "(record)", rec)
+    if type(rec) is dict:
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in rec.items())
+    elif type(rec) is list:
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(rec))
+    else:
+        return None
+    for where, v in items:
+        found = nonfinite_field(v, where) if type(v) in (float, dict, list) else None
+        if found:
+            return found
+    return None
+
+
 def _fast_validator():
     """Schema check for records :func:`quick_valid` could not vouch for:
     jsonschema's compiled Draft-7 validator (~170 us per record; only
-    unusual or invalid records take this path)."""
+    unusual or invalid records take this path), plus :func:`nonfinite_field`
+    for the NaN the schema's bounds cannot see."""
     global _FAST
     if _FAST is None:
         import jsonschema
-        _FAST = jsonschema.Draft7Validator(load_schema()).is_valid
+        is_valid = jsonschema.Draft7Validator(load_schema()).is_valid
+        _FAST = lambda rec: is_valid(rec) and nonfinite_field(rec) is None  # noqa: E731
     return _FAST
+
+
+def diagnose(rec: Any) -> tuple[str, str] | None:
+    """None if ``rec`` is a valid record, else ``(code, message)``: code
+    ``nonfinite`` when its only faults are NaN / infinite numbers, else
+    ``schema``; the message names the field."""
+    if quick_valid(rec) or _fast_validator()(rec):
+        return None
+    # slow path only for bad records: jsonschema gives the best, field-named message
+    import jsonschema
+    errors = list(jsonschema.Draft7Validator(load_schema()).iter_errors(rec))
+    found = nonfinite_field(rec)
+    if found and all(type(e.instance) is float and not math.isfinite(e.instance) for e in errors):
+        return "nonfinite", (f"{found[0]}: {found[1]!r} is not a finite number (expected a number "
+                             f"within +-{MAX_NUMBER:.17g}; JSON has no NaN/Infinity, and a literal "
+                             "like 1e400 overflows to infinity)")
+    err = jsonschema.exceptions.best_match(errors)
+    if err is None:  # pragma: no cover - is_valid and iter_errors of one validator agree
+        return "schema", "record rejected by the schema"
+    where = ".".join(str(p) for p in err.absolute_path) or "(record)"
+    return "schema", f"{where}: {err.message}"
 
 
 def record_error(rec: Any) -> str | None:
     """None if ``rec`` is a valid record, else a message naming the field,
     e.g. ``"hpc.rank: -1 is less than the minimum of 0"``."""
-    if quick_valid(rec) or _fast_validator()(rec):
-        return None
-    # slow path only for bad records: jsonschema gives the best, field-named message
-    import jsonschema
-    err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(load_schema()).iter_errors(rec))
-    if err is None:  # pragma: no cover - is_valid and iter_errors of one validator agree
-        return "record rejected by the schema"
-    where = ".".join(str(p) for p in err.absolute_path) or "(record)"
-    return f"{where}: {err.message}"
+    found = diagnose(rec)
+    return found[1] if found else None
 
 
 class TelemetryRecordError(ValueError):
@@ -221,6 +268,9 @@ _PHYS_NONNEG = frozenset(("band_gap_ev", "wimp_sigma_cm2", "axion_coupling", "da
 _PHYS_NUM = frozenset(("e_tot_hartree", "form_factor_q0"))
 
 
+_MAX = MAX_NUMBER  # bounds of every number field (NaN fails every comparison)
+
+
 def quick_valid(rec: Any) -> bool:
     """True only if ``rec`` is certainly a valid record (see comment above)."""
     if type(rec) is not dict:
@@ -240,11 +290,11 @@ def quick_valid(rec: Any) -> bool:
         return False
     for k in _CORE_NUM:
         v = rec.get(k)
-        if (type(v) is not float and type(v) is not int) or not v >= 0:
+        if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX:
             return False
     if "timestamp" in rec:
         v = rec["timestamp"]
-        if (type(v) is not float and type(v) is not int) or not v >= 0:
+        if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX:
             return False
     if "schema_version" in rec:
         v = rec["schema_version"]
@@ -271,11 +321,11 @@ def quick_valid(rec: Any) -> bool:
             return False
         for k in _HPC_NUM:
             v = h[k]
-            if (type(v) is not float and type(v) is not int) or not v >= 0:
+            if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX:
                 return False
         if "core_seconds" in h:
             v = h["core_seconds"]
-            if (type(v) is not float and type(v) is not int) or not v >= 0:
+            if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX:
                 return False
         if "cores" in h:
             v = h["cores"]
@@ -295,10 +345,10 @@ def quick_valid(rec: Any) -> bool:
                 if t is not str or not v:
                     return False
             elif k in _PHYS_NONNEG:
-                if (t is not float and t is not int) or not v >= 0:
+                if (t is not float and t is not int) or not 0 <= v <= _MAX:
                     return False
             elif k in _PHYS_NUM:
-                if t is not float and t is not int:
+                if (t is not float and t is not int) or not -_MAX <= v <= _MAX:
                     return False
             elif k == "kpts":
                 if t is int:
@@ -317,9 +367,12 @@ def quick_valid(rec: Any) -> bool:
                     return False
             elif t is list:
                 for x in v:
-                    if type(x) is not float and type(x) is not int:
+                    if (type(x) is not float and type(x) is not int) or not -_MAX <= x <= _MAX:
                         return False
-            elif not (t is float or t is int or t is str or t is bool or v is None):
+            elif t is float or t is int:
+                if not -_MAX <= v <= _MAX:
+                    return False
+            elif not (t is str or t is bool or v is None):
                 return False
     return True
 
@@ -399,7 +452,9 @@ class LineDecoder:
             if not isinstance(obj, dict):
                 raise LineError("not_object", "decrypted payload is not a JSON object")
         if self.validate and not quick_valid(obj) and not self._ok(obj):
-            raise LineError("schema", "schema: " + (record_error(obj) or "invalid"))
+            code, msg = diagnose(obj) or ("schema", "invalid")
+            # 1e400 parses to inf: reported as a non-finite number, like a NaN literal
+            raise LineError(code, msg if code == "nonfinite" else "schema: " + msg)
         return obj, encrypted
 
 

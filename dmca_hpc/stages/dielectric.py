@@ -62,9 +62,12 @@ def run_stage(ctx) -> dict:
     all ranks; the rest runs on rank 0 (a few seconds for a 1000 x 500
     table); the other ranks return {}.
 
-    Writes ``dielectric.h5`` (units on every dataset), ``dielectric.png``
-    and ``absorption.png``; telemetry physics block carries
-    ``darkphoton_epsilon`` and ``axion_coupling`` (reach at
+    Writes ``dielectric.h5`` (units on every dataset; the plots' inputs as
+    root attributes, units in the names: ``gap_ev``, ``e_complete_ev``,
+    ``absorption_exposure_kg_year``, ``absorption_n_events``,
+    ``absorption_rho_chi_gev_cm3``; the optical route and its smearing in
+    ``method``), ``dielectric.png`` and ``absorption.png``; telemetry
+    physics block carries ``darkphoton_epsilon`` and ``axion_coupling`` (reach at
     ``reference_mass_ev``, 3 events / exposure).
     """
     from dmca_hpc.hpc.parallel import peak_memory_mb
@@ -116,7 +119,7 @@ def run_stage(ctx) -> dict:
             print(f"dmca_hpc dielectric: WARNING: {rejected}", file=sys.stderr)
     from dmca_hpc.detection import absorption as absn
     from dmca_hpc.plots.detection import plot_absorption
-    from dmca_hpc.plots.response import plot_dielectric
+    from dmca_hpc.plots.response import optical_caption, plot_dielectric
     from dmca_hpc.response.dielectric import dielectric_from_table, write_dielectric
     d = dielectric_from_table(table, material=ctx.material, kmesh=cfg["kmesh"],
                               q_optical_max_ame=cfg["q_optical_max_ame"],
@@ -132,6 +135,14 @@ def run_stage(ctx) -> dict:
     absorption = None
     physics: dict[str, Any] = {"material": d.material or (ctx.material.name if ctx.material else "")}
     outs: dict[str, str] = {}
+    # what the plots mark: the table's gap (absorption is masked below it: the
+    # smeared optical limit leaks there) and the basis completeness limit
+    gap_ev = float(table.gap_ev) if table.gap_ev else None
+    e_ok = (table.metadata or {}).get("e_complete_ev")
+    e_ok = float(e_ok) if e_ok is not None else None
+    inputs_attrs: dict[str, Any] = {"gap_ev": gap_ev if gap_ev is not None else float("nan")}
+    if e_ok is not None:
+        inputs_attrs["e_complete_ev"] = e_ok
     if cfg["absorption"]:
         res = absn.absorption_curves(d, mass_min_ev=cfg["mass_min_ev"], mass_max_ev=cfg["mass_max_ev"],
                                      n_masses=cfg["n_masses"], rho_chi_gev_cm3=cfg["rho_chi_gev_cm3"],
@@ -141,7 +152,11 @@ def run_stage(ctx) -> dict:
         ref = absn.reach_at(res, cfg["reference_mass_ev"])
         physics.update({"darkphoton_epsilon": ref["kappa"], "axion_coupling": ref["g_ae"],
                         "reference_mass_ev": cfg["reference_mass_ev"]})
-        png = plot_absorption(res, Path(ctx.stage_dir) / "absorption.png", d.material)
+        inputs_attrs.update({"absorption_exposure_kg_year": float(cfg["exposure_kg_year"]),
+                             "absorption_n_events": float(cfg["n_events"]),
+                             "absorption_rho_chi_gev_cm3": float(cfg["rho_chi_gev_cm3"])})
+        png = plot_absorption(res, Path(ctx.stage_dir) / "absorption.png", d.material,
+                              gap_ev=gap_ev, smearing=optical_caption(d.meta), e_complete_ev=e_ok)
         outs["absorption_plot"] = str(png)
     eps_static = d.static_dielectric_constant()
     eps_static_kk = d.static_dielectric_constant("spectrum")
@@ -151,8 +166,9 @@ def run_stage(ctx) -> dict:
                     "q_scan_points": int(len(d.q_ame))})
     write_dielectric(out_h5, d, input_hash=ctx.input_hash, prov=ctx.prov, absorption=absorption,
                      extra_attrs={"eps_static": eps_static, "eps_static_spectrum": eps_static_kk,
-                                  "plasmon_peak_ev": elf_peak})
-    png = plot_dielectric(d, Path(ctx.stage_dir) / "dielectric.png")
+                                  "plasmon_peak_ev": elf_peak, **inputs_attrs})
+    png = plot_dielectric(d, Path(ctx.stage_dir) / "dielectric.png", gap_ev=gap_ev,
+                          e_complete_ev=e_ok)
     outs.update({"dielectric": str(out_h5), "dielectric_plot": str(png)})
     physics["computation_time_sec"] = time.perf_counter() - t0
     ctx.telemetry.record("dielectric", d.material or "dielectric", "ok", time.perf_counter() - t0,

@@ -14,21 +14,23 @@ from dmca_hpc import settings
 
 def run_stage(ctx) -> dict:
     """Pipeline stage ``nuclear``: dR/dE_R spectra for the section's targets
-    and masses, one unit per (target, mass); writes nuclear.h5 and nuclear.png."""
-    from dmca_hpc.detection.nuclear import recoil_rate, target_composition
+    and masses, one unit per (target, mass); writes nuclear.h5 (with its inputs
+    sigma_n_cm2 or coupling and the halo as attributes) and nuclear.png."""
+    from dmca_hpc.detection.halo import get_halo
+    from dmca_hpc.detection.nuclear import canonical_target, recoil_rate, target_composition
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
     from dmca_hpc.hpc.parallel import map_units
     from dmca_hpc.plots.detection import plot_nuclear
     sec = settings.with_defaults("nuclear", ctx.job.get("nuclear"))
-    targets = list(sec["targets"])
+    # fails early with the list of known targets; any case, written as known_targets() spells it
+    targets = [canonical_target(t) for t in sec["targets"]]
     masses = list(sec["masses_gev"])
     e_kev = np.linspace(float(sec["e_min_kev"]), float(sec["e_max_kev"]), int(sec["n_energies"]))
     model = sec["model"]
     sigma = float(sec["sigma_n_cm2"])
     coupling = float(sec["coupling"])
     halo = sec["halo"]
-    for t in targets:
-        target_composition(t)  # fail early with the list of known targets
+    halo_params = get_halo(halo).params()
     units_ = [(t, m) for t in targets for m in masses]
 
     def work(u):
@@ -56,6 +58,16 @@ def run_stage(ctx) -> dict:
     with atomic_h5(path, input_hash=ctx.input_hash, stage="nuclear", prov=ctx.prov) as f:
         f.attrs["model"] = model
         f.attrs["convention"] = "Helm, A = standard atomic weight, nucleon mass = u"
+        # the inputs of the spectra (and of nuclear.png), units in the names and in attrs units
+        units = {"halo": "JSON, units in the key names (km/s, GeV/cm^3)"}
+        if model == "wimp":
+            f.attrs["sigma_n_cm2"] = sigma
+            units["sigma_n_cm2"] = "cm^2"
+        else:
+            f.attrs["coupling"] = coupling
+            units["coupling"] = "1 (relative to an active Dirac neutrino's Z coupling squared)"
+        f.attrs["halo"] = json.dumps(halo_params)
+        f.attrs["units"] = json.dumps(units)
         write_dataset(f, "E_R", e_kev, "keV", "recoil energies")
         write_dataset(f, "mass", np.array(masses, dtype=float), "GeV", "DM masses")
         f.attrs["failed_units"] = json.dumps([[list(r.unit), r.error] for r in failed])
@@ -68,7 +80,7 @@ def run_stage(ctx) -> dict:
             f[t].attrs["mass_fractions"] = json.dumps(dict(target_composition(t)))
     png = plot_nuclear(ctx.stage_dir / "nuclear.png", e_kev,
                        [(f"{r.unit[0]} {r.unit[1]:g} GeV", r.value) for r in results if r.ok],
-                       f"{model}, halo {halo}")
+                       sigma_n_cm2=sigma, halo=halo_params, model=model, coupling=coupling)
     if failed:
         raise RuntimeError(f"nuclear stage: {len(failed)} of {len(results)} units failed (the "
                            f"finished ones are in {path}): {summary}")

@@ -58,7 +58,8 @@ def run_stage(ctx) -> dict:
     plus (when ``exposure_kg_year`` > 0) reach curves with uncertainty bands.
 
     Writes ``rates.h5`` (units on every dataset), ``dRdE.png``, ``dRdQ.png``
-    and, with reach, ``reach.h5`` / ``reach.png``.  All ranks call it; the
+    and, with reach, ``reach.h5`` / ``reach.png`` (bands for every F_DM when
+    ``uncertainty_samples`` > 0).  All ranks call it; the
     (mass, fdm) units are spread over ranks with :func:`map_units`.
     """
     from dmca_hpc.detection.rates import CONVENTION, electron_rates
@@ -117,6 +118,9 @@ def run_stage(ctx) -> dict:
         f.attrs["material"] = table.material
         f.attrs["convention"] = CONVENTION
         f.attrs["halo"] = json.dumps(ok[0].value.inputs["halo"])
+        # the Q model of the dR/dQ plot (units in the names)
+        f.attrs["gap_ev"] = float(ok[0].value.inputs["gap_ev"])
+        f.attrs["pair_energy_ev"] = float(ok[0].value.inputs["pair_energy_ev"])
         f.attrs["failed_units"] = json.dumps([[list(r.unit), r.error] for r in failed])
         write_dataset(f, "E", table.e_ev, "eV", "energy bin centres")
         for fdm in fdms:
@@ -166,14 +170,16 @@ def stage_reach(ctx, sec, table, screening, gap, eps) -> dict:
                   gap_ev=gap, pair_energy_ev=eps, screening=screening)
     halo = sec["halo"]
     curves = {}
-    bands = None
+    bands = {}
     for fdm in sec["fdm"]:
         curves[f"{fdm}"] = reach_curve(table, masses, fdm=fdm, halo=halo, **common)
     nmc = int(sec["uncertainty_samples"])
     if nmc > 0:
+        # every mediator gets its bands (same seed: the same halo samples)
         extra = [table] + list(sec["systematic_tables"])
-        bands = uncertainty_bands(extra, masses, n_samples=nmc, seed=int(ctx.seed), halo=halo,
-                                  fdm=sec["fdm"][0], comm=ctx.comm, **common)
+        for fdm in sec["fdm"]:
+            bands[f"{fdm}"] = uncertainty_bands(extra, masses, n_samples=nmc, seed=int(ctx.seed),
+                                                halo=halo, fdm=fdm, comm=ctx.comm, **common)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     heavy = curves.get("heavy") or next(iter(curves.values()))
     fin = heavy.sigma_cm2[np.isfinite(heavy.sigma_cm2)]
@@ -185,8 +191,6 @@ def stage_reach(ctx, sec, table, screening, gap, eps) -> dict:
                                   "computation_time_sec": wall})
     if ctx.comm.Get_rank() != 0:
         return {}
-    p = write_reach_h5(ctx.stage_dir / "reach.h5", curves, bands, ctx.input_hash, ctx.prov)
-    img = plot_reach(ctx.stage_dir / "reach.png", curves, bands,
-                     f"{table.material} exposure {common['exposure_kg_year']:g} kg-yr, "
-                     f"Q >= {common['q_threshold']}")
+    p = write_reach_h5(ctx.stage_dir / "reach.h5", curves, bands or None, ctx.input_hash, ctx.prov)
+    img = plot_reach(ctx.stage_dir / "reach.png", curves, bands or None)
     return {"reach": str(p), "reach_plot": str(img)}

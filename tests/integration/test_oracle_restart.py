@@ -68,7 +68,7 @@ def test_kill_and_restart_loses_nothing(tmp_path):
     # 2) restart (real pw.x directly: the executable is not part of a candidate's hash)
     p = _launch(xyz, out, tmp_path / "tel2", PW, env)
     stdout, stderr = p.communicate(timeout=300)
-    assert p.returncode == 0, stderr
+    assert p.returncode == 1, stderr  # 2 of 8 candidates fail by design: exit 1
     summary = json.loads(stdout)
     assert summary == {**summary, "candidates": 8, "failed": 2}
     after = {q.name: (q.stat().st_mtime_ns, q.read_bytes()) for q in ck.glob("cand-*.json")}

@@ -99,4 +99,5 @@ def test_select_material_kinematic_threshold():
 def test_select_cli_unknown_halo():
     from conftest import run_cli
     r = run_cli("select", "--mass-mev", "1", "--halo", "nope")
-    assert r.returncode == 2 and "known halos" in r.stdout
+    assert r.returncode == 2 and r.stderr.startswith("dmca-hpc select: error: ")
+    assert "known halos" in r.stderr

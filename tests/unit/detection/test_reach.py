@@ -42,6 +42,15 @@ def test_zero_counts_equals_three_event_line(ge):
     assert np.all(more.sigma_cm2[fin] > lim.sigma_cm2[fin])
 
 
+def test_observed_counts_for_fewer_bins_use_only_those_bins(ge):
+    """Counts for Q = 1..2 of a Q range up to 5: the limit is the one of the
+    range [1, 2] (the bins without a count are unconstrained), with a note."""
+    few = reach.reach_curve(ge, MASSES, 2.0, q_max=5, observed_counts=[1, 0])
+    same = reach.reach_curve(ge, MASSES, 2.0, q_max=2, observed_counts=[1, 0])
+    assert np.array_equal(few.sigma_cm2, same.sigma_cm2) and few.inputs["q_max"] == 2
+    assert any("Q = 3..5 not used (unconstrained)" in n for n in few.notes)
+
+
 def test_inaccessible_mass_is_inf_with_note(ge):
     rc = reach.reach_curve(ge, [0.1 * U.MEV_EV, 10 * U.MEV_EV], 1.0)
     assert np.isinf(rc.sigma_cm2[0]) and np.isfinite(rc.sigma_cm2[1])
@@ -53,8 +62,8 @@ def test_bad_inputs(ge):
         reach.reach_curve(ge, MASSES, 0.0)
     with pytest.raises(ValueError, match="threshold"):
         reach.reach_curve(ge, MASSES, 1.0, q_threshold=0)
-    with pytest.raises(ValueError, match="observed_counts"):
-        reach.reach_curve(ge, MASSES, 1.0, q_max=5, observed_counts=[0, 0])
+    with pytest.raises(ValueError, match="observed counts cover Q = 1..1, all below the Q threshold 2"):
+        reach.reach_curve(ge, MASSES, 1.0, q_threshold=2, q_max=5, observed_counts=[0])
     with pytest.raises(ValueError, match=">= 0"):
         reach.poisson_upper_limit(-1)
 
