@@ -45,8 +45,6 @@ CASE = {"q_max": 10.0, "dq": 0.02, "de": 0.1, "e_max": 50.0, "gap_ev": 1.11}
 
 
 def make_bands(workdir: Path, kmesh=(4, 4, 4), basis="gth-dzvp") -> str:
-    from dmca_hpc.electronic import bands
-    from dmca_hpc.electronic import scf as dft
     from dmca_hpc.hpc.checkpoint import is_complete
     from dmca_hpc.materials import get_material
     from dmca_hpc.hpc.parallel import SerialComm
@@ -220,11 +218,8 @@ def main(argv=None) -> int:
     n_pairs_prod = 16 * 216
     res["si_reference_projection_s"] = n_pairs_prod * k20["fft_s_per_pair"] / 2 / max(
         res["strong_scaling_efficiency"], 0.5)
-    res["loadavg_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
-    print(f"wrote {args.out}")
-    return 0
+    from benchlib import finish
+    return finish(res, args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ SCF = {"basis": "gth-dzvp", "pseudo": "gth-pbe", "xc": "PBE", "kmesh": [3, 3, 3]
 
 
 def make_scf(workdir: Path) -> str:
-    from dmca_hpc.electronic import scf as dft
     from dmca_hpc.materials import get_material
     from dmca_hpc.hpc.parallel import SerialComm
     with warnings.catch_warnings():
@@ -134,11 +133,8 @@ def main(argv=None) -> int:
     a, b = np.load(wd / "r1" / "strength.npy"), np.load(wd / "r2" / "strength.npy")
     res["one_vs_two_ranks_max_rel_diff"] = float(np.abs(a - b).max() / np.abs(a).max())
     res["strong_scaling_efficiency"] = res["one_rank"]["wall_s"] / (2 * res["two_ranks"]["wall_s"])
-    res["loadavg_end"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
-    print(f"wrote {args.out}")
-    return 0
+    from benchlib import finish
+    return finish(res, args.out)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,13 @@ def run_worker_cmd(script: str, args: list[str], nranks: int) -> dict:
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"worker failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return json.loads(lines[-1][7:])
+
+
+def finish(res: dict, out) -> int:
+    """Stamp the load average, write ``res`` to ``out`` (JSON) and print its
+    scalar figures; the benchmark's exit code (0)."""
+    res["loadavg_end"] = os.getloadavg()
+    Path(out).write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
+    print(f"wrote {out}")
+    return 0
