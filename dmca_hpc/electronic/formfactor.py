@@ -188,7 +188,7 @@ class Engine:
                 f"formfactor.e_max = {s['e_max']} eV but the {self.ncond} conduction bands in "
                 f"{bd.path} reach only {self.e_complete_ev:.2f} eV above the VBM at every k "
                 f"(after scissor): too few conduction bands, the table is incomplete above "
-                f"{self.e_complete_ev:.2f} eV (compute more bands: bands.nbands)")
+                f"{self.e_complete_ev:.2f} eV (a larger basis reaches further: dft.basis)")
         self.e_ev = e_ev
         # valence bands a transition below e_max can start from: E_c - E_v >= gap + (VBM - E_v),
         # so a band entirely more than e_max - gap below the VBM (a deep core shell) never does
