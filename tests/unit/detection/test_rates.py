@@ -199,4 +199,4 @@ def test_rates_warn_when_they_draw_on_bins_outside_the_table_validity():
     assert f"{100 * share_q:.0f}% of this rate comes from q > 3.00 alpha m_e" in notes
     assert "pseudopotential table" not in notes
     # the shipped GTH table says what it lacks for heavy-mediator GeV dark matter
-    assert any("pseudopotential table" in n for n in electron_rates(load(material="Si"), [1e9]).notes[0])
+    assert any("pseudopotential table" in n for n in electron_rates(load(material="Si_gth"), [1e9]).notes[0])

@@ -12,7 +12,7 @@ from dmca_hpc import resources
 from dmca_hpc.materials import get_material
 from dmca_hpc.pipeline import make_context
 
-SI_TABLE = resources.tables_dir() / "Si.hdf5"
+SI_TABLE = resources.tables_dir() / "Si_gth.hdf5"
 
 
 @pytest.fixture

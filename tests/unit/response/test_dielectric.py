@@ -23,7 +23,7 @@ from dmca_hpc.response import screening as S
 
 ROOT = Path(__file__).resolve().parents[3]
 GE_TABLE = ROOT.parent / "shared" / "reference" / "qcdark" / "Ge_final.hdf5"
-SI_TABLE = ROOT / "dmca_hpc" / "data" / "tables" / "Si.hdf5"
+SI_TABLE = ROOT / "dmca_hpc" / "data" / "tables" / "Si_gth.hdf5"
 
 needs_ge = pytest.mark.skipif(not GE_TABLE.exists(), reason=f"QCDark Ge reference table absent ({GE_TABLE})")
 

@@ -17,7 +17,7 @@ import pytest
 from si_cases import shared_si_scf
 
 ROOT = Path(__file__).resolve().parents[3]
-SI_TABLE = ROOT / "dmca_hpc" / "data" / "tables" / "Si.hdf5"
+SI_TABLE = ROOT / "dmca_hpc" / "data" / "tables" / "Si_gth.hdf5"
 # the SCF of the shipped Si table (jobs/si_reference.yaml)
 SI_REF_DFT = {"basis": "gth-dzvp", "pseudo": "gth-pbe", "xc": "PBE", "kmesh": [3, 3, 3],
               "ke_cutoff_hartree": 25.0, "conv_tol_hartree": 1e-9, "max_cycles": 60}
