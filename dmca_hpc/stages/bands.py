@@ -65,7 +65,10 @@ def run_stage(ctx) -> dict:
     if "error" in plan:
         etype, msg = plan["error"]
         raise (BandsInputError if etype == "BandsInputError" else RuntimeError)(msg)
-    if plan["warning"] and rank == 0:
+    # the form-factor stage of the same job states the consequence (up to which E
+    # its table is complete): one line for the user, not two; bands.h5 keeps it
+    # (attribute nbands_warning) either way
+    if plan["warning"] and rank == 0 and "formfactor" not in (ctx.job or {}).get("stages", []):
         warnings.warn(plan["warning"])
 
     out_path = stage_dir / "bands.h5"
