@@ -3,7 +3,7 @@
 Two kinds of tests:
 
 * Subprocess tests (plain ``pytest``): the real command ``python -m
-  dmca_hpc.electronic.scf`` under ``mpiexec -n 2``, in its own process group, killed
+  dmca_hpc.cli.main dft`` (``dmca-hpc dft``) under ``mpiexec -n 2``, in its own process group, killed
   with SIGKILL (mpiexec, its proxy and both ranks) while the k-chunks are
   being computed, then run again (with 2 ranks, or with 1 rank after
   truncating one finished unit file).  The result must equal an
@@ -59,7 +59,7 @@ def _env():
 
 
 def _cmd(out, nranks):
-    cmd = [sys.executable, "-m", "dmca_hpc.electronic.scf", *ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "dmca_hpc.cli.main", "dft", *ARGS, "--out", str(out)]
     return [_mpiexec(), "-n", str(nranks), *cmd] if nranks > 1 else cmd
 
 
