@@ -273,7 +273,7 @@ class Engine:
         |Q| < q_max from :class:`dmca_hpc.electronic.ae_overlap.AnalyticEngine`,
         streamed in batches of Q and binned like the FFT route."""
         from dmca_hpc.electronic.ae_overlap import q_plus_g
-        from dmca_hpc.electronic.kernels import bin_pair, e_bins, q_bins
+        from dmca_hpc.electronic.kernels import bin_batch, e_bins, q_bins
         iq, k0, k1, wq = unit
         bd, s = self.bd, self.s
         ks = np.arange(k0, k1)
@@ -285,19 +285,16 @@ class Engine:
         v0, v1, c1 = self.v0, self.nocc, self.nocc + self.ncond
         ck = bd.coeffs[ks][:, :, v0:v1]
         ckq = bd.coeffs[kps][:, :, v1:c1]
-        ebs = [e_bins(self.e_ev[kp, v1:c1][None, :] - self.e_ev[k, v0:v1][:, None] + self.shift_ev,
-                      s["de"], self.ne) for k, kp in zip(ks, kps)]
+        # [nk, nv, nc] E bins of every transition
+        eb = e_bins(self.e_ev[kps, v1:c1][:, None, :] - self.e_ev[ks, v0:v1][:, :, None]
+                    + self.shift_ev, s["de"], self.ne)
         w = wq / bd.nk
         nsel = 0
         for idx, M in self.analytic.iter_matrix_elements(bd.kpts[ks], Qv, ck, ckq,
                                                          batch=self.batch):
             sel, qb = q_bins(np.linalg.norm(Qv[idx], axis=1), s["dq"], self.nq)
             nsel += len(sel) * len(ks)
-            for j in range(len(ks)):
-                for i in range(self.nval):
-                    if np.all(ebs[j][i] < 0):
-                        continue
-                    bin_pair(table, M[j, :, :, i].T, sel, qb, ebs[j][i], w)
+            bin_batch(table, M, sel, qb, eb, w)
         return table, {"pairs": len(ks), "q_scan_points": nsel}
 
 
