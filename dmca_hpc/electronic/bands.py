@@ -257,7 +257,7 @@ class BandWorker:
 
     def mf(self):
         if self._mf is None:
-            from dmca_hpc.electronic.scf import load_scf, make_kmf
+            from dmca_hpc.electronic.scf import all_pseudo, load_scf, make_kmf
             d = load_scf(self.scf_path)
             sec = dict(d["sec"])
             if d["cell"]._pseudo:
@@ -272,8 +272,7 @@ class BandWorker:
             omega, alpha, hyb = ni.rsh_and_hybrid_coeff(mf.xc, spin=self.cell.spin)
             self.use_fast = (self.fast and self.xctype in ("LDA", "GGA")
                              and abs(hyb) < 1e-14 and abs(alpha) < 1e-14 and abs(omega) < 1e-14
-                             and bool(self.cell._pseudo)
-                             and len(self.cell._pseudo) == len(set(self.cell.elements)))
+                             and all_pseudo(self.cell))
             if self.use_fast:
                 self._setup_potential()
         return self._mf

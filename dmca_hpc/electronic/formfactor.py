@@ -92,8 +92,8 @@ def choose_route(cell, s: dict) -> str:
     route = s.get("route", "auto")
     if route in ("fft", "analytic"):
         return route
-    pseudo = getattr(cell, "_pseudo", None) or {}
-    return "fft" if pseudo and len(pseudo) == len(set(cell.elements)) else "analytic"
+    from dmca_hpc.electronic.scf import all_pseudo
+    return "fft" if all_pseudo(cell) else "analytic"
 
 
 def table_shape(s: dict) -> tuple[int, int]:

@@ -180,6 +180,14 @@ def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
     return cell
 
 
+def all_pseudo(cell) -> bool:
+    """True when every element of ``cell`` has a (GTH) pseudopotential: its
+    products of orbitals are smooth enough for FFT grids; False for
+    all-electron cells, whose core shells are not."""
+    pseudo = getattr(cell, "_pseudo", None) or {}
+    return bool(pseudo) and len(pseudo) == len(set(cell.elements))
+
+
 def resolve_density_fit(sec: dict, cell) -> str:
     """``dft.density_fit`` with ``auto`` resolved: FFTDF when every element has
     a GTH pseudopotential (the density is smooth, the FFT mesh small), GDF for
@@ -188,8 +196,7 @@ def resolve_density_fit(sec: dict, cell) -> str:
     df = str(sec["density_fit"])
     if df != "auto":
         return df
-    pseudo = getattr(cell, "_pseudo", None) or {}
-    return "FFTDF" if pseudo and len(pseudo) == len(set(cell.elements)) else "GDF"
+    return "FFTDF" if all_pseudo(cell) else "GDF"
 
 
 def fftdf_bytes(cell) -> float:
