@@ -1,4 +1,4 @@
-"""Crystal form-factor tables: one in-memory type, three file formats.
+"""Crystal form-factor tables: one in-memory type, four file formats.
 
 The form-factor engine writes tables with :func:`write_table`; the rate,
 reach and uncertainty code reads any supported file with :func:`read_table`.
@@ -17,19 +17,29 @@ Formats understood by :func:`read_table` (auto-detected):
    ``a`` (angstrom), ``kpts``, ``binning``, attrs ``atom``, ``basis``, ``xc``...
 2. **dmca_hpc HDF5**: exactly the QCDark layout (so QCDark's own reader opens
    it) plus: a ``units`` attribute on every dataset, bin-centre datasets
-   ``results/q`` [alpha m_e] and ``results/E`` [eV], and root attributes
+   ``results/q`` [alpha m_e] and ``results/E`` [eV], optionally
+   ``results/f2_sigma`` [nq, nE] (per-bin 1-sigma of f2, see
+   :attr:`FormFactorTable.f2_sigma`), and root attributes
    ``format = "dmca_hpc-formfactor"``, ``material``, ``convention``,
    ``metadata`` (JSON: k mesh, basis, functional, scissor...), ``provenance``.
 3. **QEdark text** (the ``C.Si137.dat`` / ``C.Ge137.dat`` files of Essig et
-   al. 2016, as read by obscura): one number per line (or whitespace
-   separated), E outer (500 bins of 0.1 eV), q inner (900 bins of
-   0.02 alpha m_e).  QEdark's k weights sum to 2 (not 1) and its tables carry
-   an extra ``w_k / 4`` factor with ``w_k = 2/137`` and a material energy
-   prefactor (Si 2.0 eV, Ge 1.8 eV); the conversion to the QCDark convention
-   used here is ``f2[qi, Ei] = prefactor_eV * (qi + 1) / dE_eV * (w_k / 4) *
-   raw[Ei, qi]`` (obscura, src/Target_Crystal.cpp).  The text file carries no
-   cell data, so the cell mass, volume and gap come from the built-in Si/Ge
-   values of that paper or from keyword arguments.
+   al. 2016, as obscura reads them in ``src/Target_Crystal.cpp``): numbers
+   separated by white space (one per line), no header line, E outer (500
+   bins of 0.1 eV), q inner (900 bins of 0.02 alpha m_e).  obscura turns the
+   number ``raw[Ei, qi]`` into |f|^2 as ``prefactor * (qi + 1) / dE * w_k / 4
+   * raw`` with ``w_k = 2/137`` (QEdark's 137 k weights sum to 2) and
+   ``prefactor`` = 2.0 eV (Si), 1.8 eV (Ge); :func:`read_qedark_text` applies
+   the same factor (:func:`qedark_text_factor`) and keeps bin (qi, Ei) as our
+   bin (qi, Ei) (centres (qi + 1/2) dq, (Ei + 1/2) dE; obscura evaluates the
+   same numbers at (qi + 1) dq, (Ei + 1) dE).  The text file carries no cell
+   data, so the cell mass, volume and gap come from the built-in Si/Ge values
+   of that paper or from keyword arguments.  :func:`write_qedark_text`
+   writes the layout obscura reads.
+4. **DMCA exciton tables** (the layout of the original DMCA, for
+   exciton-corrected |f|^2 from an external Bethe-Salpeter code, e.g. NaI
+   and GaAs of arXiv:2507.14345), recognised by a root dataset
+   ``form_factors``; read by :func:`read_exciton_h5`, whose docstring states
+   the conventions (k weights, units, metadata keys, uncertainty, binning).
 """
 from __future__ import annotations
 
@@ -89,6 +99,11 @@ class FormFactorTable:
         metadata: free-form dict (k mesh, basis, functional, source file...).
         q_min_ame, e_min_ev: lower edge of the first bin (0 for every table
             we know; kept because QCDark's ``binning`` records it).
+        f2_sigma: None, or array [nq, nE]: the 1-sigma uncertainty of each
+            bin of ``f2`` (absolute, dimensionless like f2), e.g. of an
+            exciton correction (:func:`read_exciton_h5`).  Kept with the
+            table (and written as ``results/f2_sigma``); the rate engine
+            uses ``f2`` only.
     """
 
     f2: np.ndarray
@@ -102,6 +117,7 @@ class FormFactorTable:
     metadata: dict = field(default_factory=dict)
     q_min_ame: float = 0.0
     e_min_ev: float = 0.0
+    f2_sigma: np.ndarray | None = None
 
     def __post_init__(self):
         self.f2 = np.ascontiguousarray(self.f2, dtype=np.float64)
@@ -115,6 +131,14 @@ class FormFactorTable:
         self.gap_ev = float(self.gap_ev)
         if not np.all(np.isfinite(self.f2)):
             raise TableFormatError("f2 contains NaN or inf")
+        if self.f2_sigma is not None:
+            sig = np.ascontiguousarray(self.f2_sigma, dtype=np.float64)
+            if sig.shape != self.f2.shape:
+                raise TableFormatError(f"f2_sigma has shape {sig.shape}; expected f2's "
+                                       f"{self.f2.shape} (one 1-sigma per bin)")
+            if not np.all(np.isfinite(sig)) or np.any(sig < 0):
+                raise TableFormatError("f2_sigma must be finite and >= 0 (1-sigma per bin)")
+            self.f2_sigma = sig
 
     # -- grids -------------------------------------------------------------
     @property
@@ -164,6 +188,8 @@ def read_table(path: str | os.PathLike, **qedark_kw) -> FormFactorTable:
     """Read a form-factor table, detecting its format (module docstring).
 
     ``qedark_kw`` are passed to :func:`read_qedark_text` for text files.
+    A DMCA exciton table (root dataset ``form_factors``) gives its corrected
+    table (:func:`read_exciton_h5`).
     Every message starts with the file name and says what was expected:
     FileNotFoundError if the path does not exist; :class:`TableFormatError`
     for a directory, an unreadable (truncated, damaged) HDF5 file, a missing
@@ -180,13 +206,19 @@ def read_table(path: str | os.PathLike, **qedark_kw) -> FormFactorTable:
                                "or QEdark text)")
     import h5py
     if h5py.is_hdf5(path):
-        try:
-            return _read_h5(path)
-        except OSError as exc:  # h5py: truncated file, damaged B-tree, unreadable chunk
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TableFormatError(f"{path}: HDF5 file cannot be read ({why}); expected a complete "
-                                   "form-factor table (truncated or damaged copy?)") from None
+        return _guard_h5(path, _read_h5)
     return read_qedark_text(path, **qedark_kw)
+
+
+def _guard_h5(path: Path, reader, *args):
+    """``reader(path, *args)`` with h5py's OSError (truncated file, damaged
+    B-tree, unreadable chunk) turned into one TableFormatError line."""
+    try:
+        return reader(path, *args)
+    except OSError as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TableFormatError(f"{path}: HDF5 file cannot be read ({why}); expected a complete "
+                               "form-factor table (truncated or damaged copy?)") from None
 
 
 def _attr(obj, name, path, where, meaning):
@@ -258,9 +290,11 @@ def _read_h5(path: Path) -> FormFactorTable:
     import h5py
     with h5py.File(path, "r") as f:
         if not isinstance(f.get("results"), h5py.Group) or "f2" not in f["results"]:
+            if "form_factors" in f:
+                return _read_exciton(f, path, "corrected")
             raise TableFormatError(
                 f"{path}: dataset 'results/f2' missing (expected |f_crystal|^2 [nq, nE], "
-                "QCDark / dmca_hpc layout)")
+                "QCDark / dmca_hpc layout, or 'form_factors' [nk, nq, nE], DMCA exciton layout)")
         res = f["results"]
         vals = {k: _number_attr(res, k, path, "results", m, positive=(k != "bandgap"))
                 for k, m in REQUIRED_RESULT_ATTRS.items()}
@@ -304,9 +338,16 @@ def _read_h5(path: Path) -> FormFactorTable:
         else:
             meta["format"] = "qcdark"
         meta["source_file"] = str(path)
+        sigma = None
+        if "f2_sigma" in res:
+            sigma = check_f2(res["f2_sigma"][()], path, "dataset 'results/f2_sigma'")
+            if sigma.shape != f2.shape:
+                raise TableFormatError(f"{path}: dataset 'results/f2_sigma' has shape "
+                                       f"{sigma.shape}; expected f2's {f2.shape} (1-sigma per bin)")
     return FormFactorTable(f2=f2, dq_ame=vals["dq"], de_ev=vals["dE"], vcell_ev3=vals["VCell"],
                            cell_mass_ev=vals["mCell"], gap_ev=vals["bandgap"], scissor=scissor,
-                           material=material, metadata=meta, q_min_ame=q_min, e_min_ev=e_min)
+                           material=material, metadata=meta, q_min_ame=q_min, e_min_ev=e_min,
+                           f2_sigma=sigma)
 
 
 def _check_binning(path, b, shape, dq, de) -> None:
@@ -325,6 +366,304 @@ def _check_binning(path, b, shape, dq, de) -> None:
                                    f"attribute '{name}' of 'results' is {ref:g}; expected one bin width")
 
 
+# ---------------------------------------------------------------------------
+# DMCA exciton tables
+# ---------------------------------------------------------------------------
+
+#: datasets every DMCA exciton table holds: name -> what is expected
+EXCITON_DATASETS = {
+    "form_factors": "the exciton-corrected per-k |f_crystal|^2 [nk, nq, nE] (dimensionless)",
+    "kpoints": "the k points of the first axis of form_factors [nk, 3]",
+    "qpoints": "q bin centres [nq] with a 'units' attribute",
+    "omega": "energy-transfer bin centres [nE] with a 'units' attribute",
+    "metadata": "a JSON-object string dataset (or a group of attributes) with the key "
+                "'material' and, unless it is a library material, cell_mass_ev, "
+                "cell_volume_ev3 and gap_ev",
+}
+#: accepted ``units`` of ``qpoints`` (spaces and '*' ignored) -> factor to alpha m_e
+Q_UNITS = {"alpham_e": 1.0, "alpha_me": 1.0, "alphame": 1.0, "bohr^-1": 1.0, "1/bohr": 1.0,
+           "eV": 1.0 / U.ALPHA_ME_EV, "keV": 1e3 / U.ALPHA_ME_EV, "MeV": 1e6 / U.ALPHA_ME_EV}
+#: accepted ``units`` of ``omega`` (spaces ignored) -> factor to eV
+OMEGA_UNITS = {"eV": 1.0, "meV": 1e-3, "keV": 1e3, "hartree": U.HARTREE_EV,
+               "Hartree": U.HARTREE_EV, "Ha": U.HARTREE_EV, "Ry": U.RYDBERG_EV}
+#: cell keys of the exciton-table metadata: name -> meaning
+EXCITON_CELL_KEYS = {
+    "cell_mass_ev": "the unit-cell mass [eV]",
+    "cell_volume_ev3": "the unit-cell volume [eV^-3] (or cell_volume_angstrom3 [angstrom^3])",
+    "gap_ev": "the band gap the charge (Q) model counts from [eV]",
+}
+#: relative tolerance (in bin widths) for uniform bins starting at 0
+BIN_TOLERANCE = 1e-6
+
+
+def read_exciton_h5(path: str | os.PathLike, which: str = "corrected") -> FormFactorTable:
+    """Read a DMCA exciton table as a :class:`FormFactorTable`.
+
+    Layout (HDF5, root datasets; :data:`EXCITON_DATASETS`):
+
+    * ``form_factors`` [nk, nq, nE]: the exciton-corrected |f_crystal|^2,
+      resolved by the k of the first axis.  Slice ``k`` is normalised as a
+      QCDark table of that k alone (weight 1), so the table is
+      ``f2[q, E] = sum_k w_k form_factors[k, q, E]`` with ``w_k`` from the
+      optional dataset ``kweights`` [nk] (finite, >= 0, summing to 1 within
+      1e-6: QEdark-style weights summing to 2 are refused) or, without it,
+      equal weights ``w_k = 1/N_k`` (QCDark, physics.md).  A file with
+      ``nk = 1`` is simply a table.  Only the weighted sum is used; the
+      slices are not interpreted one by one.
+    * ``kpoints`` [nk, 3]: the k of each slice (kept in the metadata, with
+      its ``units`` attribute if any; not used in any number).
+    * ``qpoints`` [nq], ``omega`` [nE]: bin centres, each with a ``units``
+      attribute: q in ``alpha m_e`` (also ``alpha*m_e``, ``bohr^-1``,
+      ``eV``, ``keV``, ``MeV``: :data:`Q_UNITS`), omega in ``eV`` (also
+      ``meV``, ``keV``, ``hartree``, ``Ry``: :data:`OMEGA_UNITS`).  The
+      centres must be uniform and start at 0, ``(a + 1/2) d`` within
+      :data:`BIN_TOLERANCE` bin widths, as our tables are; any other grid is
+      refused rather than resampled (redistributing a binned |f|^2 over other
+      bins is not exact and would move the rates by an amount nobody checked:
+      rebin at the source).  The uniform centres are used.
+    * ``metadata``: a scalar string dataset holding a JSON object, or a
+      group whose attributes (and scalar datasets) are the keys.  Required:
+      ``material`` (a name; the pair-energy default and reach's
+      one-material check use it).  ``cell_mass_ev`` [eV], ``cell_volume_ev3``
+      [eV^-3] (or ``cell_volume_angstrom3``) and ``gap_ev`` [eV, the Q
+      threshold] are required unless ``material`` is a library material
+      (:mod:`dmca_hpc.materials`), whose cell mass, cell volume and scissor
+      gap then fill the missing ones (listed in
+      ``metadata['cell_from_library']``).  Other keys are kept;
+      ``e_complete_ev``, ``q_complete_ame``, ``all_electron``, ``basis``,
+      ``scissor`` mean what they mean in our tables (rate notes use them).
+    * optional ``dft_form_factors`` [nk, nq, nE]: the uncorrected table in
+      the same convention (``which="dft"`` reads it).
+    * optional ``uncertainty`` [nk, nq, nE]: the absolute 1-sigma of
+      ``form_factors``, per slice.  It becomes
+      :attr:`FormFactorTable.f2_sigma` = ``sum_k w_k uncertainty[k]``: the
+      slices' errors are added linearly (fully correlated), because the
+      uncertainty of an exciton correction (screening model, k mesh, bands)
+      moves all k together; adding them in quadrature would shrink it as
+      1/sqrt(N_k) for no physical reason.
+
+    Every array must be finite and >= 0.  Nothing is added to or scaled in
+    the file's numbers: no enhancement factor is assumed anywhere.
+
+    Args:
+        which: ``"corrected"`` (``form_factors``, with ``f2_sigma`` from
+            ``uncertainty``) or ``"dft"`` (``dft_form_factors``).
+
+    Raises:
+        TableFormatError: one line naming the file, the dataset or key and
+            what was expected.
+    """
+    if which not in ("corrected", "dft"):
+        raise ValueError(f"which must be 'corrected' or 'dft', got {which!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (expected a DMCA exciton table, HDF5)")
+    import h5py
+    if path.is_dir() or not h5py.is_hdf5(path):
+        raise TableFormatError(f"{path}: not an HDF5 file; expected a DMCA exciton table "
+                               "(HDF5 with dataset 'form_factors' [nk, nq, nE])")
+
+    def one(p, w):
+        with h5py.File(p, "r") as f:
+            return _read_exciton(f, p, w)
+    return _guard_h5(path, one, which)
+
+
+def _read_exciton(f, path: Path, which: str) -> FormFactorTable:
+    import h5py
+    for name, meaning in EXCITON_DATASETS.items():
+        if name not in f:
+            raise TableFormatError(f"{path}: dataset '{name}' missing (expected {meaning}; DMCA "
+                                   "exciton-table layout)")
+        if name != "metadata" and not isinstance(f[name], h5py.Dataset):
+            raise TableFormatError(f"{path}: '{name}' is a group; expected a dataset: {meaning}")
+    ff = f["form_factors"]
+    if ff.ndim != 3 or 0 in ff.shape:
+        raise TableFormatError(f"{path}: dataset 'form_factors' has shape {ff.shape}; expected "
+                               "a non-empty 3-D array [nk, nq, nE]")
+    nk, nq, ne = ff.shape
+    kp = _exciton_array(f, path, "kpoints", (nk, 3), "[nk, 3] with nk = form_factors' first axis")
+    qv, q_unit = _exciton_axis(f, path, "qpoints", nq, Q_UNITS, "q bin centres")
+    ev, e_unit = _exciton_axis(f, path, "omega", ne, OMEGA_UNITS, "energy bin centres")
+    dq = _uniform_from_zero(path, "qpoints", qv, Q_UNITS[q_unit], q_unit)
+    de = _uniform_from_zero(path, "omega", ev, OMEGA_UNITS[e_unit], e_unit)
+    for opt in ("dft_form_factors", "uncertainty"):
+        if opt in f and (not isinstance(f[opt], h5py.Dataset) or f[opt].shape != ff.shape):
+            shape = f[opt].shape if isinstance(f[opt], h5py.Dataset) else "a group"
+            raise TableFormatError(f"{path}: dataset '{opt}' has shape {shape}; expected "
+                                   f"form_factors' {ff.shape} [nk, nq, nE]")
+    name = "form_factors" if which == "corrected" else "dft_form_factors"
+    if name not in f:
+        raise TableFormatError(f"{path}: dataset 'dft_form_factors' missing (optional in the DMCA "
+                               "exciton layout, but needed for the uncorrected table [nk, nq, nE])")
+    meta = _exciton_metadata(f, path)
+    weights, wsource = _exciton_kweights(f, path, nk)
+    cell, filled, material = _exciton_cell(path, meta)
+    f2 = _weighted_k_sum(f[name], weights, path, name)
+    sigma = None
+    if which == "corrected" and "uncertainty" in f:
+        sigma = _weighted_k_sum(f["uncertainty"], weights, path, "uncertainty")
+    k_units = _to_py(f["kpoints"].attrs.get("units", "not given"))
+    meta.update({
+        "format": "dmca-exciton", "dataset": name, "exciton_corrected": which == "corrected",
+        "n_k": nk, "k_weights": wsource, "kpoints": kp.tolist(), "kpoints_units": k_units,
+        "qpoints_units": q_unit, "omega_units": e_unit,
+        "has_dft_form_factors": "dft_form_factors" in f, "has_uncertainty": "uncertainty" in f,
+        "cell_from_library": filled, "source_file": str(path)})
+    return FormFactorTable(f2=f2, dq_ame=dq, de_ev=de, vcell_ev3=cell["cell_volume_ev3"],
+                           cell_mass_ev=cell["cell_mass_ev"], gap_ev=cell["gap_ev"],
+                           scissor=meta.get("scissor", "unknown"), material=material,
+                           metadata=meta, f2_sigma=sigma)
+
+
+def _exciton_array(f, path, name, shape, expected) -> np.ndarray:
+    try:
+        a = np.asarray(f[name][()], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TableFormatError(f"{path}: dataset '{name}' is not numeric; expected {expected}") from None
+    if a.shape != tuple(shape):
+        raise TableFormatError(f"{path}: dataset '{name}' has shape {a.shape}; expected {expected}")
+    if not np.all(np.isfinite(a)):
+        raise TableFormatError(f"{path}: dataset '{name}' has NaN or infinite values; expected "
+                               f"finite numbers, {expected}")
+    return a
+
+
+def _exciton_axis(f, path, name, n, accepted, what):
+    """(values in the file's unit, the unit's key in ``accepted``)."""
+    vals = _exciton_array(f, path, name, (n,), f"{what} [{n}] (one per bin of form_factors)")
+    ds = f[name]
+    want = ", ".join(repr(k) for k in accepted)
+    if "units" not in ds.attrs:
+        raise TableFormatError(f"{path}: dataset '{name}' has no 'units' attribute; expected one "
+                               f"of {want} ({what})")
+    unit = str(_to_py(ds.attrs["units"])).replace(" ", "").replace("*", "")
+    if unit not in accepted:
+        raise TableFormatError(f"{path}: dataset '{name}' has units {_to_py(ds.attrs['units'])!r}; "
+                               f"expected one of {want} ({what})")
+    return vals, unit
+
+
+def _uniform_from_zero(path, name, x, factor, unit) -> float:
+    """Bin width (in our unit: x * factor) of uniform centres (a + 1/2) d, or
+    TableFormatError naming the dataset and what it holds."""
+    n = x.size
+    width = 2.0 * x[0] if n == 1 else (x[-1] - x[0]) / (n - 1)
+    if not width > 0:
+        raise TableFormatError(f"{path}: dataset '{name}' is not increasing (first {x[0]:g}, last "
+                               f"{x[-1]:g} {unit}); expected increasing bin centres")
+    tol = BIN_TOLERANCE * width
+    if n > 1 and np.max(np.abs(np.diff(x) - width)) > tol:
+        d = np.diff(x)
+        raise TableFormatError(f"{path}: dataset '{name}' is not uniform (spacing {d.min():g} to "
+                               f"{d.max():g} {unit}); expected uniform bin centres (a + 1/2) d "
+                               "(a non-uniform binned |f|^2 cannot be resampled exactly: rebin "
+                               "at the source)")
+    lo = x[0] - width / 2
+    if abs(lo) > tol:
+        raise TableFormatError(f"{path}: dataset '{name}' starts at the centre {x[0]:g} {unit}, so "
+                               f"its first bin starts at {lo:g} {unit}; expected bins from 0 "
+                               f"(centres (a + 1/2) d with d = {width:g} {unit}); shifting or padding "
+                               "would invent bins the file does not hold")
+    return float(width * factor)
+
+
+def _exciton_metadata(f, path) -> dict:
+    import h5py
+    obj = f["metadata"]
+    if isinstance(obj, h5py.Group):
+        meta = {k: _to_py(v) for k, v in obj.attrs.items()}
+        for k, v in obj.items():
+            if isinstance(v, h5py.Dataset):
+                meta[k] = _to_py(v[()])
+        return meta
+    raw = _to_py(obj[()])
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise TableFormatError(f"{path}: dataset 'metadata' is not a JSON object; expected "
+                               f"{EXCITON_DATASETS['metadata']}")
+    return meta
+
+
+def _exciton_kweights(f, path, nk):
+    if "kweights" not in f:
+        return np.full(nk, 1.0 / nk), "equal weights 1/N_k (no 'kweights' dataset)"
+    w = _exciton_array(f, path, "kweights", (nk,), f"one weight per k [{nk}], >= 0, summing to 1")
+    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
+        raise TableFormatError(f"{path}: dataset 'kweights' sums to {w.sum():.12g} (min "
+                               f"{w.min():g}); expected weights >= 0 summing to 1 (QCDark "
+                               "w_k = 1/N_k convention; QEdark's sum to 2)")
+    return w, "dataset 'kweights'"
+
+
+def _exciton_cell(path, meta):
+    """({cell_mass_ev, cell_volume_ev3, gap_ev}, keys filled from the library, material)."""
+    from dmca_hpc.materials import LIBRARY, MaterialError, get_material
+    mat = meta.get("material")
+    if not isinstance(mat, str) or not mat.strip():
+        raise TableFormatError(f"{path}: metadata key 'material' missing or not a name (got "
+                               f"{mat!r}); expected the target's name, e.g. 'NaI' (the pair-energy "
+                               "default and reach's one-material check use it)")
+    try:
+        lib = get_material(mat)
+    except MaterialError:
+        lib = None
+    if "cell_volume_ev3" not in meta and "cell_volume_angstrom3" in meta:
+        v = _meta_number(path, meta, "cell_volume_angstrom3", "the unit-cell volume [angstrom^3]")
+        meta["cell_volume_ev3"] = (v * U.ANGSTROM_BOHR**3) / U.ALPHA_ME_EV**3
+    cell, filled = {}, []
+    for key, meaning in EXCITON_CELL_KEYS.items():
+        if key in meta:
+            cell[key] = _meta_number(path, meta, key, meaning, positive=(key != "gap_ev"))
+        elif lib is not None and not (key == "gap_ev" and lib.scissor_gap_ev is None):
+            cell[key] = {"cell_mass_ev": lambda: lib.cell_mass_ev,
+                         "cell_volume_ev3": lambda: (lib.cell_volume_angstrom3 * U.ANGSTROM_BOHR**3)
+                         / U.ALPHA_ME_EV**3,
+                         "gap_ev": lambda: lib.scissor_gap_ev}[key]()
+            filled.append(key)
+        else:
+            why = (f"material {mat!r} is not in the built-in library ({', '.join(LIBRARY)}), so it "
+                   "cannot be filled in") if lib is None else "the library has no value for it"
+            raise TableFormatError(f"{path}: metadata key '{key}' missing (expected {meaning}; "
+                                   f"{why})")
+    return cell, filled, lib.name if lib is not None else mat.strip()
+
+
+def _meta_number(path, meta, key, meaning, positive=True) -> float:
+    raw = meta[key]
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or (v <= 0 if positive else v < 0):
+        want = "a positive number" if positive else "a number >= 0"
+        raise TableFormatError(f"{path}: metadata key '{key}' is {raw!r}; expected {want}: {meaning}")
+    return v
+
+
+def _weighted_k_sum(ds, weights, path, name) -> np.ndarray:
+    """sum_k w_k ds[k], read one k slice at a time (a 216-k table of 1000 x 500
+    bins is 0.9 GB), each slice checked finite and >= 0."""
+    acc = np.zeros(ds.shape[1:])
+    for k in range(ds.shape[0]):
+        try:
+            a = np.asarray(ds[k], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TableFormatError(f"{path}: dataset '{name}' is not numeric; expected "
+                                   "|f_crystal|^2 numbers [nk, nq, nE]") from None
+        for bad, what in ((~np.isfinite(a), "NaN or infinite"), (a < 0, "negative")):
+            if bad.any():
+                i, j = (int(x) for x in np.argwhere(bad)[0])
+                raise TableFormatError(f"{path}: dataset '{name}' has {what} bins (first "
+                                       f"[{k}, {i}, {j}] = {float(a[i, j])!r}); expected finite "
+                                       "values >= 0")
+        acc += weights[k] * a
+    return acc
+
+
 #: QEdark (Essig et al. 2016) cell data and energy prefactor for the
 #: published Si and Ge text tables: lattice constant [angstrom] (diamond,
 #: 2 atoms per primitive cell), mean atomic mass [amu], gap [eV], prefactor [eV].
@@ -334,6 +673,9 @@ QEDARK_MATERIALS = {
 }
 #: QEdark's k weight factor (its weights sum to 2 over 137 k points)
 QEDARK_WK = 2.0 / 137.0
+#: the grid obscura's Crystal hard-codes for the QEdark text tables
+#: (src/Target_Crystal.cpp): E bins, q bins, dE [eV], dq [alpha m_e]
+OBSCURA_NE, OBSCURA_NQ, OBSCURA_DE_EV, OBSCURA_DQ_AME = 500, 900, 0.1, 0.02
 
 
 def read_qedark_text(path: str | os.PathLike, material: str | None = None,
@@ -341,6 +683,10 @@ def read_qedark_text(path: str | os.PathLike, material: str | None = None,
                      prefactor_ev: float | None = None, cell_mass_ev: float | None = None,
                      vcell_ev3: float | None = None, gap_ev: float | None = None) -> FormFactorTable:
     """Read a QEdark text table and convert it to the QCDark convention.
+
+    The layout is the one obscura reads (see :func:`write_qedark_text`): all
+    numbers in order, no header, E outer, q inner, each multiplied by
+    :func:`qedark_text_factor`; bin (qi, Ei) of the file is our bin (qi, Ei).
 
     Args:
         path: the text file (E outer, q inner).
@@ -384,8 +730,7 @@ def read_qedark_text(path: str | os.PathLike, material: str | None = None,
         gap_ev = ref["gap_ev"]
     check_f2(raw.reshape(ne, nq), path, "the table's values [nE, nq] (E outer, q inner)")
     table = raw.reshape(ne, nq).T  # -> [nq, nE]
-    qi = np.arange(1, nq + 1, dtype=float)[:, None]
-    f2 = prefactor_ev * qi / de_ev * (QEDARK_WK / 4.0) * table
+    f2 = qedark_text_factor(nq, prefactor_ev, de_ev) * table
     return FormFactorTable(f2=f2, dq_ame=dq_ame, de_ev=de_ev, vcell_ev3=vcell_ev3,
                            cell_mass_ev=cell_mass_ev, gap_ev=gap_ev, scissor="qedark",
                            material=material or "",
@@ -394,15 +739,87 @@ def read_qedark_text(path: str | os.PathLike, material: str | None = None,
 
 
 def write_qedark_text(path: str | os.PathLike, table: FormFactorTable,
-                      prefactor_ev: float) -> Path:
-    """Write ``table`` in QEdark's text convention (inverse of
-    :func:`read_qedark_text`); used for tests and for feeding QEdark-era tools."""
+                      prefactor_ev: float | None = None, nq: int | None = None,
+                      ne: int | None = None) -> Path:
+    """Write ``table`` in the QEdark text layout exactly as obscura reads it
+    (the inverse of :func:`read_qedark_text`).
+
+    What obscura does with the file (temken/obscura ``src/Target_Crystal.cpp``,
+    ``Crystal::Crystal``; libphysica ``Import_List``): it reads every
+    white-space separated number from the start (no header line is skipped:
+    a header would be taken as two table values and shift every bin), takes
+    the first ``N_E * N_q`` of them with ``N_E = 500``, ``N_q = 900``, ``dE =
+    0.1 eV``, ``dq = 0.02 alpha m_e`` hard-coded, E outer and q inner, and
+    sets ``|f|^2[qi][Ei] = prefactor * (qi + 1) / dE * w_k / 4 * number`` with
+    ``w_k = 2/137`` (QEdark's k weights, which sum to 2) and ``prefactor`` =
+    2.0 eV for Si, 1.8 eV for Ge (:func:`qedark_text_factor`).  So this
+    writes ``f2[qi, Ei] / qedark_text_factor`` one number per line
+    (``%.17g``), E outer, q inner, no header.  It takes the cell mass, gap
+    and pair energy from its own Si / Ge values, never from the file, and
+    evaluates the numbers at q = (qi + 1) dq, E = (Ei + 1) dE, half a bin
+    above our centres (our reader keeps the bin index, so the round trip is
+    exact).  Measured with our engine on our Si table (shm-2021): evaluating
+    at obscura's points lowers the rates by 2.0 / 1.0 / 1.0% (heavy mediator)
+    and 6.3 / 5.4 / 5.3% (light) at 10 MeV / 100 MeV / 1 GeV, and cutting q
+    at 18 alpha m_e (N_q = 900) costs 0.7-0.8% of the heavy-mediator rate
+    above 100 MeV: a difference of grid, not of normalisation.
+
+    Args:
+        prefactor_ev: obscura's material prefactor [eV]; default from the
+            table's material (Si 2.0, Ge 1.8, :data:`QEDARK_MATERIALS`); any
+            other material needs it (obscura itself reads only Si and Ge).
+        nq, ne: number of q and E bins written (default obscura's N_q = 900,
+            N_E = 500); q (E) bins beyond the table are written as 0, table
+            bins beyond them are not written.
+
+    Values below the smallest normal double (2.2e-308) are written as 0:
+    C++ stream extraction may flag such numbers as a range error, which
+    would end obscura's read loop early.
+
+    Raises:
+        ValueError: a grid other than obscura's (dq 0.02 alpha m_e, dE 0.1 eV,
+            bins from 0), or no prefactor for the material.
+    """
     from dmca_hpc.hpc.checkpoint import atomic_path
-    qi = np.arange(1, table.nq + 1, dtype=float)[:, None]
-    raw = table.f2 / (prefactor_ev * qi / table.de_ev * (QEDARK_WK / 4.0))
+    nq = OBSCURA_NQ if nq is None else int(nq)
+    ne = OBSCURA_NE if ne is None else int(ne)
+    if nq < 1 or ne < 1:
+        raise ValueError(f"nq and ne must be >= 1, got nq = {nq}, ne = {ne}")
+    src = table.metadata.get("source_file") or table.material or "table"
+    for name, have, want, unit in (("dq", table.dq_ame, OBSCURA_DQ_AME, "alpha m_e"),
+                                   ("dE", table.de_ev, OBSCURA_DE_EV, "eV")):
+        if not np.isclose(have, want, rtol=1e-9, atol=0):
+            raise ValueError(f"{src}: {name} = {have:g} {unit}; the QEdark text layout obscura "
+                             f"reads has {name} = {want:g} {unit} fixed (not resampled here)")
+    if table.q_min_ame != 0 or table.e_min_ev != 0:
+        raise ValueError(f"{src}: bins start at q = {table.q_min_ame:g} alpha m_e, E = "
+                         f"{table.e_min_ev:g} eV; the QEdark text layout starts both at 0")
+    if prefactor_ev is None:
+        ref = QEDARK_MATERIALS.get(table.material)
+        if ref is None:
+            raise ValueError(f"{src}: material {table.material!r}: obscura's Crystal reads only "
+                             + ", ".join(f"{k} (prefactor {v['prefactor_ev']:g} eV)"
+                                         for k, v in QEDARK_MATERIALS.items())
+                             + "; give prefactor_ev (--prefactor-ev) to write the QEdark layout for another reader")
+        prefactor_ev = ref["prefactor_ev"]
+    if not (np.isfinite(prefactor_ev) and prefactor_ev > 0):
+        raise ValueError(f"prefactor_ev must be a positive number [eV], got {prefactor_ev!r}")
+    out = np.zeros((nq, ne))
+    a, b = min(nq, table.nq), min(ne, table.ne)
+    out[:a, :b] = table.f2[:a, :b]
+    raw = out / qedark_text_factor(nq, prefactor_ev, table.de_ev)
+    raw[raw < np.finfo(float).tiny] = 0.0
     with atomic_path(path) as tmp:
         np.savetxt(tmp, raw.T.ravel(), fmt="%.17g")
     return Path(path)
+
+
+def qedark_text_factor(nq: int, prefactor_ev: float, de_ev: float = 0.1) -> np.ndarray:
+    """[nq, 1] factor that turns QEdark text numbers into QCDark |f|^2 as
+    obscura does: ``prefactor (qi + 1) / dE * w_k / 4``, ``w_k = 2/137``
+    (:data:`QEDARK_WK`), prefactor and dE in eV."""
+    qi = np.arange(1, nq + 1, dtype=float)[:, None]
+    return prefactor_ev * qi / de_ev * (QEDARK_WK / 4.0)
 
 
 # ---------------------------------------------------------------------------
@@ -430,6 +847,9 @@ def write_table(path: str | os.PathLike, table: FormFactorTable, input_hash: str
                       "|f_crystal(q, E)|^2, [nq, nE], QCDark convention (w_k = 1/N_k)")
         write_dataset(res, "q", table.q_ame, "alpha*m_e", "q bin centres")
         write_dataset(res, "E", table.e_ev, "eV", "energy bin centres")
+        if table.f2_sigma is not None:
+            write_dataset(res, "f2_sigma", table.f2_sigma, "1",
+                          "1-sigma uncertainty of each bin of f2, [nq, nE]")
         res.attrs["dq"] = table.dq_ame
         res.attrs["dE"] = table.de_ev
         res.attrs["VCell"] = table.vcell_ev3
@@ -484,3 +904,31 @@ def load(table: "FormFactorTable | str | os.PathLike | None" = None,
     if material:
         return read_table(table_for_material(material))
     raise ValueError("give a form-factor table (path) or a material name")
+
+
+def table_summary(table: FormFactorTable) -> dict:
+    """What a table is, for ``dmca-hpc table info``: material, format,
+    shape, q and E ranges (bin edges), cell, scissor, completeness
+    (``e_complete_ev``, ``q_complete_ame``: None when the table does not
+    record them), ``all_electron``, basis / functional / k mesh when
+    recorded, and the exciton-table facts.  Units are in the key names."""
+    m = table.metadata or {}
+    out = {
+        "material": table.material, "format": m.get("format", ""),
+        "source_file": m.get("source_file", ""), "shape_q_e": [table.nq, table.ne],
+        "q_range_alpha_me": [table.q_min_ame, table.q_min_ame + table.nq * table.dq_ame],
+        "dq_alpha_me": table.dq_ame,
+        "e_range_ev": [table.e_min_ev, table.e_min_ev + table.ne * table.de_ev],
+        "de_ev": table.de_ev, "cell_mass_ev": table.cell_mass_ev,
+        "cell_volume_angstrom3": table.cell_volume_angstrom3, "gap_ev": table.gap_ev,
+        "scissor": table.scissor if isinstance(table.scissor, (bool, str)) else str(table.scissor),
+        "e_complete_ev": m.get("e_complete_ev"), "q_complete_ame": m.get("q_complete_ame"),
+        "all_electron": m.get("all_electron"),
+        "basis": m.get("basis"), "xc": m.get("xc"), "kmesh": m.get("kmesh"),
+        "f2_sigma": table.f2_sigma is not None,
+    }
+    if m.get("format") == "dmca-exciton":
+        out.update({k: m.get(k) for k in ("dataset", "exciton_corrected", "n_k", "k_weights",
+                                           "has_dft_form_factors", "has_uncertainty",
+                                           "cell_from_library")})
+    return out

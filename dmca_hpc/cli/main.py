@@ -23,11 +23,12 @@ COMMANDS = {
     "validate": ("dmca_hpc.cli.main", "check job files against the schema; one line per problem"),
     "run": ("dmca_hpc.cli.main", "run a job file's stages (validates first; resumes from checkpoints)"),
     "materials": ("dmca_hpc.cli.main", "list the built-in detector targets and their properties"),
-    "select": ("dmca_hpc.cli.main", "which targets can see a DM mass at all (kinematic threshold)"),
+    "select": ("dmca_hpc.cli.select", "rank the targets for a DM mass by rate and reach (shipped tables) and kinematic threshold"),
     "dft": ("dmca_hpc.cli.dft", "PySCF SCF of a material (and dense-mesh bands with --dense-kmesh)"),
     "formfactor": ("dmca_hpc.cli.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
     "rates": ("dmca_hpc.cli.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
     "reach": ("dmca_hpc.cli.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
+    "table": ("dmca_hpc.cli.table", "form-factor table info (shape, ranges, completeness) and export for peers (QEdark text for obscura)"),
     "nuclear": ("dmca_hpc.cli.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),
     "absorption": ("dmca_hpc.cli.absorption", "dark-photon and ALP absorption rates and reach"),
     "oracle": ("dmca_hpc.cli.oracle", "label structures with self-correcting Quantum ESPRESSO runs"),
@@ -139,6 +140,52 @@ def _add_validate(p):
     p.add_argument("--keys", nargs="?", const="all", metavar="SECTION",
                    help="print every job key of SECTION (or of all sections) with its default, "
                         "unit and meaning, from the settings model, and exit")
+    p.add_argument("--ranks", type=int, default=1, metavar="N",
+                   help="MPI ranks the job would run on (all on this node), for the estimate of "
+                        "memory per node and time")
+    _add_max_hours(p)
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory the job would write (default runs/<job name>): its free "
+                        "disk is the limit, its telemetry of an earlier run calibrates the times, "
+                        "its current stages cost nothing")
+
+
+def _add_max_hours(p):
+    p.add_argument("--max-hours", type=float, metavar="H",
+                   help="refuse the job when its estimated wall-clock time on its ranks exceeds "
+                        "H hours (and a stage that would end after H hours of the run)")
+
+
+def _limit_problem(args, cmd: str) -> str | None:
+    """One line for a --ranks / --max-hours outside its range, else None."""
+    import math
+    if getattr(args, "ranks", 1) < 1:
+        return f"dmca-hpc {cmd}: --ranks {args.ranks}: expected a number of ranks >= 1"
+    h = args.max_hours
+    if h is not None and not (h > 0 and math.isfinite(h)):
+        return f"dmca-hpc {cmd}: --max-hours {h:g}: expected a number of hours > 0"
+    return None
+
+
+def _print_estimate(path, job, args) -> bool:
+    """Print the per-stage estimate of a valid job and its refusal lines; True if
+    some stage cannot finish (an estimate that fails is a warning)."""
+    from pathlib import Path
+    try:
+        from dmca_hpc.pipeline import current_stages
+        from dmca_hpc.stages import preflight as pf
+        run_dir = Path(args.out or Path("runs") / job["name"]).resolve()
+        est, limits, lines = pf.preflight_job(job, run_dir, args.ranks, args.ranks, args.max_hours,
+                                              current_stages(job, run_dir))
+    except Exception as exc:  # the job is valid; only its estimate is missing
+        print(f"{path}: valid (dmca-hpc: warning: no resource estimate: {type(exc).__name__}: {exc})")
+        return False
+    print(f"{path}: {'valid' if not lines else 'valid, but it cannot finish here'}; estimate on "
+          f"{args.ranks} rank(s) for {run_dir}:")
+    print(pf.render_table(est, limits))
+    for line in lines:
+        print(line)
+    return bool(lines)
 
 
 def _run_validate(args) -> int:
@@ -154,16 +201,20 @@ def _run_validate(args) -> int:
     if not args.jobs:
         print("dmca-hpc validate: give one or more job files (or --keys)")
         return EXIT_BAD_INPUT
+    problem = _limit_problem(args, "validate")
+    if problem:
+        print(problem)
+        return EXIT_BAD_INPUT
     bad = 0
     for path in args.jobs:
         try:
-            load_job(path)
+            job = load_job(path)
         except JobError as exc:
             bad += 1
             for line in exc.problems:
                 print(line)
         else:
-            print(f"{path}: valid")
+            bad += _print_estimate(path, job, args)
     return EXIT_BAD_INPUT if bad else 0
 
 
@@ -183,6 +234,7 @@ def _add_run(p):
                         "repeatable; used by SLURM array jobs")
     p.add_argument("--mass-mev", action="append", type=float, metavar="M",
                    help="DM mass(es) of the rates stage [MeV] (replaces rates.masses_mev); repeatable")
+    _add_max_hours(p)
 
 
 def _overrides(args) -> dict:
@@ -198,8 +250,12 @@ def _overrides(args) -> dict:
 def _run_run(args) -> int:
     from dmca_hpc.config import JobError, load_job
     from dmca_hpc.hpc.parallel import get_comm
-    from dmca_hpc.pipeline import RunRefused, install_preemption_handler, run_job
+    from dmca_hpc.pipeline import ResourcesRefused, RunRefused, install_preemption_handler, run_job
     path = args.job or _quickstart_path()
+    problem = _limit_problem(args, "run")
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         job = load_job(path, overrides=_overrides(args))
     except JobError as exc:
@@ -212,7 +268,12 @@ def _run_run(args) -> int:
     install_preemption_handler()
     comm = get_comm()
     try:
-        summary = run_job(job, args.out)
+        summary = run_job(job, args.out, max_hours=args.max_hours)
+    except ResourcesRefused as exc:  # a stage cannot finish here: nothing written
+        if comm.Get_rank() == 0:
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RunRefused as exc:  # locked output directory, missing telemetry key: nothing written
         if comm.Get_rank() == 0:
             print(f"dmca-hpc run: {exc}", file=sys.stderr)
@@ -289,44 +350,6 @@ def _run_materials(args) -> int:
     return 0
 
 
-def _add_select(p):
-    p.add_argument("--mass-mev", type=float, required=True, help="DM mass [MeV] (> 0)")
-    p.add_argument("--halo", default="shm-2021", help="halo preset (default shm-2021)")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON (gap_ev: the scissor gap, as in the text output)")
-
-
-def _run_select(args) -> int:
-    import json
-    import math
-    from dmca_hpc.detection.halo import get_halo
-    from dmca_hpc.detection.select import select_material
-    if not (args.mass_mev > 0 and math.isfinite(args.mass_mev)):
-        # the form of the other commands' number checks (cli/rates.py number_problem)
-        print(f"dmca-hpc select: error: --mass-mev {args.mass_mev:g}: expected a DM mass > 0 [MeV]",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        v_max = get_halo(args.halo).v_max_km_s
-        rows = select_material(args.mass_mev * 1e6, halo=args.halo)
-    except (KeyError, ValueError) as exc:
-        print(f"dmca-hpc select: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(f"m_chi = {args.mass_mev:g} MeV, halo {args.halo}: max deposit m_chi v_max^2 / 2 with "
-          f"v_max = v_esc + v_E = {v_max:g} km/s, against the scissor gap (the gap the "
-          f"form-factor tables use; 'dmca-hpc materials' lists the experimental gap too)")
-    aliases = _material_aliases()
-    w = max(len(_material_label(r["name"], aliases)) for r in rows)
-    for r in rows:
-        ok, rel = ("yes", ">") if r["viable"] else ("no", "<=")
-        print(f"{_material_label(r['name'], aliases):<{w}} {ok:<4} max deposit "
-              f"{r['max_deposit_ev']:.3g} eV {rel} scissor gap {r['gap_ev']:g} eV")
-    return 0
-
-
 def _add_warmup(p):
     p.description += (". Run once on the batch host before the ranks start: parallel first "
                       "compilations into one cache directory can crash (NUMBA_CACHE_DIR sets it).")
@@ -359,7 +382,6 @@ _LOCAL = {
     "validate": (_add_validate, _run_validate),
     "run": (_add_run, _run_run),
     "materials": (_add_materials, _run_materials),
-    "select": (_add_select, _run_select),
 }
 
 if __name__ == "__main__":

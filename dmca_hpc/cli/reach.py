@@ -1,5 +1,7 @@
 """``dmca-hpc reach``: cross-section reach or Poisson limits versus DM mass,
 with Monte Carlo uncertainty bands (:mod:`dmca_hpc.detection.reach`).
+Several tables: one curve per table with the same exposure / threshold /
+halo, and one band per target (material), its tables pooled.
 Masses in MeV, exposure in kg year, cross sections in cm^2."""
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ def add_arguments(parser):
     """Arguments of ``dmca-hpc reach``."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", nargs="+",
-                     help="form-factor table(s); two or more of one material add the DFT "
-                          "systematic to the bands")
+                     help="form-factor table(s): one reach curve per table, on one plot; "
+                          "tables of one material also pool into that target's --uncertainty "
+                          "band (the DFT systematic)")
     src.add_argument("--material", help="use the shipped table of this material")
     parser.add_argument("--mass-min-mev", type=float, default=0.5, help="lowest mass [MeV]")
     parser.add_argument("--mass-max-mev", type=float, default=1000.0, help="highest mass [MeV]")
@@ -36,8 +39,9 @@ def add_arguments(parser):
     parser.add_argument("--gap", type=float, default=None, help="gap [eV]")
     parser.add_argument("--pair-energy", type=float, default=None, help="pair energy [eV]")
     parser.add_argument("--uncertainty", type=int, default=20,
-                        help="number of halo Monte Carlo samples for the 68/95%% bands (0: none; "
-                             "20 add about 10 s for 50 masses on a shipped table)")
+                        help="number of halo Monte Carlo samples for the 68/95%% bands, one band "
+                             "per target (0: none; 20 add about 10 s for 50 masses per target "
+                             "on a shipped table)")
     parser.add_argument("--seed", type=int, default=12345, help="Monte Carlo seed")
     parser.add_argument("--out", default=None, help="write reach.h5 and reach.png to this directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,7 +53,8 @@ def run_cli(args) -> int:
     from dmca_hpc import units as U
     from dmca_hpc.detection.reach import PERCENTILES, reach_curve, uncertainty_bands, write_reach_h5
     from dmca_hpc.cli.rates import number_problem
-    from dmca_hpc.plots.detection import plot_reach
+    from dmca_hpc.detection.select import table_kind
+    from dmca_hpc.plots.detection import plot_reach, plot_reach_targets
     from dmca_hpc.tables import TableFormatError, load, table_for_material
     bad = number_problem([
         ("--mass-min-mev", args.mass_min_mev, lambda v: v > 0, "a DM mass > 0 [MeV]"),
@@ -71,16 +76,9 @@ def run_cli(args) -> int:
         print(f"dmca-hpc reach: error: {bad}", file=sys.stderr)
         return 2
     try:
-        paths = args.table if args.table else [table_for_material(args.material)]
+        paths, notes = _unique_paths(args.table if args.table else [table_for_material(args.material)])
         tabs = [load(p) for p in paths]
-        mats = {}
-        for p, t in zip(paths, tabs):
-            if t.material:
-                mats.setdefault(t.material, p)
-        if len(mats) > 1:
-            raise ValueError("--table: " + ", ".join(f"{p} is {m}" for m, p in mats.items())
-                             + "; expected tables of one material (a second table of the same "
-                               "material adds the DFT systematic to the --uncertainty bands)")
+        labels = _labels(tabs, paths)
         masses = np.logspace(np.log10(args.mass_min_mev), np.log10(args.mass_max_mev),
                              args.n_masses) * U.MEV_EV
         common = dict(exposure_kg_year=args.exposure, q_threshold=args.q_threshold,
@@ -88,52 +86,143 @@ def run_cli(args) -> int:
                       cl=args.cl, mode=args.mode, gap_ev=args.gap,
                       pair_energy_ev=args.pair_energy)
         t0 = time.perf_counter()
-        rc = reach_curve(tabs[0], masses, fdm=args.fdm, halo=args.halo, **common)
+        curves = {lab: reach_curve(t, masses, fdm=args.fdm, halo=args.halo, **common)
+                  for lab, t in zip(labels, tabs)}
         wall = time.perf_counter() - t0
-        if len(tabs) > 1 and not args.uncertainty:  # say so rather than drop them silently
-            rc.notes.append(f"only the first table ({paths[0]}) sets the reach; the other "
-                            f"{len(tabs) - 1} add the DFT systematic to the bands only with "
-                            "--uncertainty N")
-        bands = None
+        # one target = one material: its tables pool into one band (the DFT systematic),
+        # drawn around its first table's curve; targets share the halo samples (same seed)
+        groups = _targets(tabs, labels)
+        bands = {}
         if args.uncertainty:
-            bands = uncertainty_bands(tabs, masses, n_samples=args.uncertainty, seed=args.seed,
-                                      halo=args.halo, fdm=args.fdm, **common)
+            for nominal, idx in groups.items():
+                bands[nominal] = uncertainty_bands([tabs[i] for i in idx], masses,
+                                                   n_samples=args.uncertainty, seed=args.seed,
+                                                   halo=args.halo, fdm=args.fdm, **common)
     except (OSError, TableFormatError, ValueError) as exc:  # OSError: missing/unreadable file
         print(f"dmca-hpc reach: error: {exc}", file=sys.stderr)
         return 2
+    rc = next(iter(curves.values()))
+    rc.notes[:0] = notes
+    band_of = {labels[i]: nominal for nominal, idx in groups.items() for i in idx}
     files = {}
     if args.out:
         d = Path(args.out)
         d.mkdir(parents=True, exist_ok=True)
-        files["reach"] = str(write_reach_h5(d / "reach.h5", {args.fdm: rc}, bands))
-        files["plot"] = str(plot_reach(d / "reach.png", {args.fdm: rc}, bands,
-                                       f"{tabs[0].material} {args.exposure:g} kg-yr"))
+        if len(curves) == 1:
+            files["reach"] = str(write_reach_h5(d / "reach.h5", {args.fdm: rc}, bands.get(labels[0])))
+            files["plot"] = str(plot_reach(d / "reach.png", {args.fdm: rc}, bands.get(labels[0]),
+                                           f"{tabs[0].material} {args.exposure:g} kg-yr"))
+        else:
+            for lab, p in zip(labels, _file_stems(paths)):
+                files[f"reach_{p}"] = str(write_reach_h5(d / f"reach_{p}.h5", {args.fdm: curves[lab]},
+                                                         bands.get(lab)))
+            files["plot"] = str(plot_reach_targets(d / "reach.png", curves, bands,
+                                                   f"{len(curves)} tables, {args.exposure:g} kg-yr"))
+    fin = lambda a: [float(x) if np.isfinite(x) else None for x in a]
+    band_json = lambda b: {f"p{p:g}": fin(b.sigma_cm2[i]) for i, p in enumerate(PERCENTILES)}
     if args.json:
-        out = {"mass_mev": list(rc.masses_ev / U.MEV_EV),
-               "sigma_cm2": [float(s) if np.isfinite(s) else None for s in rc.sigma_cm2],
+        per = []
+        for lab, t, p in zip(labels, tabs, paths):
+            c = curves[lab]
+            e = {"label": lab, "table": str(p), "material": t.material, "kind": table_kind(t),
+                 "sigma_cm2": fin(c.sigma_cm2), "inputs": c.inputs, "notes": c.notes}
+            b = bands.get(band_of[lab])
+            if b is not None:
+                e["bands_sigma_cm2"] = band_json(b)
+                e["bands_nominal"] = band_of[lab]
+                e["bands_tables"] = [str(paths[i]) for i in groups[band_of[lab]]]
+            per.append(e)
+        out = {"mass_mev": list(rc.masses_ev / U.MEV_EV), "sigma_cm2": fin(rc.sigma_cm2),
                "inputs": rc.inputs, "notes": rc.notes, "wall_seconds": wall, "files": files,
+               "curves": per,
                "units": {"mass_mev": "MeV", "sigma_cm2": "cm^2 (null: no reach)",
-                         "exposure_kg_year": "kg year"}}
-        if bands is not None:
-            out["bands_sigma_cm2"] = {f"p{p:g}": [float(x) if np.isfinite(x) else None
-                                                  for x in bands.sigma_cm2[i]]
-                                      for i, p in enumerate(PERCENTILES)}
+                         "exposure_kg_year": "kg year",
+                         "curves": "one per table (sigma_cm2 and bands in cm^2); the top-level "
+                                   "sigma_cm2 / bands_sigma_cm2 are the first table's"}}
+        if bands.get(labels[0]) is not None:
+            out["bands_sigma_cm2"] = band_json(bands[labels[0]])
         print(json.dumps(out, indent=1, default=str))
         return 0
-    print(f"reach: {tabs[0].material} exposure {args.exposure:g} kg-year, Q >= {args.q_threshold}, "
+    many = len(curves) > 1
+    print(f"reach: {(f'{len(curves)} tables' if many else tabs[0].material)} exposure "
+          f"{args.exposure:g} kg-year, Q >= {args.q_threshold}, "
           f"F_DM {args.fdm}, halo {args.halo} ({rc.inputs['method']}); {wall * 1e3:.0f} ms")
-    hdr = "  m_chi [MeV]    sigma_e [cm^2]"
-    if bands is not None:
-        hdr += "    68% band              95% band"
-    print(hdr)
-    for i, m in enumerate(rc.masses_ev):
-        line = f"  {m / U.MEV_EV:11.4g}    {rc.sigma_cm2[i]:12.4g}"
-        if bands is not None:
-            s = bands.sigma_cm2[:, i]
-            line += f"    [{s[1]:.3g}, {s[3]:.3g}]   [{s[0]:.3g}, {s[4]:.3g}]"
-        print(line)
-    for n in rc.notes:
-        print(f"  note: {n}")
+    for lab in labels:
+        c = curves[lab]
+        b = bands.get(lab)
+        if many:
+            pooled = groups.get(lab, [])
+            print(lab + (f"  (bands: halo Monte Carlo and the {len(pooled)} {tabs[pooled[0]].material} "
+                         "tables given, the DFT systematic)" if b is not None and len(pooled) > 1 else "")
+                  + (f"  (bands: see {band_of[lab]})" if bands and b is None else ""))
+        hdr = "  m_chi [MeV]    sigma_e [cm^2]"
+        if b is not None:
+            hdr += "    68% band              95% band"
+        print(hdr)
+        for i, m in enumerate(c.masses_ev):
+            line = f"  {m / U.MEV_EV:11.4g}    {c.sigma_cm2[i]:12.4g}"
+            if b is not None:
+                s = b.sigma_cm2[:, i]
+                line += f"    [{s[1]:.3g}, {s[3]:.3g}]   [{s[0]:.3g}, {s[4]:.3g}]"
+            print(line)
+        for n in c.notes:
+            print(f"  note: {n}")
     for k, v in files.items():
         print(f"  wrote {k}: {v}")
     return 0
+
+
+def _unique_paths(paths) -> tuple[list, list]:
+    """The table paths with repeats dropped (a repeated file would draw the
+    same curve twice), and a note per repeat."""
+    seen, out, notes = set(), [], []
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            notes.append(f"table {p} given more than once: used once")
+            continue
+        seen.add(key)
+        out.append(p)
+    return out, notes
+
+
+def _labels(tabs, paths) -> list:
+    """``Si all-electron (Si.hdf5)`` per table, made unique (``#2``) when two
+    files of the same name and kind are given."""
+    from dmca_hpc.detection.select import table_label
+    out = []
+    for t, p in zip(tabs, paths):
+        lab = base = table_label(t, p)
+        k = 1
+        while lab in out:
+            k += 1
+            lab = f"{base} #{k}"
+        out.append(lab)
+    return out
+
+
+def _file_stems(paths) -> list:
+    """File stems for the per-table reach_<stem>.h5, unique."""
+    out = []
+    for p in paths:
+        s = base = Path(p).stem
+        k = 1
+        while s in out:
+            k += 1
+            s = f"{base}_{k}"
+        out.append(s)
+    return out
+
+
+def _targets(tabs, labels) -> dict:
+    """{label of a target's first table: [indices of that target's tables]};
+    a target is a material (tables without one are targets of their own)."""
+    first: dict = {}
+    out: dict = {}
+    for i, (t, lab) in enumerate(zip(tabs, labels)):
+        key = t.material or lab
+        if key not in first:
+            first[key] = lab
+            out[lab] = []
+        out[first[key]].append(i)
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 
 from dmca_hpc import units as U
 
-__all__ = ["plot_spectra", "plot_reach", "plot_absorption", "plot_nuclear"]
+__all__ = ["plot_spectra", "plot_reach", "plot_reach_targets", "plot_absorption", "plot_nuclear"]
 
 #: F_DM of each mediator, as a legend writes it
 FDM_LABELS = {"heavy": r"heavy mediator, $F_{DM} = 1$",
@@ -217,6 +217,65 @@ def plot_nuclear(path, e_kev, curves, title: str = "", sigma_n_cm2: float | None
         what += f", halo {_halo_name(halo)}"
     ax.set_title("\n".join([t for t in (title, what) if t]), fontsize=9)
     ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reach_targets(path, curves: dict, bands: dict | None = None, title: str = "") -> Path:
+    """Reach curves of several targets (one per table) on one log-log plot.
+
+    ``curves``: {label: Reach}, the label naming material, table kind and
+    file (``Si all-electron (Si.hdf5)``); all computed with the same
+    exposure, Q threshold, method, F_DM and halo (the title states them,
+    from the first curve; the highest Q bin differs by material, so only
+    the threshold is given).  ``bands``: None or {label: Bands}, each drawn
+    in the colour of the curve of that label (a target's band is drawn
+    around its first table's curve); the legend lists the curves and one
+    entry per band kind.  Masses in MeV, cross sections in cm^2."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    bands = bands or {}
+    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    first_band = True
+    for k, (label, rc) in enumerate(curves.items()):
+        colour = f"C{k}"
+        b = bands.get(label)
+        if b is not None:
+            m = b.masses_ev / U.MEV_EV
+            s = np.where(np.isfinite(b.sigma_cm2), b.sigma_cm2, np.nan)
+            ax.fill_between(m, s[0], s[4], color=colour, alpha=0.12, lw=0,
+                            label="95% band (each target)" if first_band else "_nolegend_")
+            ax.fill_between(m, s[1], s[3], color=colour, alpha=0.3, lw=0,
+                            label="68% band (each target)" if first_band else "_nolegend_")
+            first_band = False
+        s = np.where(np.isfinite(rc.sigma_cm2), rc.sigma_cm2, np.nan)
+        ax.plot(rc.masses_ev / U.MEV_EV, s, color=colour, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("m_chi [MeV]")
+    ax.set_ylabel("sigma_e [cm^2]")
+    lines = [title] if title else []
+    if curves:
+        i = next(iter(curves.values())).inputs
+        if str(i.get("method", "")).startswith("poisson"):
+            how = (f"{i.get('cl', 0.95):g} CL Poisson limit from {i.get('observed_total', '')} "
+                   f"observed events ({i['method'].split('-', 1)[1]})")
+        else:
+            how = f"{i.get('n_events', 3):g}-event reach (background-free)"
+        lines.append(f"{how}, exposure {i['exposure_kg_year']:g} kg-year, Q >= {i['q_threshold']}, "
+                     f"halo {_halo_name(i.get('halo'))}")
+        lines.append(FDM_LABELS.get(i.get("fdm"), str(i.get("fdm"))))
+    if bands:
+        bi = next(iter(bands.values())).inputs
+        lines.append(f"bands: {bi['n_samples']} halo Monte Carlo samples (seed {bi['seed']}) per "
+                     "target, a target's tables pooled (DFT systematic)")
+    else:
+        lines.append("no uncertainty bands (uncertainty samples = 0)")
+    ax.set_title("\n".join(lines), fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

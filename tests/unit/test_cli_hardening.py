@@ -1,7 +1,7 @@
 """Bad numbers and silent drops on the command line (issue #17): each bad
 value is one line naming the option, the value as given (in the option's
-unit) and what is expected, exit 2; ``reach`` refuses tables of different
-materials and says when extra tables are not used."""
+unit) and what is expected, exit 2; ``reach`` draws one curve per table and
+says when a table given twice is used once."""
 import json
 
 import pytest
@@ -42,19 +42,22 @@ def test_reach_bad_numbers(capsys, args, line):
     assert _err(capsys) == [f"dmca-hpc reach: error: {line}"]
 
 
-def test_reach_tables_of_different_materials_is_an_error(capsys):
+def test_reach_tables_of_different_materials_draw_one_curve_each(capsys):
+    """Tables of different materials are targets side by side (no longer an
+    error): one curve per table, each the table's own single-table reach."""
     si, ge = table_for_material("Si"), table_for_material("Ge")
-    assert main(["reach", "--table", str(si), str(ge), "--exposure", "1", "--uncertainty", "0",
-                 "--n-masses", "2"]) == 2
-    assert _err(capsys) == [f"dmca-hpc reach: error: --table: {si} is Si, {ge} is Ge; expected tables of "
-                            "one material (a second table of the same material adds the DFT systematic "
-                            "to the --uncertainty bands)"]
+    argv = ["--exposure", "1", "--uncertainty", "0", "--n-masses", "2", "--json"]
+    assert main(["reach", "--table", str(si), str(ge), *argv]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [c["table"] for c in both["curves"]] == [str(si), str(ge)]
+    for c, p in zip(both["curves"], (si, ge)):
+        assert main(["reach", "--table", str(p), *argv]) == 0
+        assert c["sigma_cm2"] == json.loads(capsys.readouterr().out)["sigma_cm2"]
 
 
-def test_reach_says_when_a_second_table_is_not_used(capsys):
+def test_reach_says_when_a_table_is_given_twice(capsys):
     si = str(table_for_material("Si"))
     assert main(["reach", "--table", si, si, "--exposure", "1", "--uncertainty", "0",
                  "--n-masses", "2", "--json"]) == 0
-    notes = json.loads(capsys.readouterr().out)["notes"]
-    assert f"only the first table ({si}) sets the reach; the other 1 add the DFT systematic to the bands " \
-           "only with --uncertainty N" in notes
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["curves"]) == 1 and f"table {si} given more than once: used once" in d["notes"]

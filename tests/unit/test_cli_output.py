@@ -34,11 +34,13 @@ def test_materials_shows_aliases_and_both_gaps(capsys):
 
 def test_select_names_its_gap_and_rejects_bad_masses(capsys):
     rc, out, _ = run(capsys, "select", "--mass-mev", 0.5)
-    assert rc == 0 and "scissor gap" in out.splitlines()[0]
-    si = next(l for l in out.splitlines() if l.startswith("Si "))
-    assert "<=" not in si and "scissor gap 1.11 eV" in si
-    assert any(l.startswith("C (diamond)") and "<= scissor gap 5.47 eV" in l
-               for l in out.splitlines())
+    lines = out.splitlines()
+    assert rc == 0 and any(l.startswith("  kinematics:") and "scissor gap" in l for l in lines[:3])
+    # each target: a rank line "  N  NAME  ...", then its kinematic verdict
+    kin = {l.split()[1]: lines[i + 1] for i, l in enumerate(lines) if l[:3].strip().isdigit()}
+    assert "<=" not in kin["Si"] and "yes: max deposit" in kin["Si"] and "scissor gap 1.11 eV" in kin["Si"]
+    c = next(l for l in lines if l[:3].strip().isdigit() and l.split()[1] == "C")
+    assert "C (diamond)" in c and "<= scissor gap 5.47 eV" in kin["C"]
     for bad in (-1, 0):
         rc, out, err = run(capsys, "select", "--mass-mev", bad)
         assert rc == 2 and not out

@@ -111,3 +111,76 @@ def test_cli_and_files(qcdark_ge, tmp_path, capsys):
     with h5py.File(tmp_path / "reach.h5") as f:
         assert f["heavy/sigma"].attrs["units"] == "cm^2"
     assert (tmp_path / "reach.png").stat().st_size > 1000
+
+
+def _shipped_or_skip(*names):
+    from dmca_hpc.tables import DATA_DIR
+    paths = [DATA_DIR / f"{n}.hdf5" for n in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"shipped tables missing: {missing}")
+    return paths
+
+
+def _cli(argv, capsys):
+    import argparse, json
+    from dmca_hpc.cli import reach as cli_reach
+    p = argparse.ArgumentParser()
+    cli_reach.add_arguments(p)
+    assert cli_reach.run_cli(p.parse_args([str(a) for a in argv])) == 0
+    out = capsys.readouterr().out
+    return json.loads(out) if "--json" in argv else out
+
+
+def test_several_targets_one_curve_each(tmp_path, capsys):
+    """--table Si Ge C: one JSON curve per table, each equal to reach_curve of
+    that table alone (the engine run here) with the same settings; one plot
+    with every curve, one reach_<stem>.h5 per table."""
+    import h5py
+    paths = _shipped_or_skip("Si", "Ge", "C")
+    opts = ["--exposure", 2.5, "--q-threshold", 2, "--n-masses", 5, "--mass-min-mev", 1,
+            "--mass-max-mev", 300, "--uncertainty", 0]
+    d = _cli(["--table", *paths, *opts, "--out", tmp_path, "--json"], capsys)
+    assert [c["table"] for c in d["curves"]] == [str(p) for p in paths]
+    m = np.array(d["mass_mev"]) * U.MEV_EV
+    assert np.allclose(m, np.geomspace(1, 300, 5) * U.MEV_EV, rtol=1e-12)
+    for c, p in zip(d["curves"], paths):
+        want = reach.reach_curve(tables.read_table(p), m, exposure_kg_year=2.5, q_threshold=2)
+        got = np.array([np.inf if s is None else s for s in c["sigma_cm2"]])
+        assert np.array_equal(got, want.sigma_cm2)
+        assert c["material"] == p.stem and c["kind"] in ("all-electron", "GTH pseudopotential")
+        assert c["label"].startswith(f"{p.stem} ") and c["label"].endswith(f"({p.name})")
+        with h5py.File(tmp_path / f"reach_{p.stem}.h5") as f:
+            assert np.array_equal(f["heavy/sigma"][()], want.sigma_cm2)
+            assert f["heavy/sigma"].attrs["units"] == "cm^2"
+        single = _cli(["--table", p, *opts, "--json"], capsys)
+        assert single["sigma_cm2"] == c["sigma_cm2"]
+    assert d["sigma_cm2"] == d["curves"][0]["sigma_cm2"]  # top level: the first table, as before
+    assert (tmp_path / "reach.png").stat().st_size > 1000
+    assert not (tmp_path / "reach.h5").exists()
+    text = _cli(["--table", *paths, *opts], capsys)
+    for c in d["curves"]:
+        assert c["label"] in text.splitlines()
+
+
+def test_several_targets_bands_per_target(capsys):
+    """--uncertainty with Si, Si_gth, Ge: Ge's band is uncertainty_bands of
+    Ge alone, Si's pools its two tables (the DFT systematic, as a single
+    material always did), both with the same seed; the Si_gth curve points
+    to the Si band."""
+    si, si_gth, ge = _shipped_or_skip("Si", "Si_gth", "Ge")
+    opts = ["--exposure", 1, "--n-masses", 3, "--mass-min-mev", 5, "--mass-max-mev", 500,
+            "--uncertainty", 4, "--seed", 7]
+    d = _cli(["--table", si, ge, si_gth, *opts, "--json"], capsys)
+    m = np.array(d["mass_mev"]) * U.MEV_EV
+    by = {c["table"]: c for c in d["curves"]}
+    pooled = reach.uncertainty_bands([tables.read_table(si), tables.read_table(si_gth)], m, 1.0,
+                                     n_samples=4, seed=7)
+    alone = reach.uncertainty_bands(tables.read_table(ge), m, 1.0, n_samples=4, seed=7)
+    for key, b in ((str(si), pooled), (str(ge), alone)):
+        for i, p in enumerate(reach.PERCENTILES):
+            assert np.allclose(by[key]["bands_sigma_cm2"][f"p{p:g}"], b.sigma_cm2[i], rtol=1e-12)
+    assert by[str(si_gth)]["bands_nominal"] == by[str(si)]["label"]
+    assert by[str(si)]["bands_tables"] == [str(si), str(si_gth)]
+    assert by[str(ge)]["bands_tables"] == [str(ge)]
+    assert d["bands_sigma_cm2"] == by[str(si)]["bands_sigma_cm2"]
