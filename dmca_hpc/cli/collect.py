@@ -2,6 +2,11 @@
 
 The figures are defined in :mod:`dmca_hpc.monitoring.collector`.  Exit codes:
 0 ok, 1 gate breached (``--gate``), 2 unreadable input or bad arguments.
+
+Plaintext lines: refused in a file that holds an encrypted line; refused in
+every file when a key is given (``DMCA_TELEMETRY_KEY`` / ``--key-env``) or
+with ``--require-encrypted``; ``--allow-plaintext`` reads plaintext files
+beside a key.
 """
 from __future__ import annotations
 
@@ -84,13 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", action="store_true", help="print the report as Markdown")
     parser.add_argument("--output", "-o", metavar="PATH", help="write the output to PATH instead of stdout")
     parser.add_argument("--gate", action="store_true",
-                        help="exit 1 when fti_avg or a stage FTI > --fti-max, failures > --max-failures "
-                             "or invalid lines > --max-invalid")
+                        help="exit 1 when fti_avg or a stage FTI > --fti-max, failures > --max-failures, "
+                             "invalid lines > --max-invalid, or a stream has a gap, reorder, duplicate "
+                             "or foreign line")
     add_report_arguments(parser)
     add_key_argument(parser)
+    plain = parser.add_mutually_exclusive_group()
+    plain.add_argument("--require-encrypted", action="store_true", default=None,
+                       help="refuse every plaintext line, also without a key (default when a key is given)")
+    plain.add_argument("--allow-plaintext", dest="require_encrypted", action="store_false",
+                       default=argparse.SUPPRESS,  # the dest's default is --require-encrypted's None
+                       help="with a key given, still count plaintext lines of files that hold no encrypted "
+                            "line (plaintext in an encrypted file is always refused)")
     parser.add_argument("--max-list", type=int, default=1000,
-                        help="keep at most this many failed units / invalid lines / DMCA rows in the lists "
-                             "(default 1000)")
+                        help="keep at most this many failed units / invalid lines / integrity issues / DMCA rows "
+                             "in the lists (default 1000)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -114,7 +127,7 @@ def run_cli(args: argparse.Namespace) -> int:
             return 2
     rep = collect(args.files, key=key, baseline=baseline, fti_max=args.fti_max,
                   max_failures=args.max_failures, max_invalid=args.max_invalid, max_list=args.max_list,
-                  lambda_params=lam)
+                  lambda_params=lam, require_encrypted=args.require_encrypted)
     parts = []
     if args.json:
         parts.append(json.dumps(rep, indent=1, allow_nan=False, default=str) + "\n")

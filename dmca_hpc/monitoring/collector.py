@@ -119,6 +119,46 @@ files' whole lines (what the pipeline merged), the rank files are skipped
 ``unreadable_files``: pass one or the other) and only the rank files are
 read.  Either way no record is counted twice.
 
+Integrity (the ``integrity`` object of the report)
+--------------------------------------------------
+Encrypted mode accepts only authenticated records: a file holding any
+encrypted line is an encrypted file, and a plaintext line in it is an
+invalid line (code ``plaintext``, "plaintext line in an encrypted file"),
+not counted; with a key given (``DMCA_TELEMETRY_KEY``, ``--key-env``) or
+``--require-encrypted``, every plaintext line is (``--allow-plaintext``
+reads plaintext files beside a key; plaintext in an encrypted file stays
+invalid).  A regular file is scanned for an encrypted line before it is
+read; a stream (FIFO) or a file read live by the exporter cannot be, so
+plaintext lines read before its first encrypted line were counted: that is
+reported as a ``mixed`` issue at the encrypted line.  Records with a stream
+identity (``hpc.run_id``, ``hpc.rank``, ``hpc.seq``; for encrypted lines
+bound into the authentication, :mod:`dmca_hpc.monitoring.telemetry`) are
+checked per stream ``(run_id, rank)`` over all files read:
+
+gap
+    seqs missing before a line (a deleted line; also missing leading seqs
+    of a stream whose first line read is not seq 0), reported at the first
+    line after the hole.
+reorder
+    a seq lower than one already read of its stream (swapped lines), at
+    the lower seq's line; counted.
+duplicate
+    a seq read again (a replayed or copied line): counted once, the repeat
+    is an invalid line (code ``duplicate``).
+foreign
+    a record of a stream whose first line was read in another file (a
+    writer appends to one file only; the merged ``telemetry.jsonl`` and its
+    rank files are never both read); counted.
+
+``--gate`` fails on any gap, reorder, duplicate, foreign or mixed issue,
+whatever ``--max-invalid`` allows.  Old records without an identity and
+version-1 envelopes are counted as ``unsequenced_records`` /
+``v1_envelopes``.  Not detectable from the lines alone: a deleted last line
+of a stream (or trailing lines, or a whole stream or file).  Memory: one
+seen-seq interval per stream when it is in order, one more per hole; at most
+:data:`MAX_SEQ_INTERVALS` in all, beyond which records are counted but not
+checked (``untracked_records``, a gate breach).
+
 Non-finite numbers: a line whose number overflows a double (``1e400``) or
 is NaN/Infinity is an invalid line (code ``nonfinite``); sums that overflow
 are reported as null, never as a crash of ``--json`` or the exporter.
@@ -127,11 +167,13 @@ Gate (``--gate``): exit code 1 when the DMCA fti_avg exceeds ``--fti-max``
 (default 1.05, the DMCA gate and the FAIL threshold), any stage FTI exceeds it
 (waste or a regression against the baseline), failed units exceed ``--max-failures``
 (default 0) or invalid lines exceed ``--max-invalid`` (default 0: a tampered
-or undecryptable line is a breach).  Exit code 2 for unreadable input
+or undecryptable line is a breach) or any stream integrity issue is found
+(above).  Exit code 2 for unreadable input
 files or bad arguments; 0 otherwise.
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import json
 import math
@@ -452,6 +494,200 @@ def lambda_effective(fti_avg: float | None, days_since_change: float | None,
             "params": {k: v for k, v in p.items() if k != "days_since_change"}}
 
 
+#: seen-seq intervals kept over all streams (module docstring, "Integrity"): an in-order
+#: stream needs one, each hole one more; ~100 bytes each, so ~20 MiB at the limit
+MAX_SEQ_INTERVALS = 200_000
+
+
+class _Stream:
+    """Seqs read of one stream: sorted disjoint intervals ``[los[i], his[i]]``,
+    ``locs[i]`` = (file, line) where ``los[i]`` was read (the line after a
+    hole), ``top_loc`` where the highest seq was read, ``home`` the file of
+    its first record."""
+
+    __slots__ = ("los", "his", "locs", "top_loc", "home")
+
+    def __init__(self, seq: int, loc: tuple[str, int]):
+        self.los, self.his, self.locs = [seq], [seq], [loc]
+        self.top_loc = loc
+        self.home = loc[0]
+
+
+class SequenceCheck:
+    """Per-stream gap / reorder / duplicate / foreign check of sequenced
+    records (module docstring, "Integrity"); streaming, memory bounded by
+    ``max_intervals``."""
+
+    KINDS = ("gap", "reorder", "duplicate", "foreign", "mixed")
+
+    def __init__(self, max_list: int = 1000, max_intervals: int = MAX_SEQ_INTERVALS):
+        self.max_list = int(max_list)
+        self.max_intervals = int(max_intervals)
+        self.streams: dict[tuple[str, int], _Stream] = {}
+        self.intervals = 0
+        self.events: list[dict] = []  # all but the gaps, which are derived at report time
+        self.totals = dict.fromkeys(self.KINDS, 0)
+        self.sequenced = 0
+        self.untracked = 0
+
+    def _event(self, kind: str, fname: str, lineno: int, reason: str, **extra) -> None:
+        self.totals[kind] += 1
+        if len(self.events) < self.max_list:
+            self.events.append({"file": fname, "line": lineno, "kind": kind, **extra, "reason": reason})
+
+    def mixed(self, fname: str, lineno: int, plain_counted: int) -> None:
+        """A file seen to be encrypted only at ``lineno``, after ``plain_counted`` plaintext records of it were counted."""
+        self._event("mixed", fname, lineno, f"first encrypted line of a file whose {plain_counted} earlier "
+                    "plaintext line(s) were already counted (read as a stream or live, so not refused): "
+                    "plaintext in an encrypted file")
+
+    def check(self, run: str, rank: int, seq: int, fname: str, lineno: int) -> str | None:
+        """Record seq ``seq`` of stream ``(run, rank)`` read at ``fname:lineno``;
+        returns None to count the record, or the reason it is a duplicate."""
+        st = self.streams.get((run, rank))
+        loc = (fname, lineno)
+        if st is None:
+            if self.intervals >= self.max_intervals:
+                self.untracked += 1
+                return None
+            self.streams[(run, rank)] = _Stream(seq, loc)
+            self.intervals += 1
+            self.sequenced += 1
+            return None
+        los, his, locs = st.los, st.his, st.locs
+        top = his[-1]
+        if seq == top + 1:  # the common case: the next line of an in-order stream
+            his[-1] = seq
+            st.top_loc = loc
+        else:
+            i = bisect.bisect_right(los, seq) - 1  # the interval starting at or below seq
+            if i >= 0 and seq <= his[i]:
+                reason = (f"duplicate: seq {seq} of stream {run}/rank {rank} was already read (a replayed "
+                          "or copied line); counted once")
+                self._event("duplicate", fname, lineno, reason, run_id=run, rank=rank, seq=seq)
+                return reason
+            join_prev = i >= 0 and his[i] + 1 == seq
+            join_next = i + 1 < len(los) and los[i + 1] == seq + 1
+            if not (join_prev or join_next) and self.intervals >= self.max_intervals:
+                self.untracked += 1
+                return None
+            if seq < top:
+                self._event("reorder", fname, lineno,
+                            f"seq {seq} of stream {run}/rank {rank} read after seq {top} "
+                            f"({st.top_loc[0]}:{st.top_loc[1]}): lines out of order",
+                            run_id=run, rank=rank, seq=seq)
+            if join_prev and join_next:  # fills a one-seq hole
+                his[i] = his[i + 1]
+                del los[i + 1], his[i + 1], locs[i + 1]
+                self.intervals -= 1
+            elif join_prev:
+                his[i] = seq
+            elif join_next:
+                los[i + 1], locs[i + 1] = seq, loc
+            else:
+                los.insert(i + 1, seq)
+                his.insert(i + 1, seq)
+                locs.insert(i + 1, loc)
+                self.intervals += 1
+            if seq > top:
+                st.top_loc = loc
+        self.sequenced += 1
+        if fname != st.home:
+            self._event("foreign", fname, lineno,
+                        f"seq {seq} of stream {run}/rank {rank}, whose first line was read in {st.home}: a "
+                        "writer appends to one file only (line moved or copied from another file)",
+                        run_id=run, rank=rank, seq=seq)
+        return None
+
+    def gaps(self) -> list[dict]:
+        """Every hole of every stream (missing seqs), at the first line read after it."""
+        out = []
+        for (run, rank), st in self.streams.items():
+            prev = -1
+            for lo, hi, (fname, lineno) in zip(st.los, st.his, st.locs):
+                if lo > prev + 1:
+                    a, b = prev + 1, lo - 1
+                    what = f"seq {a}" if a == b else f"seqs {a}..{b}"
+                    out.append({"file": fname, "line": lineno, "kind": "gap", "run_id": run, "rank": rank,
+                                "seq": lo, "missing_from": a, "missing_to": b, "missing": b - a + 1,
+                                "reason": f"{what} of stream {run}/rank {rank} missing before this line "
+                                          f"({b - a + 1} line(s) deleted or lost)"})
+                prev = hi
+        return out
+
+    def summary(self, file_order: list[str]) -> dict:
+        """Totals and the issues (at most ``max_list``; duplicates are also invalid
+        lines) sorted by file (in reading order) and line."""
+        gaps = self.gaps()
+        rank_of = {f: i for i, f in enumerate(file_order)}
+        issues = sorted(self.events + gaps, key=lambda e: (rank_of.get(e["file"], len(rank_of)), e["line"]))
+        t = dict(self.totals, gap=len(gaps))
+        return {"streams": len(self.streams), "sequenced_records": self.sequenced,
+                "untracked_records": self.untracked,
+                "gaps_total": t["gap"], "missing_records": sum(g["missing"] for g in gaps),
+                "reorders_total": t["reorder"], "duplicates_total": t["duplicate"],
+                "foreign_total": t["foreign"], "mixed_files_total": t["mixed"],
+                "issues_total": sum(t.values()), "issues": issues[:self.max_list]}
+
+
+#: LineError codes of a line that is an encrypted envelope (however broken)
+_ENVELOPE_CODES = frozenset(("envelope", "no_key", "wrong_key", "tampered"))
+
+
+def _holds_envelope(fh) -> bool:
+    """True if the regular file ``fh`` (at offset 0) has an encrypted line;
+    False for a pipe / FIFO, which cannot be read twice.  Leaves ``fh`` at 0.
+
+    Scans 1 MiB blocks for the bytes an envelope line must contain (``"enc"``,
+    or a ``\\u`` escape hiding a letter of it) and parses only the lines that
+    have them, so a plaintext file costs a read at memory speed, not a
+    second parse."""
+    from dmca_hpc.monitoring.telemetry import MAX_LINE_BYTES, is_envelope_line
+    try:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return False
+    except (OSError, ValueError, AttributeError):  # no descriptor: read without the scan
+        return False
+
+    def any_envelope(data: bytes, end: int) -> bool:  # in the lines of data[:end]
+        for needle in (b'"enc"', b"\\u"):
+            i = data.find(needle, 0, end)
+            while i >= 0:
+                a = data.rfind(b"\n", 0, i) + 1
+                b = data.find(b"\n", i, end)
+                b = end if b < 0 else b
+                if b - a <= MAX_LINE_BYTES and is_envelope_line(data[a:b]):
+                    return True
+                i = data.find(needle, b, end)
+        return False
+
+    try:
+        tail, skipping = b"", False  # skipping: inside a line too long to be a record
+        while True:
+            block = fh.read(1 << 20)
+            if not block:
+                return not skipping and any_envelope(tail, len(tail))
+            if skipping:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    continue
+                block, skipping = block[nl + 1:], False
+            data = tail + block if tail else block
+            cut = data.rfind(b"\n") + 1
+            if any_envelope(data, cut):
+                return True
+            tail = data[cut:]
+            if len(tail) > MAX_LINE_BYTES:
+                tail, skipping = b"", True
+    except OSError:
+        return False
+    finally:
+        try:
+            fh.seek(0)
+        except OSError:
+            pass
+
+
 def _num(v, default=0.0) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
@@ -461,14 +697,25 @@ class Aggregator:
 
     Args:
         key: AES-256 key for encrypted lines (None: they are reported as ``no_key``).
-        max_list: keep at most this many entries in the failed-unit and
-            invalid-line lists (totals stay exact).
+        max_list: keep at most this many entries in the failed-unit,
+            invalid-line and integrity-issue lists (totals stay exact).
+        require_encrypted: refuse every plaintext line (code ``plaintext``);
+            default: when a key is given.  Plaintext lines in a file holding
+            an encrypted line are refused either way (module docstring).
     """
 
-    def __init__(self, key: bytes | None = None, max_list: int = 1000):
+    def __init__(self, key: bytes | None = None, max_list: int = 1000,
+                 require_encrypted: bool | None = None):
         from dmca_hpc.monitoring.telemetry import LineDecoder
         self.decoder = LineDecoder(key=key, validate=True)
         self.max_list = int(max_list)
+        self.require_encrypted = (key is not None) if require_encrypted is None else bool(require_encrypted)
+        self.seqcheck = SequenceCheck(max_list=self.max_list)
+        self.v1 = 0
+        self.unsequenced = 0
+        self.plaintext_refused = 0
+        # file -> [holds an encrypted line, plaintext records of it counted]
+        self.file_state: dict[str, list] = {}
         # DMCA medians of the records' own core fields, and the DMCA rows of core-only records
         self.med_qps, self.med_lat, self.med_cost = MedianTracker(), MedianTracker(), MedianTracker()
         self.core_rows = CoreRows()
@@ -499,15 +746,22 @@ class Aggregator:
         ``tail`` an unfinished last line is left for the next call (live
         files); otherwise it is reported as truncated unless it parses.
         An unreadable file is recorded in ``unreadable`` (never raises)."""
-        from dmca_hpc.monitoring.telemetry import LineError, MAX_LINE_BYTES, iter_raw_lines
+        from dmca_hpc.monitoring.telemetry import LineError, MAX_LINE_BYTES, iter_raw_lines, record_identity
         fname = str(path)
         if fname not in self.files:
             self.files.append(fname)
-        decode = self.decoder.decode
+        decode = self.decoder.decode_line
         add = self._add
+        check = self.seqcheck.check
+        require = self.require_encrypted
         end, last = offset, start_line
         try:
             with open(path, "rb") as fh:
+                state = self.file_state.get(fname)
+                if state is None:
+                    state = self.file_state[fname] = [False, 0]
+                    if offset == 0:
+                        state[0] = _holds_envelope(fh)
                 if offset:  # no seek at 0: the input may be a pipe or FIFO (streamed, never stored)
                     fh.seek(offset)
                 for lineno, raw, complete, end in iter_raw_lines(fh, start_line, tail):
@@ -520,16 +774,45 @@ class Aggregator:
                         self.blank += 1
                         continue
                     try:
-                        rec, enc = decode(raw, complete)
+                        rec, version = decode(raw, complete)
                     except LineError as exc:
+                        if exc.code in _ENVELOPE_CODES:
+                            self._saw_envelope(state, fname, lineno)
                         self._bad(fname, lineno, exc.code, str(exc))
                         continue
-                    if enc:
+                    if version:
+                        self._saw_envelope(state, fname, lineno)
+                    elif require or state[0]:
+                        self.plaintext_refused += 1
+                        self._bad(fname, lineno, "plaintext",
+                                  "plaintext line in an encrypted file (not authenticated; not counted)"
+                                  if state[0] else "plaintext line refused: encrypted telemetry required "
+                                  "(a key was given, or --require-encrypted; not counted)")
+                        continue
+                    ident = record_identity(rec)
+                    if ident is not None:
+                        dup = check(ident[0], ident[1], ident[2], fname, lineno)
+                        if dup is not None:
+                            self._bad(fname, lineno, "duplicate", dup)
+                            continue
+                    else:
+                        self.unsequenced += 1
+                    if version:
                         self.encrypted += 1
+                        if version == 1:
+                            self.v1 += 1
+                    else:
+                        state[1] += 1
                     add(rec, fname, lineno)
         except OSError as exc:
             self.unreadable.append({"file": fname, "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
         return end, last
+
+    def _saw_envelope(self, state: list, fname: str, lineno: int) -> None:
+        if not state[0]:
+            state[0] = True
+            if state[1]:  # plaintext of this file already counted: say so (the sums cannot drop it)
+                self.seqcheck.mixed(fname, lineno, state[1])
 
     def _add(self, rec: dict, fname: str, lineno: int) -> None:
         hpc = rec.get("hpc")
@@ -728,6 +1011,13 @@ class Aggregator:
         out["unreadable_files"] = self.unreadable
         out["skipped_files"] = self.skipped
         out["quantile_relative_error"] = total.lat.alpha
+        integ = self.seqcheck.summary(self.files)
+        integ.update({"unsequenced_records": self.unsequenced, "v1_envelopes": self.v1,
+                      "plaintext_refused": self.plaintext_refused,
+                      "encrypted_files": sum(1 for st in self.file_state.values() if st[0]),
+                      "plaintext_policy": ("refused in every file (encrypted telemetry required)"
+                                           if self.require_encrypted else "refused in encrypted files")})
+        out["integrity"] = integ
         reasons = []
         if out["fti_avg"] is not None and out["fti_avg"] > fti_max:
             reasons.append(f"DMCA fti_avg {out['fti_avg']:.6g} > {fti_max} ({fti_grade(out['fti_avg'])})")
@@ -739,6 +1029,16 @@ class Aggregator:
             reasons.append(f"{self.failed_total} failed units > {max_failures} allowed")
         if self.invalid_total > max_invalid:
             reasons.append(f"{self.invalid_total} invalid lines > {max_invalid} allowed")
+        found = [f"{integ[k]} {what}" + (f" ({integ['missing_records']} records missing)" if k == "gaps_total"
+                                          else "")
+                 for k, what in (("gaps_total", "gaps"), ("reorders_total", "reorders"),
+                                 ("duplicates_total", "duplicates"), ("foreign_total", "foreign lines"),
+                                 ("mixed_files_total", "mixed files")) if integ[k]]
+        if found:
+            reasons.append("stream integrity: " + ", ".join(found))
+        if integ["untracked_records"]:
+            reasons.append(f"{integ['untracked_records']} records not checked for gaps/replays "
+                           f"(more than {self.seqcheck.max_intervals} seq intervals)")
         if self.unreadable:
             reasons.append(f"{len(self.unreadable)} unreadable files")
         out["gate"] = {"breached": bool(reasons), "reasons": reasons, "fti_max": fti_max,
@@ -882,9 +1182,11 @@ def load_baseline(path: str | os.PathLike) -> dict:
 
 def collect(paths: Iterable[str | os.PathLike], key: bytes | None = None, baseline: dict | None = None,
             fti_max: float = FTI_WARN, max_failures: int = 0, max_invalid: int = 0,
-            max_list: int = 1000, lambda_params: dict | None = None) -> dict:
-    """Read telemetry files and return the report dict (see module docstring)."""
-    agg = Aggregator(key=key, max_list=max_list)
+            max_list: int = 1000, lambda_params: dict | None = None,
+            require_encrypted: bool | None = None) -> dict:
+    """Read telemetry files and return the report dict (see module docstring);
+    ``require_encrypted`` as in :class:`Aggregator` (default: when ``key`` is given)."""
+    agg = Aggregator(key=key, max_list=max_list, require_encrypted=require_encrypted)
     files, agg.skipped, refused = select_inputs(paths)
     agg.unreadable.extend(refused)
     for p in files:
@@ -897,8 +1199,9 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
                       baseline: dict | None = None, section: dict | None = None) -> dict:
     """Collect a run's merged telemetry and write ``telemetry_summary.json`` and
     ``telemetry_summary.md`` into ``run_dir`` (atomically).  Encrypted lines are
-    read with ``$DMCA_TELEMETRY_KEY`` when set.  ``section``: the job's
-    ``telemetry:`` section (its ``fti_max``, ``fti_baseline`` and
+    read with ``$DMCA_TELEMETRY_KEY`` when set; plaintext lines are refused when
+    it is set or the job encrypts (``telemetry.encrypt``).  ``section``: the job's
+    ``telemetry:`` section (its ``encrypt``, ``fti_max``, ``fti_baseline`` and
     ``lambda_effective`` are used; ``baseline`` wins over ``fti_baseline``).
     Returns the paths and the headline figures (for the pipeline's run.json)."""
     from dmca_hpc.hpc.checkpoint import atomic_path
@@ -907,7 +1210,8 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
     key = load_key() if os.environ.get(KEY_ENV) else None
     base = baseline or sec.get("fti_baseline") or None
     rep = collect([tel_path], key=key, baseline=base,
-                  fti_max=float(sec.get("fti_max", FTI_WARN)), lambda_params=sec.get("lambda_effective"))
+                  fti_max=float(sec.get("fti_max", FTI_WARN)), lambda_params=sec.get("lambda_effective"),
+                  require_encrypted=bool(sec.get("encrypt")) or key is not None)
     run_dir = Path(run_dir)
     pj, pm = run_dir / "telemetry_summary.json", run_dir / "telemetry_summary.md"
     with atomic_path(pj) as tmp:
@@ -919,7 +1223,8 @@ def write_run_summary(tel_path: str | os.PathLike, run_dir: str | os.PathLike,
             "invalid_telemetry_lines": rep["invalid_lines_total"], "fti_avg": rep["fti_avg"],
             "fti_grade_worst": rep["fti_grade_worst"], "lambda_effective": rep["lambda_effective"],
             "throughput_units_per_s": rep["throughput_units_per_s"], "fti_stage_avg": rep["fti_stage_avg"],
-            "fti_stage_grade_worst": rep["fti_stage_grade_worst"], "fti_baseline": base}
+            "fti_stage_grade_worst": rep["fti_stage_grade_worst"], "fti_baseline": base,
+            "telemetry_integrity_issues": rep["integrity"]["issues_total"]}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -933,7 +1238,7 @@ def _f(v, fmt="{:.4g}") -> str:
 
 
 def render_markdown(rep: dict) -> str:
-    """Markdown report: totals, per-stage / material / rank tables, failures, invalid lines."""
+    """Markdown report: totals, per-stage / material / rank tables, failures, stream integrity, invalid lines."""
     L = ["# dmca_hpc telemetry report", ""]
     L.append(f"Files: {', '.join(rep['files']) or '-'}  ")
     L.append(f"Records: {rep['records']} valid ({rep['encrypted_records']} encrypted), "
@@ -981,6 +1286,21 @@ def render_markdown(rep: dict) -> str:
         for f in rep["failed_units"]:
             err = (f["error"] or "").replace("|", "\\|").replace("\n", " ")[:200]
             L.append(f"| {f['file']}:{f['line']} | {f['stage']} | {f['material']} | {f['rank']} | {f['unit']} | {err} |")
+    ig = rep.get("integrity")
+    if ig:
+        L += ["", "## Stream integrity", "",
+              f"{ig['streams']} streams, {ig['sequenced_records']} sequenced records "
+              f"({ig['unsequenced_records']} unsequenced, {ig['v1_envelopes']} version-1 envelopes); "
+              f"{ig['gaps_total']} gaps ({ig['missing_records']} records missing), {ig['reorders_total']} "
+              f"reorders, {ig['duplicates_total']} duplicates, {ig['foreign_total']} foreign, "
+              f"{ig['mixed_files_total']} mixed files; plaintext lines {ig['plaintext_policy']} "
+              f"({ig['plaintext_refused']} refused)"]
+        if ig["issues"]:
+            L += ["", "| file:line | issue | stream | seq | reason |", "|---|---|---|---:|---|"]
+            for e in ig["issues"]:
+                stream = f"{e['run_id']}/{e['rank']}" if "run_id" in e else "-"
+                L.append(f"| {e['file']}:{e['line']} | {e['kind']} | {stream} | {e.get('seq', '-')} | "
+                         f"{e['reason'].replace('|', '/')[:200]} |")
     if rep["invalid_lines"]:
         L += ["", f"## Invalid lines ({rep['invalid_lines_total']})", "",
               "| file:line | code | reason |", "|---|---|---|"]
@@ -1005,6 +1325,16 @@ def render_text(rep: dict) -> str:
                      f"cost={_f(s['cost_usd'])} p95={_f(s['latency_p95_ms'])}ms FTI={_f(s['fti'])} {s['fti_grade']}")
     for f in rep["failed_units"][:20]:
         lines.append(f"  FAILED {f['file']}:{f['line']} {f['stage']}/{f['unit']} rank {f['rank']}: {f['error']}")
+    ig = rep.get("integrity")
+    if ig and (ig["streams"] or ig["issues_total"] or ig["v1_envelopes"] or ig["plaintext_refused"]):
+        lines.append(f"  integrity: {ig['streams']} streams, {ig['sequenced_records']} sequenced records, "
+                     f"{ig['unsequenced_records']} unsequenced ({ig['v1_envelopes']} v1 envelopes); "
+                     f"{ig['gaps_total']} gaps, {ig['reorders_total']} reorders, {ig['duplicates_total']} "
+                     f"duplicates, {ig['foreign_total']} foreign, {ig['mixed_files_total']} mixed; "
+                     f"{ig['plaintext_refused']} plaintext lines refused")
+        for e in ig["issues"][:20]:
+            if e["kind"] != "duplicate":  # a duplicate is listed below as an invalid line
+                lines.append(f"  {e['kind'].upper()} {e['file']}:{e['line']} {e['reason']}")
     for b in rep["invalid_lines"][:20]:
         lines.append(f"  INVALID {b['file']}:{b['line']} [{b['code']}] {b['reason']}")
     more = rep["invalid_lines_total"] - min(20, len(rep["invalid_lines"]))

@@ -37,19 +37,54 @@ No interleaved lines
     ``tests/mpi/test_telemetry_mpi.py`` (mpiexec -n 2) and
     ``tests/unit/monitoring/test_telemetry.py`` (4 processes, one file).
 
+Stream identity (run_id, seq)
+    Every record a :class:`Telemetry` writer writes carries ``hpc.run_id``
+    (16 hex digits from ``os.urandom``, drawn when the writer is created and
+    again in a forked child, so a resumed run or a second writer in one
+    process is a new stream) and ``hpc.seq`` (0, 1, 2, ... per writer,
+    consumed only by a line actually written).  A stream is
+    ``(run_id, rank)``; its lines are appended in seq order to one file (and
+    copied in that order into the merged ``telemetry.jsonl``), so a reader
+    (:mod:`dmca_hpc.monitoring.collector`) reports a missing seq (a deleted
+    line: *gap*), a seq below one already read (*reorder*), a seq read again
+    (*duplicate*: a replayed or copied line, counted once) and a stream's
+    record in a second file (*foreign*), each by file and line.  Both fields
+    are optional in the schema: records without them (old HPC records, the
+    DMCA format) stay valid and are counted as unsequenced.
+
+    Limits (what the lines alone cannot show): a deleted LAST line of a
+    stream (or several trailing lines, or every line of a stream, or a whole
+    file) leaves no gap behind it; telling that apart from a writer that
+    simply stopped needs a count kept elsewhere (e.g. each rank's final seq
+    in the run's manifest).  Plaintext lines are not authenticated: anyone
+    who can write the file can forge a plaintext record with any identity,
+    so only encrypted mode makes the identity trustworthy.  Whoever holds
+    the key can forge any encrypted line (AES-GCM is a shared-key scheme).
+
 Encryption (optional)
     Per line AES-256-GCM (``cryptography``'s ``AESGCM``) with a fresh random
     96-bit nonce per line and the key from the environment variable
     ``DMCA_TELEMETRY_KEY`` (base64 of 32 bytes; never from a file in the
-    repository).  An encrypted line is the JSON object
-    ``{"enc":"aesgcm","kid":KID,"nonce":B64,"ct":B64}`` where ``ct`` is the
-    ciphertext and 16-byte tag of the plaintext record line, and
+    repository).  An encrypted line (envelope version 2) is the JSON object
+    ``{"enc":"aesgcm","kid":KID,"run":RUN,"rank":R,"seq":S,"nonce":B64,"ct":B64}``
+    where ``ct`` is the ciphertext and 16-byte tag of the plaintext record
+    line, ``RUN, R, S`` the record's ``hpc.run_id, hpc.rank, hpc.seq`` in
+    clear (so the stream checks need no key), and
     ``KID = sha256(b"dmca-telemetry-kid" + key)[:16 hex]`` identifies the key
     (64 bits of a hash of a 256-bit key reveal nothing usable).  The
-    associated data ``b"dmca-telemetry/1:" + KID`` binds the key id to the
-    ciphertext, so a reader tells "wrong key" (key id differs) from "line
-    altered" (key id matches but authentication fails).  Plaintext and
-    encrypted lines may be mixed in one file.
+    associated data ``b"dmca-telemetry/2:KID:RUN:R:S"`` (:func:`aad_v2`; the
+    colons keep the concatenation unambiguous, a run id holds none) binds key
+    id and identity to the ciphertext: an edited clear identity fails
+    authentication (code ``tampered``), and a decrypted record whose own
+    identity differs from its envelope's is ``tampered`` too.  A reader tells
+    "wrong key" (key id differs) from "line altered" (key id matches but
+    authentication fails).  Version-1 envelopes of older writers,
+    ``{"enc","kid","nonce","ct"}`` with associated data
+    ``b"dmca-telemetry/1:" + KID``, are still read: authenticated but
+    unsequenced (the collector counts them as such); :meth:`Telemetry.encode`
+    writes one only for a record without a stream identity.  Which lines a
+    reader accepts in clear is the collector's policy: none in a file that
+    holds an encrypted line, none at all when a key is given.
 """
 from __future__ import annotations
 
@@ -60,7 +95,9 @@ import json
 import math
 import os
 import platform
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -81,7 +118,16 @@ MAX_ERROR_CHARS = 8192
 #: a line longer than this [bytes] is rejected by readers (protects memory on garbage input)
 MAX_LINE_BYTES = 1 << 20
 
-_AAD_PREFIX = b"dmca-telemetry/1:"
+_AAD_V1 = b"dmca-telemetry/1:"
+_AAD_V2 = b"dmca-telemetry/2:"
+
+#: a run id as the schema allows it (hpc.run_id): no ':' so the v2 associated data is
+#: unambiguous; :class:`Telemetry` writes 16 hex digits
+RUN_ID_RE = re.compile(r"[0-9A-Za-z_.-]{1,64}")
+
+#: envelope keys of the two versions (module docstring)
+_ENV_V1 = frozenset(("enc", "kid", "nonce", "ct"))
+_ENV_V2 = frozenset(("enc", "kid", "run", "rank", "seq", "nonce", "ct"))
 
 #: (domain, hypothesis) of a record whose stage the caller's mapping does not name (the
 #: stage table itself is dmca_hpc.stages.registry.STAGE_DMCA, passed in as ``stage_dmca=``)
@@ -215,15 +261,51 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"dmca-telemetry-kid" + key).hexdigest()[:16]
 
 
-def encrypt_line(plain: bytes, key: bytes, _aead=None) -> bytes:
+def aad_v2(kid: str, run: str, rank: int, seq: int) -> bytes:
+    """Associated data of a version-2 envelope: ``b"dmca-telemetry/2:KID:RUN:RANK:SEQ"``."""
+    return _AAD_V2 + f"{kid}:{run}:{rank}:{seq}".encode()
+
+
+def new_run_id() -> str:
+    """A fresh stream id: 16 hex digits from ``os.urandom`` (64 bits: two writers
+    colliding is a 1-in-2^32 event only after ~4e9 streams)."""
+    return os.urandom(8).hex()
+
+
+def record_identity(rec: Any) -> tuple[str, int, int] | None:
+    """``(run_id, rank, seq)`` of a record that carries a stream identity, else None."""
+    h = rec.get("hpc") if type(rec) is dict else None
+    if type(h) is not dict:
+        return None
+    run, rank, seq = h.get("run_id"), h.get("rank"), h.get("seq")
+    if type(run) is str and type(rank) is int and type(seq) is int:
+        return run, rank, seq
+    return None
+
+
+def encrypt_line(plain: bytes, key: bytes, _aead=None,
+                 identity: tuple[str, int, int] | None = None) -> bytes:
     """Encrypt one record line (without newline); returns the envelope line
-    (without newline).  A fresh random 12-byte nonce is drawn per call."""
+    (without newline).  A fresh random 12-byte nonce is drawn per call.
+    ``identity`` = ``(run_id, rank, seq)`` of the record gives a version-2
+    envelope bound to it; None gives a version-1 envelope (authenticated,
+    unsequenced: only for records without an identity)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     kid = key_id(key)
     nonce = os.urandom(12)
-    ct = (_aead or AESGCM(key)).encrypt(nonce, plain, _AAD_PREFIX + kid.encode())
-    env = {"enc": "aesgcm", "kid": kid, "nonce": base64.b64encode(nonce).decode(),
-           "ct": base64.b64encode(ct).decode()}
+    if identity is None:
+        ct = (_aead or AESGCM(key)).encrypt(nonce, plain, _AAD_V1 + kid.encode())
+        env = {"enc": "aesgcm", "kid": kid}
+    else:
+        run, rank, seq = identity
+        if type(run) is not str or not RUN_ID_RE.fullmatch(run) or type(rank) is not int or rank < 0 \
+                or type(seq) is not int or seq < 0:
+            raise ValueError(f"stream identity {identity!r}: expected (run id matching "
+                             f"{RUN_ID_RE.pattern}, rank >= 0, seq >= 0)")
+        ct = (_aead or AESGCM(key)).encrypt(nonce, plain, aad_v2(kid, run, rank, seq))
+        env = {"enc": "aesgcm", "kid": kid, "run": run, "rank": rank, "seq": seq}
+    env["nonce"] = base64.b64encode(nonce).decode()
+    env["ct"] = base64.b64encode(ct).decode()
     return json.dumps(env, separators=(",", ":")).encode()
 
 
@@ -233,8 +315,11 @@ class LineError(ValueError):
     ``code`` is one of: ``binary`` (not UTF-8), ``json`` (not JSON),
     ``truncated`` (last line cut, no newline), ``too_long``, ``not_object``,
     ``nonfinite`` (NaN/Infinity), ``schema``, ``no_key`` (encrypted, no key
-    given), ``wrong_key``, ``tampered`` (authentication failed), ``envelope``
-    (malformed encrypted envelope).
+    given), ``wrong_key``, ``tampered`` (authentication failed, or the
+    record's identity differs from its envelope's), ``envelope`` (malformed
+    encrypted envelope).  The collector adds ``plaintext`` (a plaintext line
+    where only encrypted ones are accepted) and ``duplicate`` (a stream's
+    seq read again).
     """
 
     def __init__(self, code: str, message: str):
@@ -259,7 +344,7 @@ _TOP = frozenset(("schema_version", "timestamp", "domain", "hypothesis", "step",
 _CORE_STR = ("domain", "hypothesis", "intervention")
 _CORE_NUM = ("infra_cost_usd", "qps", "latency_p95_ms")
 _HPC = frozenset(("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "core_seconds",
-                  "cores", "peak_memory_mb", "status", "error", "host"))
+                  "cores", "peak_memory_mb", "status", "error", "host", "run_id", "seq"))
 _HPC_REQ = ("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "peak_memory_mb", "status")
 _HPC_NUM = ("wall_seconds", "cpu_seconds", "peak_memory_mb")
 _STATUS = frozenset(("ok", "failed", "skipped"))
@@ -335,6 +420,13 @@ def quick_valid(rec: Any) -> bool:
             return False
         if "host" in h and type(h["host"]) is not str:
             return False
+        if "run_id" in h or "seq" in h:  # both or neither (the schema's dependencies)
+            v = h.get("run_id")
+            if type(v) is not str or not RUN_ID_RE.fullmatch(v):
+                return False
+            v = h.get("seq")
+            if type(v) is not int or v < 0:
+                return False
     p = rec.get("physics")
     if p is not None or "physics" in rec:
         if type(p) is not dict:
@@ -393,10 +485,24 @@ class LineDecoder:
         self.validate = validate
         self._ok = _fast_validator() if validate else None
 
-    def _decrypt(self, env: dict) -> bytes:
-        if set(env) != {"enc", "kid", "nonce", "ct"} or env.get("enc") != "aesgcm" \
-                or not all(isinstance(env[k], str) for k in ("kid", "nonce", "ct")):
-            raise LineError("envelope", "malformed encrypted envelope (expected keys enc='aesgcm', kid, nonce, ct)")
+    def _decrypt(self, env: dict) -> tuple[bytes, tuple[str, int, int] | None]:
+        """(plaintext, identity of a v2 envelope or None for v1)."""
+        keys = set(env)
+        if keys == _ENV_V2:
+            run, rank, seq = env["run"], env["rank"], env["seq"]
+            if type(run) is not str or not RUN_ID_RE.fullmatch(run) or type(rank) is not int \
+                    or rank < 0 or type(seq) is not int or seq < 0:
+                raise LineError("envelope", "malformed encrypted envelope: run must match "
+                                            f"{RUN_ID_RE.pattern}, rank and seq be integers >= 0")
+            identity = (run, rank, seq)
+        elif keys == _ENV_V1:
+            identity = None
+        else:
+            raise LineError("envelope", "malformed encrypted envelope (expected keys enc='aesgcm', kid, "
+                                        "run, rank, seq, nonce, ct; or, version 1, enc, kid, nonce, ct)")
+        if env.get("enc") != "aesgcm" or not all(isinstance(env[k], str) for k in ("kid", "nonce", "ct")):
+            raise LineError("envelope", "malformed encrypted envelope (expected enc='aesgcm' and string "
+                                        "kid, nonce, ct)")
         if self.key is None:
             raise LineError("no_key", f"encrypted line (key id {env['kid']}) but no key: set {KEY_ENV}")
         if env["kid"] != self.kid:
@@ -415,14 +521,17 @@ class LineDecoder:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
             self._aead = AESGCM(self.key)
         from cryptography.exceptions import InvalidTag
+        aad = _AAD_V1 + env["kid"].encode() if identity is None else aad_v2(env["kid"], *identity)
         try:
-            return self._aead.decrypt(nonce, ct, _AAD_PREFIX + env["kid"].encode())
+            return self._aead.decrypt(nonce, ct, aad), identity
         except InvalidTag:
-            raise LineError("tampered", "authentication failed: line altered "
-                                        "(key id matches, AES-GCM tag does not)") from None
+            raise LineError("tampered", "authentication failed: line altered (key id matches, AES-GCM tag "
+                                        "does not" + ("" if identity is None else
+                                                      "; the tag covers run, rank and seq") + ")") from None
 
-    def decode(self, raw: bytes, complete: bool = True) -> tuple[dict, bool]:
-        """Return ``(record, was_encrypted)`` or raise :class:`LineError`.
+    def decode_line(self, raw: bytes, complete: bool = True) -> tuple[dict, int]:
+        """Return ``(record, envelope_version)`` (0 for a plaintext line, 1 or
+        2 for an encrypted one) or raise :class:`LineError`.
 
         ``raw`` excludes the newline; ``complete`` is False for a last line
         without a newline (reported as truncated unless it parses anyway)."""
@@ -442,20 +551,44 @@ class LineDecoder:
             raise LineError("json", f"not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise LineError("not_object", f"a JSON {type(obj).__name__}, not an object")
-        encrypted = "enc" in obj
-        if encrypted:
-            plain = self._decrypt(obj)
+        version = 0
+        if "enc" in obj:
+            plain, identity = self._decrypt(obj)
+            version = 1 if identity is None else 2
             try:
                 obj = _JSON.decode(plain.decode("utf-8"))
             except ValueError as exc:  # authenticated but not a record: writer bug, report it
                 raise LineError("json", f"decrypted payload is not valid JSON: {exc}") from None
             if not isinstance(obj, dict):
                 raise LineError("not_object", "decrypted payload is not a JSON object")
+            if identity is not None and record_identity(obj) != identity:
+                # only a key holder can make this: a record sealed under another identity
+                raise LineError("tampered", f"record identity {record_identity(obj)} differs from its "
+                                            f"envelope's (run, rank, seq) {identity}")
         if self.validate and not quick_valid(obj) and not self._ok(obj):
             code, msg = diagnose(obj) or ("schema", "invalid")
             # 1e400 parses to inf: reported as a non-finite number, like a NaN literal
             raise LineError(code, msg if code == "nonfinite" else "schema: " + msg)
-        return obj, encrypted
+        return obj, version
+
+    def decode(self, raw: bytes, complete: bool = True) -> tuple[dict, bool]:
+        """Return ``(record, was_encrypted)`` or raise :class:`LineError`
+        (:meth:`decode_line` without the envelope version)."""
+        rec, version = self.decode_line(raw, complete)
+        return rec, version > 0
+
+
+def is_envelope_line(raw: bytes) -> bool:
+    """True if ``raw`` is a JSON object with a top-level ``enc`` key (what
+    :class:`LineDecoder` treats as an encrypted line, well-formed or not)."""
+    # cheap filter: an envelope spells the key in quotes, or hides a letter behind a \u escape
+    if b'"enc"' not in raw and b"\\u" not in raw:
+        return False
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and "enc" in obj
 
 
 def iter_raw_lines(fh, start_line: int = 0, tail: bool = False):
@@ -522,6 +655,21 @@ def append_line(path: str | os.PathLike, line: bytes) -> None:
         os.close(fd)
 
 
+def _finite(name: str, value: Any, unit: str) -> float:
+    """``value`` as a float >= 0 (negative clamped to 0); ValueError naming
+    ``name`` for NaN, infinity or a non-number (max(nan, 0) would be nan and
+    max(-inf, 0) a silent 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Telemetry.record: {name} = {value!r} is not a number "
+                         f"(expected a finite number of {unit})") from None
+    if not math.isfinite(v):
+        raise ValueError(f"Telemetry.record: {name} = {value!r} is not finite "
+                         f"(expected a finite number of {unit})")
+    return max(v, 0.0)
+
+
 def _default_job_id() -> str:
     job = os.environ.get("SLURM_JOB_ID")
     if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
@@ -558,6 +706,10 @@ class Telemetry:
             run; ``"off"`` skips the check.  Default: ``"raise"`` when the
             environment variable ``DMCA_TELEMETRY_STRICT=1`` (set it in test
             suites), else ``"warn"``.
+
+    Every record gets this writer's stream identity ``hpc.run_id`` (new per
+    writer, and again after a fork) and ``hpc.seq`` (module docstring);
+    :meth:`record` is thread-safe (seq order = line order).
     """
 
     def __init__(self, directory: str | os.PathLike, rank: int = 0, job_id: str | None = None,
@@ -587,12 +739,31 @@ class Telemetry:
         self.validate = validate
         self.key = None
         self._aead = None
+        self._lock = threading.Lock()
+        self._new_stream()
         if encrypt or key is not None:
             self.key = key if key is not None else load_key()
             if len(self.key) != 32:
                 raise KeyError_(f"telemetry key must be 32 bytes (AES-256), got {len(self.key)}")
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
             self._aead = AESGCM(self.key)
+
+    def _new_stream(self) -> None:
+        self.run_id = new_run_id()
+        self.seq = 0  # seq of the next record written
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:  # the lock and the AES context do not pickle
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_aead")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._aead = None
+        if self.key is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            self._aead = AESGCM(self.key)
+        self._new_stream()  # a copy is another writer: its own stream, never a second seq 0 of this one
 
     @classmethod
     def from_job(cls, section: Mapping[str, Any] | None, directory: str | os.PathLike, rank: int = 0,
@@ -618,15 +789,17 @@ class Telemetry:
             stage: pipeline stage name.
             unit: unit identifier (stringified).
             status: ``"ok"``, ``"failed"`` or ``"skipped"``.
-            wall_s, cpu_s: wall-clock and CPU time of the unit [s].
-            peak_mem_mb: peak RSS of the rank [MiB].
+            wall_s, cpu_s: wall-clock and CPU time of the unit [s] (finite;
+                a negative value, clock skew, is recorded as 0).
+            peak_mem_mb: peak RSS of the rank [MiB] (finite).
             error: ``"ExcType: message"`` for a failed unit (cut to MAX_ERROR_CHARS).
             physics: optional physics block (keys of the schema; None/NaN values dropped).
             domain, hypothesis: DMCA fields (default: the ``stage_dmca`` mapping
                 given at construction, else :data:`DEFAULT_DMCA`).
         """
         d, h = self.stage_dmca.get(stage, DEFAULT_DMCA)
-        wall_s, cpu_s = max(float(wall_s), 0.0), max(float(cpu_s), 0.0)
+        wall_s, cpu_s = _finite("wall_s", wall_s, "s"), _finite("cpu_s", cpu_s, "s")
+        peak_mem_mb = _finite("peak_mem_mb", peak_mem_mb, "MiB")
         core_s = max(wall_s * self.cores, cpu_s)
         if error is not None:
             error = str(error)
@@ -651,7 +824,7 @@ class Telemetry:
                 "cpu_seconds": cpu_s,
                 "core_seconds": core_s,
                 "cores": self.cores,
-                "peak_memory_mb": max(float(peak_mem_mb), 0.0),
+                "peak_memory_mb": peak_mem_mb,
                 "status": status,
                 "error": error,
                 "host": self.host,
@@ -670,7 +843,12 @@ class Telemetry:
                 import warnings
                 warnings.warn(f"telemetry record of stage {stage!r} unit {unit!r} violates the "
                               f"schema ({msg}); written anyway", RuntimeWarning, stacklevel=2)
-        self._write(rec)
+        with self._lock:  # seq order = line order, also for threads sharing this writer
+            if os.getpid() != self._pid:  # a forked child is another writer: its own stream
+                self._new_stream()
+            rec["hpc"]["run_id"], rec["hpc"]["seq"] = self.run_id, self.seq
+            self._write(rec)
+            self.seq += 1  # only a line actually written consumes a seq (no false gap)
         return rec
 
     def record_result(self, stage: str, result, physics: Mapping[str, Any] | None = None,
@@ -681,10 +859,13 @@ class Telemetry:
                            result.peak_mem_mb, error=result.error, physics=physics)
 
     def encode(self, rec: Mapping[str, Any]) -> bytes:
-        """The line (with newline) that :meth:`record` writes for ``rec``."""
+        """The line (with newline) that :meth:`record` writes for ``rec``.
+        Encrypted: a version-2 envelope bound to the record's ``(hpc.run_id,
+        hpc.rank, hpc.seq)``, or a version-1 envelope for a record without
+        them (authenticated, unsequenced)."""
         plain = json.dumps(rec, separators=(",", ":"), allow_nan=False, default=str).encode()
         if self._aead is not None:
-            plain = encrypt_line(plain, self.key, self._aead)
+            plain = encrypt_line(plain, self.key, self._aead, identity=record_identity(rec))
         return plain + b"\n"
 
     def _write(self, rec: dict):
@@ -695,7 +876,8 @@ def merge_rank_files(directory: str | os.PathLike, out_name: str = "telemetry.js
     """Concatenate the per-rank files of ``directory`` (rank order, whole
     lines only; a partial last line of a killed rank is dropped) into
     ``out_name``, atomically; returns its path.  Encrypted lines are copied
-    as they are."""
+    as they are; each stream's lines keep their order, so the collector's
+    stream checks hold on the merged file as on the rank files."""
     from dmca_hpc.hpc.checkpoint import atomic_path
     d = Path(directory)
     out = d / out_name

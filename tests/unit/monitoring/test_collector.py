@@ -186,10 +186,34 @@ def test_encrypted_and_wrong_key_lines_listed(tmp_path):
     lines[1] = json.dumps(env).encode()
     (tmp_path / "t.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     rep = C.collect([tmp_path / "t.jsonl"], key=key)
-    assert rep["records"] == 4 and rep["encrypted_records"] == 1
-    assert [(b["line"], b["code"]) for b in rep["invalid_lines"]] == [(2, "tampered"), (6, "wrong_key")]
-    rep = C.collect([tmp_path / "t.jsonl"], key=None)
-    assert rep["records"] == 3 and rep["invalid_by_reason"] == {"no_key": 3}
+    # a file holding encrypted lines is an encrypted file: its plaintext lines (1, 3, 5) are refused
+    assert rep["records"] == 1 and rep["encrypted_records"] == 1
+    assert [(b["line"], b["code"]) for b in rep["invalid_lines"]] == \
+        [(1, "plaintext"), (2, "tampered"), (3, "plaintext"), (5, "plaintext"), (6, "wrong_key")]
+    assert all(b["reason"].startswith("plaintext line in an encrypted file")
+               for b in rep["invalid_lines"] if b["code"] == "plaintext")
+    rep = C.collect([tmp_path / "t.jsonl"], key=None)  # without a key the file is still an encrypted file
+    assert rep["records"] == 0 and rep["invalid_by_reason"] == {"no_key": 3, "plaintext": 3}
+
+
+def test_plaintext_files_refused_when_a_key_is_given(tmp_path):
+    """A key given means encrypted telemetry is expected: a plaintext file (e.g. a rank
+    file dropped into the run directory) is refused line by line unless plaintext is
+    explicitly allowed; --require-encrypted refuses it without a key."""
+    path = _write_hand(tmp_path / "plain.jsonl")
+    key = bytes(range(32))
+    rep = C.collect([path], key=key)
+    assert rep["records"] == 0 and rep["invalid_by_reason"] == {"plaintext": 7}
+    assert [b["line"] for b in rep["invalid_lines"]] == list(range(1, 8))
+    assert rep["integrity"]["plaintext_refused"] == 7 and rep["gate"]["breached"]
+    assert C.collect([path], key=key, require_encrypted=False)["records"] == 7
+    assert C.collect([path], require_encrypted=True)["records"] == 0
+    r = _run_cli(path, "--json", env={T.KEY_ENV: base64.b64encode(key).decode()})
+    assert r.returncode == 0 and json.loads(r.stdout)["invalid_by_reason"] == {"plaintext": 7}
+    r = _run_cli(path, "--json", "--allow-plaintext", env={T.KEY_ENV: base64.b64encode(key).decode()})
+    assert r.returncode == 0 and json.loads(r.stdout)["records"] == 7
+    r = _run_cli(path, "--json", "--require-encrypted")
+    assert r.returncode == 0 and json.loads(r.stdout)["records"] == 0
 
 
 def _run_cli(*args, env=None):

@@ -146,3 +146,24 @@ def test_merged_file_that_is_not_the_rank_files_merge_is_refused(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"dmca-hpc collect: cannot read {merged}: "
                                              + rep["unreadable_files"][0]["reason"]]
+
+
+def test_hostile_stream_identities_do_not_crash(tmp_path):
+    """Identities at and past the schema's bounds: a huge seq is a stream like any other
+    (a gap before it), a boolean / negative seq or a run id with ':' is a schema violation."""
+    def line(**hpc):
+        rec = json.loads(json.dumps(GOOD))
+        rec["hpc"].update(hpc)
+        return json.dumps(rec).encode()
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join([
+        line(run_id="r" * 64, seq=0), line(run_id="r" * 64, seq=10 ** 30),   # lines 1, 2
+        line(run_id="x", seq=True), line(run_id="x", seq=-1),                   # 3, 4
+        line(run_id="a:b", seq=0), line(run_id="y"), line(seq=0)]) + b"\n")     # 5, 6, 7
+    rep = C.collect([path])
+    assert rep["records"] == 2
+    assert [(b["line"], b["code"]) for b in rep["invalid_lines"]] == [(n, "schema") for n in range(3, 8)]
+    gap = rep["integrity"]["issues"][0]
+    assert (gap["kind"], gap["line"], gap["missing"]) == ("gap", 2, 10 ** 30 - 1)
+    json.dumps(rep, allow_nan=False)
+    C.render_markdown(rep), C.render_text(rep)

@@ -115,7 +115,7 @@ BASE = {"schema_version": 2, "timestamp": 1.7e9, "domain": "dm-electron", "hypot
         "intervention": "baseline", "infra_cost_usd": 1e-5, "qps": 2.0, "latency_p95_ms": 500.0,
         "hpc": {"job_id": "7", "rank": 0, "stage": "bands", "unit": "k1", "wall_seconds": 0.5,
                 "cpu_seconds": 0.4, "core_seconds": 0.5, "cores": 1, "peak_memory_mb": 100.0,
-                "status": "ok", "error": None, "host": "n1"},
+                "status": "ok", "error": None, "host": "n1", "run_id": "00ff00ff00ff00ff", "seq": 3},
         "physics": dict(PHYSICS_FULL)}
 
 
@@ -141,6 +141,9 @@ def _mut(path, value=None, delete=False):
     (("hpc", "status"), "crashed", False, "hpc.status"),
     (("hpc", "wall_seconds"), None, True, "wall_seconds"),
     (("hpc", "peak_memory_gb"), 1.0, False, "peak_memory_gb"),
+    (("hpc", "seq"), -1, False, "hpc.seq"),
+    (("hpc", "seq"), None, True, "'seq' is a dependency of 'run_id'"),
+    (("hpc", "run_id"), "a:b", False, "hpc.run_id"),
     (("physics", "band_gap_ev"), -0.2, False, "physics.band_gap_ev"),
     (("physics", "kpts"), [4, 4], False, "physics.kpts"),
     (("physics", "material"), 14, False, "physics.material"),
@@ -253,7 +256,10 @@ def test_encryption_round_trip_and_fresh_nonces(tmp_path, monkeypatch):
             for i in range(300)]
     lines = _lines(tel.path)
     envs = [json.loads(line) for line in lines]
-    assert all(set(e) == {"enc", "kid", "nonce", "ct"} and e["enc"] == "aesgcm" for e in envs)
+    assert all(set(e) == {"enc", "kid", "run", "rank", "seq", "nonce", "ct"} and e["enc"] == "aesgcm"
+               for e in envs)
+    # the clear identity of every envelope is its record's (one stream, seq 0, 1, 2, ...)
+    assert [(e["run"], e["rank"], e["seq"]) for e in envs] == [(tel.run_id, 0, i) for i in range(300)]
     assert b"material" not in tel.path.read_bytes() and b"rates" not in tel.path.read_bytes()  # nothing in clear
     nonces = {e["nonce"] for e in envs}
     assert len(nonces) == len(envs) and all(len(base64.b64decode(n)) == 12 for n in nonces)
@@ -261,6 +267,19 @@ def test_encryption_round_trip_and_fresh_nonces(tmp_path, monkeypatch):
     for line, rec in zip(lines, recs):
         got, enc = dec.decode(line)
         assert enc and got == rec
+
+
+def test_envelopes_match_the_schema_definition(tmp_path):
+    """Both envelope versions validate against definitions/encrypted_line of the schema
+    (jsonschema), and a v2 envelope without its identity or with an extra key does not."""
+    env_schema = {**SCHEMA["definitions"]["encrypted_line"], "definitions": SCHEMA["definitions"]}
+    v = jsonschema.Draft7Validator(env_schema)
+    tel = T.Telemetry(tmp_path, key=_key(), validate="raise")
+    v2 = json.loads(tel.encode(tel.record("bands", "k", "ok", 1, 1, 1)))
+    v1 = json.loads(T.encrypt_line(b"{}", _key()))
+    assert v.is_valid(v2) and v.is_valid(v1)
+    assert not v.is_valid({k: x for k, x in v2.items() if k != "seq"})
+    assert not v.is_valid({**v2, "extra": 1}) and not v.is_valid({**v2, "seq": -1})
 
 
 def _tamper(line: bytes, field: str) -> bytes:
@@ -299,6 +318,8 @@ def test_tampered_line_and_wrong_key_detected(tmp_path):
 
 
 def test_mixed_plaintext_and_encrypted_lines(tmp_path):
+    # the decoder reads both; whether a plaintext line beside encrypted ones counts is the
+    # collector's policy (it does not: test_collector, test_telemetry_integrity)
     enc = T.Telemetry(tmp_path, key=_key(), filename="mixed.jsonl", validate="raise")
     plain = T.Telemetry(tmp_path, filename="mixed.jsonl", validate="raise")
     want = []
