@@ -34,7 +34,13 @@ holder), because two runs would both run every stage, double the telemetry
 and restart from each other's half-written checkpoints.  The kernel drops a
 flock when its holder dies, so the lock left by a kill -9 never blocks the
 resume.  Before that, :func:`preflight` refuses a job that cannot finish
-(an encrypted telemetry without its key), so nothing is written for it.
+(an encrypted telemetry without its key), so nothing is written for it, and
+:func:`resource_preflight` one whose stages would exceed this machine's memory
+or disk, or the run's ``max_hours`` (:mod:`dmca_hpc.stages.preflight`: one line
+per offending stage, :class:`ResourcesRefused`).  Each stage is checked again
+just before it starts, with what the earlier stages wrote and the time already
+spent; a stage refused then fails without running (its finished predecessors
+are kept).
 """
 from __future__ import annotations
 
@@ -48,9 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmca_hpc.config import ordered_stages, public_job
-from dmca_hpc.stages.registry import (PER_MATERIAL, STAGE_DMCA, STAGE_NEEDS, STAGE_READS,
-                                      implementation)
+from dmca_hpc.config import public_job
+from dmca_hpc.stages.registry import STAGE_DMCA, STAGE_NEEDS, STAGE_READS, implementation
 
 #: exit code after a preemption signal: "checkpointed, run me again"
 EXIT_PREEMPTED = 99
@@ -66,6 +71,15 @@ class RunRefused(RuntimeError):
 
 class RunLocked(RunRefused):
     """Another live run holds the output directory's lock."""
+
+
+class ResourcesRefused(RunRefused):
+    """Some stage of the job would exceed the machine or the run's time limit;
+    ``problems`` holds one line per offending stage (``JOB: key: ...``)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class RunLock:
@@ -244,19 +258,93 @@ def install_preemption_handler():
         signal.signal(sig, handler)
 
 
-def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> dict:
+def current_stages(job: dict, run_dir) -> set[str]:
+    """Labels (``Si/dft``, ``global/nuclear``) of the stages a run of ``job`` in
+    ``run_dir`` would skip as current (manifest with the same input hash and all
+    outputs present), computed with the run's own hashes; nothing is written."""
+    from dmca_hpc.stages.preflight import stage_plan
+    run_dir = Path(run_dir)
+    out: set[str] = set()
+    if not run_dir.is_dir():
+        return out
+    hashes: dict[str, dict] = {}
+    for stage, mat in stage_plan(job):
+        key = mat.name if mat is not None else "global"
+        ih = stage_input_hash(job, stage, mat, hashes.get(key, {}))
+        hashes.setdefault(key, {})[stage] = ih
+        if _manifest_current(run_dir / key / stage, ih) is not None:
+            out.add(f"{key}/{stage}")
+    return out
+
+
+def resource_preflight(job: dict, run_dir: Path, comm, log=print,
+                       max_hours: float | None = None) -> None:
+    """Refuse, before anything is written, a job one of whose stages would exceed
+    this machine's memory (per rank x the ranks on this node) or free disk, or
+    ``max_hours`` of wall-clock on the run's ranks: raise :class:`ResourcesRefused`
+    (on every rank) with one line per offending stage (:mod:`dmca_hpc.stages.preflight`).
+    Rank 0 estimates; a failure of the estimate itself is a warning, never a refusal.
+    Collective."""
+    from dmca_hpc.hpc.parallel import node_local_size
+    rpn = node_local_size(comm)
+    lines = None
+    if comm.Get_rank() == 0:
+        try:
+            from dmca_hpc.stages import preflight as pf
+            est, limits, lines = pf.preflight_job(job, run_dir, comm.Get_size(), rpn, max_hours,
+                                                  current_stages(job, run_dir))
+            timed = [e.time_s for e in est if e.time_s is not None]
+            hows = sorted({e.how for e in est if e.how.startswith(("model", "measured"))})
+            log(f"[preflight] estimate: memory <= "
+                f"{max([e.memory_bytes or 0.0 for e in est], default=0.0) / pf.GIB:.3g} GiB per rank, "
+                f"disk {sum(e.disk_bytes + e.scratch_bytes for e in est) / pf.GIB:.3g} GiB, time "
+                f"{sum(timed) / 3600:.3g} h on {comm.Get_size()} rank(s) ({', '.join(hows) or '-'}); "
+                f"'dmca-hpc validate' shows every stage")
+        except Exception as exc:  # an estimate must never stop a run that could finish
+            print(f"dmca-hpc: warning: no resource estimate ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            lines = []
+    # allgather, not bcast: every rank gets rank 0's decision from the same collective
+    lines = comm.allgather(lines)[0]
+    if lines:
+        raise ResourcesRefused(lines)
+
+
+def _stage_refusal(job: dict, stage: str, mat, outputs: dict, run_dir: Path, comm, rpn: int,
+                   max_hours: float | None, elapsed_s: float) -> str | None:
+    """Rank 0's refusal line of a stage about to start (None: it fits), on every rank."""
+    line = None
+    if comm.Get_rank() == 0:
+        try:
+            from dmca_hpc.stages.preflight import stage_problem
+            line = stage_problem(job, stage, mat, outputs, run_dir, comm.Get_size(), rpn,
+                                 max_hours, elapsed_s)
+        except Exception as exc:  # advisory: the stage checks its own inputs
+            print(f"dmca-hpc: warning: no resource estimate for {stage} "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+    return comm.allgather(line)[0]
+
+
+def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print,
+            max_hours: float | None = None) -> dict:
     """Run every stage of a validated job (see :func:`dmca_hpc.config.load_job`).
+
+    ``max_hours``: wall-clock limit of the run [h] on its ranks (None: none):
+    a job whose estimate exceeds it is refused before it starts, a stage that
+    would end after it is refused before it starts.
 
     Returns (on rank 0) a summary dict: run_dir, per-stage status and
     outputs, telemetry path, summary paths, number of failed stages.
-    Raises :class:`RunRefused` (on every rank) when :func:`preflight` fails
-    or another run holds the output directory (:class:`RunLocked`); then
-    nothing has been written.
+    Raises :class:`RunRefused` (on every rank) when :func:`preflight` fails,
+    some stage cannot finish (:class:`ResourcesRefused`) or another run holds
+    the output directory (:class:`RunLocked`); then nothing has been written.
     """
     from dmca_hpc.hpc.parallel import get_comm
+    t_start = time.perf_counter()
     comm = get_comm()
     run_dir = Path(out_dir or Path("runs") / job["name"]).resolve()
     preflight(job, comm)
+    resource_preflight(job, run_dir, comm, log, max_hours)
     lock = RunLock(run_dir)
     refused = None
     if comm.Get_rank() == 0:  # one holder: rank 0 locks, the ranks follow its decision
@@ -268,16 +356,18 @@ def run_job(job: dict, out_dir: str | os.PathLike | None = None, log=print) -> d
     if refused:
         raise RunLocked(refused)
     try:
-        return _run_stages(job, run_dir, comm, log)
+        return _run_stages(job, run_dir, comm, log, max_hours, t_start)
     finally:
         lock.release()
 
 
-def _run_stages(job: dict, run_dir: Path, comm, log) -> dict:
+def _run_stages(job: dict, run_dir: Path, comm, log, max_hours: float | None = None,
+                t_start: float | None = None) -> dict:
     """:func:`run_job` once the output directory is locked."""
     from dmca_hpc.hpc.checkpoint import atomic_path, config_hash, provenance
-    from dmca_hpc.materials import material_from_spec
+    from dmca_hpc.hpc.parallel import node_local_size
     from dmca_hpc.monitoring.telemetry import Telemetry, merge_rank_files
+    from dmca_hpc.stages.preflight import stage_plan
 
     rank, size = comm.Get_rank(), comm.Get_size()
     root = rank == 0
@@ -296,14 +386,9 @@ def _run_stages(job: dict, run_dir: Path, comm, log) -> dict:
     telemetry = Telemetry.from_job(job.get("telemetry"), run_dir / "telemetry", rank=rank,
                                    job_id=os.environ.get("SLURM_JOB_ID") or job["name"],
                                    stage_dmca=STAGE_DMCA)
-    stages = ordered_stages(job)
-    materials = [material_from_spec(s, job.get("_job_dir", ".")) for s in job.get("materials", [])]
-    plan: list[tuple[str, Any]] = []
-    for mat in materials:
-        plan += [(st, mat) for st in stages if st in PER_MATERIAL]
-    if not materials and "rates" in stages:
-        plan.append(("rates", None))
-    plan += [(st, None) for st in stages if st not in PER_MATERIAL]
+    plan: list[tuple[str, Any]] = stage_plan(job)
+    rpn = node_local_size(comm)
+    t_start = time.perf_counter() if t_start is None else t_start
 
     results: dict[str, dict] = {}
     hashes: dict[str, dict] = {}
@@ -332,6 +417,17 @@ def _run_stages(job: dict, run_dir: Path, comm, log) -> dict:
             results[label] = {"status": "current", "outputs": current}
             if root:
                 log(f"[{label}] current (inputs unchanged), skipped")
+            continue
+        refusal = _stage_refusal(job, stage, mat, outputs.get(key, {}), run_dir, comm, rpn,
+                                 max_hours, time.perf_counter() - t_start)
+        if refusal:  # refused before it starts: nothing of it exists to lose
+            failed.setdefault(key, set()).add(stage)
+            error = f"refused before it started: {refusal}"
+            results[label] = {"status": "failed", "outputs": {}, "wall_seconds": 0.0,
+                              "error": error}
+            if root:
+                log(f"[{label}] REFUSED: {refusal}")
+                _write_manifest(stage_dir, stage, ih, {}, "failed", 0.0, error)
             continue
         if root:
             log(f"[{label}] running on {size} rank(s) ...")

@@ -606,3 +606,126 @@ def load_bands(path) -> BandData:
     if abs(bd.ibz_weight.sum() - 1.0) > 1e-8:
         raise BandsFileError(f"{path}: ibz_weight sums to {bd.ibz_weight.sum():.12g}, expected 1")
     return bd
+
+
+# --------------------------------------------------------------------------- resource estimate
+# Used by the run's preflight (dmca_hpc.stages.preflight): sizes only, nothing allocated.
+
+#: size [bytes] of a UnitStore checkpoint (atomic_h5 with its provenance attributes)
+#: holding one empty dataset, and of each further dataset's header: measured 6144 B
+#: and 14336 B for a 4-k chunk of Si gth-szv (three datasets, 4384 B of data)
+UNIT_FILE_BYTES = 6144
+UNIT_DATASET_BYTES = 2048
+#: memory bound [MiB] BandWorker passes to PySCF's block_loop (its blocks of AO values)
+WORKER_BLOCK_MB = 2000
+#: Python bookkeeping per work unit on every rank [bytes]: the unit tuple in the plan and
+#: its pickled broadcast copy, the index dict, the result object (a rough figure)
+UNIT_BOOKKEEPING_BYTES = 400
+#: wall time per k of the fast path [s]: BANDS_T0_S + BANDS_S_PER_POINT * ngrid * nao,
+#: fitted to Si on this machine (one thread): 0.071 s per k for gth-szv at 10 hartree
+#: (ngrid 13^3, nao 8; quickstart telemetry) and 0.31 s per band evaluation for gth-dzvp
+#: at 25 hartree (19^3, nao 26; benchmarks/optical_results.json, 4 evaluations per k)
+BANDS_T0_S = 0.045
+BANDS_S_PER_POINT = 1.49e-6
+#: PySCF get_bands instead of the fast path: 2.5x per k with FFTDF (BandWorker docstring);
+#: GDF: 4.8 s per k for Si def2-svp (36 AOs), 41 s with def2-tzvp (74 AOs), 2 threads
+#: (shared/design/allelectron.md): t = 4.8 s (nao / 36)^3.37
+BANDS_SLOW_FACTOR = 2.5
+BANDS_GDF_REF = (4.8, 36, 3.37)
+#: merge on rank 0: 0.8 s (the quickstart's, mostly the two plots) plus reading the unit
+#: files and writing bands.h5 at an assumed 100 MB/s
+MERGE_T0_S = 0.8
+MERGE_BYTES_PER_S = 100e6
+
+
+def unit_file_bytes(data_bytes: float, n_datasets: int) -> float:
+    """Size [bytes] of one :class:`dmca_hpc.hpc.checkpoint.UnitStore` file holding
+    ``data_bytes`` of uncompressed data in ``n_datasets`` datasets."""
+    return UNIT_FILE_BYTES + UNIT_DATASET_BYTES * max(n_datasets - 1, 0) + float(data_bytes)
+
+
+def time_per_k(ngrid: int, nao: int, route: str = "fast") -> float:
+    """Model wall time [s] of the Kohn-Sham states at one k: ``route`` 'fast'
+    (:class:`BandWorker`'s grid Hamiltonian), 'get_bands' (PySCF's, FFTDF) or 'gdf'."""
+    if route == "gdf":
+        t0, n0, p = BANDS_GDF_REF
+        return t0 * (nao / n0) ** p
+    t = BANDS_T0_S + BANDS_S_PER_POINT * ngrid * nao
+    return t * (BANDS_SLOW_FACTOR if route == "get_bands" else 1.0)
+
+
+def worker_memory_bytes(ngrid: int, nao: int, nk_scf: int, n_k: int, nbands: int,
+                        ncomp: int = 4, naux: int = 0, route: str = "fast",
+                        max_memory_mb: float = 4000.0, off_mesh: bool = False) -> dict:
+    """Per-rank arrays [bytes] of a :class:`BandWorker` evaluating ``n_k`` k-points at
+    once: the SCF density matrices [nk_scf, nao, nao] complex; the grid's coordinates,
+    weights, density and potential (``ngrid (4 + 2 ncomp) 8 B``); the AO values of the
+    chunk on the grid (``n_k ngrid nao ncomp 16 B``, at most WORKER_BLOCK_MB, or PySCF's
+    ``max_memory`` for get_bands); the nonlocal pseudopotential's Fourier transforms of one
+    k (``2 ngrid nao 16 B``, FFT grids only); H, S and v_xc of the chunk; the states
+    returned.  ``ngrid``: the XC grid (:func:`dmca_hpc.electronic.scf.estimate_scf`).  With GDF
+    and ``off_mesh`` k (the band path), PySCF's 3-index integrals of the chunk against the
+    SCF k (``3 nk_scf n_k nao^2 naux 16 B``, the figure stages/bands checks the band path
+    with; chunks of the dense mesh ran within memory: si_ae_ccpvtz, 16 k per chunk)."""
+    block = WORKER_BLOCK_MB if route == "fast" else max_memory_mb
+    parts = {"SCF density": 16.0 * nk_scf * nao * nao,
+             "grid": 8.0 * ngrid * (4 + 2 * ncomp),
+             "AO blocks": min(16.0 * n_k * ngrid * nao * ncomp, block * 2 ** 20),
+             "pseudopotential": 0.0 if route == "gdf" else 32.0 * ngrid * nao,
+             "H, S": 48.0 * n_k * nao * nao + 24.0 * n_k * nao * nbands}
+    if route == "gdf" and off_mesh:
+        parts["GDF integrals"] = 3.0 * nk_scf * n_k * nao * nao * naux * 16
+    return parts
+
+
+def estimate_bands(nk: int, n_work: int, n_path: int, chunk_size: int, nao: int, nbands: int,
+                   nk_scf: int, ngrid: int, route: str = "fast", irreducible: bool = False,
+                   plots: bool = True, ncomp: int = 4, naux: int = 0,
+                   max_memory_mb: float = 4000.0) -> dict:
+    """Memory, disk and time of the bands stage from sizes only.
+
+    Args:
+        nk: k-points of the dense mesh; n_work: k diagonalized (nk, or the irreducible
+            ones); n_path: band-path k-points; chunk_size: k per unit.
+        nao, nbands: AOs and bands kept (valence + conduction); nk_scf: SCF k-points;
+            ngrid: FFT grid points of the SCF cell; route: see :func:`time_per_k`.
+
+    Memory [bytes per rank; rank 0, the largest]: the plan every rank holds (k lists,
+    ``24 B`` per k, twice: rank 0's and the pickled broadcast, and UNIT_BOOKKEEPING_BYTES
+    per unit), then the larger of the worker's
+    arrays (:func:`worker_memory_bytes`) and rank 0's merge: the full-mesh states
+    ``nk nao nbands 16 B`` (twice when irreducible states are rotated to the full
+    mesh), eigenvalues and the wedge's maps (~140 B per k).  Disk [bytes]: one unit file
+    per chunk (:func:`unit_file_bytes`: eigenvalues, coefficients, k indices), bands.h5
+    (two eigenvalue arrays, coefficients, k lists and maps, band path, DOS, 25 kB of
+    attributes) and the two plots (130 kB measured).  Time [s, one rank]: per unit
+    ``chunk time_per_k``, and the merge.
+
+    Returns a dict: units, unit_time_s, merge_time_s, time_per_k_s, memory_bytes (rank 0),
+    other_rank_bytes (plan and worker), disk_bytes, checkpoint_bytes, unit_bytes,
+    bands_h5_bytes, parts (named components of rank 0's figure [bytes])."""
+    units = -(-n_work // chunk_size) + -(-n_path // chunk_size)
+    states = 16.0 * nao * nbands
+    plan = 24.0 * (2 * nk + n_work + n_path) * 2 + UNIT_BOOKKEEPING_BYTES * units
+    worker = worker_memory_bytes(ngrid, nao, nk_scf, min(chunk_size, max(n_work, 1)), nbands,
+                                 ncomp, naux, route, max_memory_mb)
+    if n_path and route == "gdf":
+        path = worker_memory_bytes(ngrid, nao, nk_scf, min(chunk_size, n_path), nbands, ncomp,
+                                   naux, route, max_memory_mb, off_mesh=True)
+        worker = max(worker, path, key=lambda p: sum(p.values()))
+    merge = {"states (merge)": states * nk * (2 if irreducible else 1),
+             "eigenvalues, maps (merge)": nk * (24.0 * nbands + 140.0)}
+    wsum, msum = sum(worker.values()), sum(merge.values())
+    parts = {"plan": plan, **(worker if wsum >= msum else merge)}
+    unit_bytes = unit_file_bytes(chunk_size * (8.0 * nbands + states + 8.0), 3)
+    checkpoints = units * unit_bytes
+    bands_h5 = (25e3 + nk * (16.0 * nbands + states + 48 + 105) + 16.0 * n_work
+                + n_path * (8.0 * nbands + 32) + 21e3)
+    disk = checkpoints + bands_h5 + (130e3 if plots else 0.0)
+    t_k = time_per_k(ngrid, nao, route)
+    merge_t = MERGE_T0_S + (checkpoints + bands_h5) / MERGE_BYTES_PER_S
+    return {"units": units, "unit_time_s": chunk_size * t_k, "merge_time_s": merge_t,
+            "time_per_k_s": t_k, "memory_bytes": plan + max(wsum, msum),
+            "other_rank_bytes": plan + wsum, "disk_bytes": disk,
+            "checkpoint_bytes": checkpoints, "unit_bytes": unit_bytes, "bands_h5_bytes": bands_h5,
+            "parts": parts}

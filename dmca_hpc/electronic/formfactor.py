@@ -498,3 +498,118 @@ def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3
             for nc in n_conduction_list:
                 acc[nc][q] += (de[:, :nc, None] * m2[:, :nc]).sum() / len(Gs) / bd.nk
     return {nc: {q: v / (nval * q ** 2 / 2) for q, v in d.items()} for nc, d in acc.items()}
+
+
+# --------------------------------------------------------------------------- resource estimate
+# Used by the run's preflight (dmca_hpc.stages.preflight) before the bands exist: the same
+# arithmetic as Engine.memory_bound_mb / check_memory from sizes only, no grid allocated.
+
+#: FFT route wall time per (k, k') pair [s] = FF_S_PER_POINT ngrid log2(ngrid)
+#: (nocc ncond + ncond + 2 nocc): fitted to benchmarks/formfactor_results.json (Si
+#: gth-dzvp, 40^3 grid, 4 x 22 bands: 0.163 s per pair; at 54^3: 0.50 s, model 0.43 s);
+#: the quickstart (gth-szv, 40^3, 4 x 4: 0.037 s per pair measured) gives 0.039 s
+FF_S_PER_POINT = 1.35e-9
+#: analytic route: 11.8 us per (k, Q) for Si def2-svp (38 Cartesian AOs, 14 valence x 22
+#: conduction bands, one thread; benchmarks/ae_overlap_results.json), scaled with the MO
+#: transform's nao_c^2 nval + nao_c nval ncond
+FF_ANALYTIC_REF = (11.8e-6, 38, 14, 22)
+#: a partial table's checkpoint (gzip level 1, shuffle): 6144 B of file, ~0.09 B per
+#: (q, E) bin for the runs of zeros and their chunk index, ~24 B per populated bin (an
+#: isolated double costs a literal and a match in each of its 8 shuffled byte planes);
+#: each q bin of a unit holds about nocc x ncond populated E bins (one k' reaches it with
+#: its nocc ncond transitions).  Measured on the quickstart (500 x 500 bins, 4 x 4 bands):
+#: 225 kB per file, model 220 kB; never more than the uncompressed table
+FF_ZERO_BIN_BYTES = 0.09
+FF_POPULATED_BIN_BYTES = 24.0
+
+
+def corner_kpts(cell, kmesh) -> np.ndarray:
+    """[8, 3] cartesian k [bohr^-1] of the corners of the Gamma-centred mesh's box
+    (fractions 0 and (n-1)/n): :func:`dmca_hpc.electronic.matrix_elements.choose_mesh`
+    needs only max|k' - k| and max|k| of the mesh, both reached at corners (the norm is
+    convex), so it chooses the same grid from these 8 points as from the whole mesh."""
+    n = np.asarray([int(x) for x in kmesh], dtype=float)
+    top = (n - 1) / n
+    frac = np.array([[i * top[0], j * top[1], l * top[2]]
+                     for i in (0, 1) for j in (0, 1) for l in (0, 1)])
+    return np.asarray(cell.get_abs_kpts(frac), float)
+
+
+def n_q_plus_g(cell, q_max: float) -> float:
+    """Expected number of Q = q + G with |Q| <= q_max [alpha m_e] for one q: the
+    sphere's volume over the Brillouin zone's, (4/3) pi q_max^3 V_cell / (2 pi)^3."""
+    return 4.0 / 3.0 * math.pi * q_max ** 3 * float(cell.vol) / (2 * math.pi) ** 3
+
+
+def unit_checkpoint_bytes(nq: int, ne: int, nocc: int, ncond: int) -> float:
+    """Model size [bytes] of one partial-table checkpoint (see FF_POPULATED_BIN_BYTES)."""
+    populated = min(nq * ne, nq * nocc * ncond)
+    return 6144.0 + min(8.0 * nq * ne,
+                        FF_ZERO_BIN_BYTES * nq * ne + FF_POPULATED_BIN_BYTES * populated)
+
+
+def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int) -> dict:
+    """Memory, disk and time of :func:`compute_table` from sizes only.
+
+    Args:
+        cell: pyscf Cell of the bands; s: :func:`settings`; kmesh: the bands' mesh;
+        nbands, nocc: bands in the bands file and valence bands (with
+        ``n_conduction`` null every conduction band is used, as :class:`Engine` does);
+        n_ibz: irreducible k of the mesh.
+
+    Memory [bytes per rank]: what :attr:`Engine.memory_bound_mb` counts (the FFT
+    route's :meth:`GridEngine.memory_bytes` for all valence and the conduction bands,
+    or the analytic engine's bound, the bands' coefficients ``nk nao nbands 16 B`` and
+    one [nq, nE] table), plus what it leaves out: the grid's G vectors and one k''s
+    |q| and bin indices (``48 B`` per grid point), the units (400 B each) and rank
+    0's sum of the tables (2 more).  Disk [bytes]: one checkpoint per unit
+    (:func:`unit_checkpoint_bytes`), formfactor.hdf5 (the table, its metadata with the
+    k list) and the plot (250 kB measured).  Time [s, one rank]: FF_S_PER_POINT per
+    pair (FFT) or FF_ANALYTIC_REF per (k, Q) (analytic).
+
+    Returns a dict: route, mesh, ngrid, nq, ne, units, unit_time_s, memory_bytes,
+    engine_bytes (Engine.memory_bound_mb's figure), disk_bytes, checkpoint_bytes,
+    parts (named components [bytes])."""
+    from dmca_hpc.electronic.matrix_elements import choose_mesh
+    nq, ne = table_shape(s)
+    n = [int(x) for x in kmesh]
+    nk = int(np.prod(n))
+    nao = int(cell.nao_nr())
+    ncond_all = nbands - nocc
+    ncond = ncond_all if s["n_conduction"] is None else min(int(s["n_conduction"]), ncond_all)
+    route = choose_route(cell, s)
+    ks = n_ibz if s["use_symmetry"] else nk
+    table = 8.0 * nq * ne
+    coeffs = 16.0 * nk * nao * nbands
+    mesh, ngrid = None, 0
+    if route == "fft":
+        mesh, _info = choose_mesh(cell, s["q_max"], corner_kpts(cell, n), s["precision"], s["mesh"])
+        ngrid = int(np.prod(np.asarray(mesh, dtype=float)))
+        # GridEngine.memory_bytes (the bound check_memory uses) for nval = nocc
+        engine = 16.0 * ngrid * (nocc + 2 * ncond) + 16.0 * ngrid * nao
+        extra = 48.0 * ngrid
+        block = int(s["kprime_block"])
+        units = ks * -(-nk // block)
+        pairs = ks * nk
+        lg = math.log2(max(ngrid, 2))
+        t = FF_S_PER_POINT * ngrid * lg * (nocc * ncond + ncond + 2 * nocc) * pairs
+    else:
+        from dmca_hpc.electronic.ae_overlap import AnalyticEngine
+        ana = AnalyticEngine(cell, precision=float(s["precision"]))
+        nc = ana.nao_cart
+        batch = int(max(1, min(64, (256 * 2 ** 20) // (nk * nc * nc * 16))))
+        engine = float(ana.memory_bytes(nk, batch=batch, nbands=nocc, nbands_p=ncond))
+        extra = 0.0
+        units = ks
+        t0, n0, v0, c0 = FF_ANALYTIC_REF
+        per = t0 * (nc * nc * nocc + nc * nocc * ncond) / (n0 * n0 * v0 + n0 * v0 * c0)
+        t = per * ks * nk * n_q_plus_g(cell, nq * s["dq"])
+    parts = {"engine": engine, "bands coefficients": coeffs, "table": table,
+             "grid indices": extra, "units": 400.0 * units, "table sum": 2 * table}
+    ckpt = units * unit_checkpoint_bytes(nq, ne, nocc, ncond)
+    out = 20e3 + table + 60.0 * nk + (250e3 if s["plot"] else 0.0)
+    return {"route": route, "mesh": mesh, "ngrid": ngrid, "nq": nq, "ne": ne, "units": units,
+            "unit_time_s": t / max(units, 1), "time_s": t,
+            "memory_bytes": float(sum(parts.values())),
+            "engine_bytes": engine + coeffs + table, "disk_bytes": ckpt + out,
+            "checkpoint_bytes": ckpt, "parts": parts}

@@ -448,3 +448,108 @@ def pbe_band_gap_ev(material: str = "Si", basis: str = "gth-dzvp", kmesh=(3, 3, 
     e_path, _ = mf.get_bands(cell.get_abs_kpts(bp.kpts))
     e = np.vstack([np.asarray(mf.mo_energy), np.asarray(e_path)])
     return band_gap_from(e, cell.nelectron // 2)["gap_indirect_ev"]
+
+
+# --------------------------------------------------------------------------- resource estimate
+# Used by the run's preflight (dmca_hpc.stages.preflight) before anything runs; nothing here
+# allocates a k-mesh: a mesh that cannot fit is exactly what it has to report.
+
+#: [nk, nao, nao] complex matrices a KRKS SCF holds at once besides DIIS, read off PySCF
+#: 2.x's ``pyscf.scf.hf.kernel`` / ``pbc.scf.khf``: hcore, overlap, dm, dm_last, veff,
+#: vhf_last, fock, mo_coeff and two temporaries of get_fock / get_veff
+SCF_MATRIX_COPIES = 10
+#: vectors CDIIS keeps (``pyscf.scf.diis.CDIIS.space``: 8 Fock matrices and 8 error
+#: vectors) and PySCF's size [elements] above which it keeps them in an HDF5 file in its
+#: scratch directory instead of memory (``pyscf.lib.diis.INCORE_SIZE``)
+DIIS_SPACE = 8
+DIIS_INCORE_ELEMENTS = 10_000_000
+#: FFTDF SCF wall time t = SCF_T0_S + SCF_S_PER_POINT * nk * ngrid * nao [s], fitted to two
+#: runs on this 2-core machine (loaded, one thread): Si gth-szv 2x2x2 at 10 hartree
+#: (ngrid 13^3, nao 8) 4.1 s in the quickstart's telemetry, and Si gth-dzvp 2x2x2 at the
+#: default cutoff (35^3, nao 26) 47 s (this module's docstring)
+SCF_T0_S = 3.45
+SCF_S_PER_POINT = 4.88e-6
+#: GDF (all-electron) SCF: 50 s for Si def2-svp (36 AOs) on 3x3x3, 176 s with def2-tzvp
+#: (74 AOs), PBE, 2 threads (shared/design/allelectron.md): t = 50 s (nk/27) (nao/36)^1.75
+SCF_GDF_REF = (50.0, 27, 36, 1.75)
+#: XC integration points per atom of the Becke grids PySCF's KRKS uses with GDF (its
+#: default level, images of the cell included): a rough figure for the estimate
+BECKE_POINTS_PER_ATOM = 50_000
+
+
+def gdf_naux(cell) -> int:
+    """Auxiliary basis functions of PySCF's default GDF fitting basis for ``cell``."""
+    from pyscf.pbc.df import df, incore
+    return int(incore.make_auxcell(cell, df.GDF(cell).auxbasis).nao_nr())
+
+
+def estimate_scf(cell, sec: dict, max_memory_mb: float | None = None) -> dict:
+    """Memory, disk and time of :func:`run_scf` for ``cell`` and the dft section ``sec``
+    (defaults applied), from sizes only (no k-points are built).
+
+    Memory [bytes] (the SCF runs on rank 0): ``SCF_MATRIX_COPIES`` copies of the
+    [nk, nao, nao] complex matrices, the 2 x DIIS_SPACE DIIS vectors when PySCF keeps
+    them in memory, PySCF's blocked buffers (AO values on the grid for every k,
+    ``nk ngrid nao 16 B x`` 1 (LDA), 4 (GGA) or 10 (meta-GGA) components, plus for GDF
+    the 3-index tensor) up to PySCF's ``max_memory`` (it sizes its blocks by it), and
+    the FFT-grid arrays of :func:`fftdf_bytes`.  Scratch [bytes] (PySCF's TMPDIR): the
+    DIIS vectors above DIIS_INCORE_ELEMENTS and the GDF 3-index tensor,
+    ``n_pairs naux nao^2 16 B`` with n_pairs = nk (pure functionals: Coulomb only) or
+    nk (nk + 1) / 2 (hybrids).  Disk [bytes]: scf.h5 (mo_coeff, dm, eigenvalues,
+    occupations, k-points) and the restart chkfile, with the per-file overhead measured
+    on the quickstart (13 kB and 22 kB).  Time [s]: the fits SCF_T0_S / SCF_S_PER_POINT
+    (FFTDF) and SCF_GDF_REF (GDF), times nk for a hybrid (the exchange couples every
+    pair of k): a rough guide, not a promise.
+
+    ngrid is the XC grid: the FFT mesh (FFTDF) or BECKE_POINTS_PER_ATOM per atom (GDF).
+
+    Returns a dict: nk, nao, ngrid, density_fit, hybrid, matrix_bytes (one [nk, nao, nao]
+    complex copy), memory_bytes, scratch_bytes, disk_bytes, time_s, parts (named
+    components [bytes]).
+    """
+    from pyscf.dft import libxc
+    if max_memory_mb is None:
+        from pyscf import lib
+        max_memory_mb = float(lib.param.MAX_MEMORY)
+    nk = int(np.prod([int(x) for x in sec["kmesh"]]))
+    nao = int(cell.nao_nr())
+    df = resolve_density_fit(sec, cell)
+    # the XC grid: the FFT mesh with FFTDF; with GDF PySCF integrates on Becke grids
+    ngrid = (int(np.prod(np.asarray(cell.mesh, dtype=float))) if df == "FFTDF"
+             else BECKE_POINTS_PER_ATOM * int(cell.natm))
+    xc = str(sec["xc"])
+    try:
+        hybrid = bool(libxc.is_hybrid_xc(xc))
+        ncomp = {"LDA": 1, "GGA": 4, "MGGA": 10}.get(libxc.xc_type(xc), 4)
+    except (KeyError, ValueError):
+        hybrid, ncomp = False, 4
+    mat = 16.0 * nk * nao * nao
+    diis = 2.0 * DIIS_SPACE * mat
+    diis_in_memory = nk * nao * nao < DIIS_INCORE_ELEMENTS
+    j3c = 0.0
+    naux = 0
+    if df == "GDF":
+        naux = gdf_naux(cell)
+        pairs = nk * (nk + 1) / 2 if hybrid else nk
+        j3c = 16.0 * pairs * naux * nao * nao
+    buffers = min(16.0 * nk * ngrid * nao * ncomp + j3c, max_memory_mb * 2 ** 20)
+    grid = fftdf_bytes(cell) if df == "FFTDF" else 0.0
+    parts = {"k-mesh matrices": SCF_MATRIX_COPIES * mat,
+             "DIIS": diis if diis_in_memory else 0.0,
+             "PySCF blocks": buffers, "FFT grid": grid}
+    scratch = (0.0 if diis_in_memory else diis) + j3c
+    disk = (13e3 + 2 * mat + nk * (2 * 8 * nao + 6 * 8)  # scf.h5: mo_coeff, dm, e, occ, k
+            + 22e3 + mat + nk * 2 * 8 * nao              # chkfile: mo_coeff, e, occ
+            + 10e3)                                      # PySCF log
+    if df == "GDF":
+        t0, k0, n0, p = SCF_GDF_REF
+        t = t0 * (nk / k0) * (nao / n0) ** p
+    else:
+        t = SCF_T0_S + SCF_S_PER_POINT * nk * ngrid * nao
+    if hybrid:
+        t *= nk
+    return {"nk": nk, "nao": nao, "ngrid": ngrid, "density_fit": df, "hybrid": hybrid,
+            "naux": naux, "matrix_bytes": mat, "memory_bytes": float(sum(parts.values())),
+            "scratch_bytes": float(scratch), "disk_bytes": float(disk), "time_s": float(t),
+            "parts": parts, "gdf_tensor_bytes": j3c,
+            "diis_bytes": diis, "diis_in_memory": diis_in_memory}
