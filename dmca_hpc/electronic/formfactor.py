@@ -317,6 +317,27 @@ def check_memory(eng, comm=None, available_bytes: float | None = None) -> None:
             "/ e_max, the bands.kmesh, or use fewer ranks per node")
 
 
+def check_estimate(bd, s: dict, comm=None, available_bytes: float | None = None) -> None:
+    """Refuse from sizes alone (:func:`estimate_formfactor`, no grid allocated) a table
+    whose engine would not fit, before :class:`Engine` allocates its arrays: for a
+    huge ``q_max`` the FFT grid itself is what does not fit, and the constructor would
+    die in a bare MemoryError before :func:`check_memory` could speak."""
+    est = estimate_formfactor(bd.cell(), s, bd.kmesh, bd.nbands, bd.nocc, len(bd.ibz_index))
+    need = est["memory_bytes"]
+    nranks = comm.Get_size() if comm is not None else 1
+    if available_bytes is None:
+        import psutil
+        available_bytes = float(psutil.virtual_memory().available)
+    if need * nranks > 0.8 * available_bytes:
+        grid = f", FFT grid {'x'.join(str(int(m)) for m in est['mesh'])}" if est["mesh"] is not None else ""
+        raise FormFactorError(
+            f"formfactor: the {est['route']} route would need about {need / 2**30:.3g} GiB per "
+            f"rank ({nranks} rank(s): {need * nranks / 2**30:.3g} GiB{grid}) for bands of "
+            f"{bd.nk} k x {bd.nao} AOs and a {est['nq']} x {est['ne']} "
+            f"table, and this machine has {available_bytes / 2**30:.3g} GiB available; lower "
+            "formfactor.q_max / e_max, the bands.kmesh, or use fewer ranks per node")
+
+
 def _save_unit(store, index: int, table: np.ndarray, stats: dict):
     from dmca_hpc.hpc.checkpoint import atomic_h5, write_dataset
     with atomic_h5(store.path(index), input_hash=store.input_hash, stage=STAGE) as f:
@@ -346,12 +367,14 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     from dmca_hpc.hpc.parallel import Progress, get_comm, map_units
     comm = comm or get_comm()
     rank = comm.Get_rank()
+    check_estimate(bd, s, comm)
     with warnings.catch_warnings():
         if rank != 0:  # the same completeness warnings on every rank: say them once
             warnings.simplefilter("ignore")
         eng = Engine(bd, s, gap_target_ev)
     check_memory(eng, comm)
     units = eng.plan_units()
+    unit_index = {u: i for i, u in enumerate(units)}
     store = UnitStore(Path(workdir) / "units", input_hash)
     done = store.done(len(units)) if rank == 0 else None
     done = comm.bcast(done, root=0)
@@ -359,7 +382,7 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     counter = {"n": len(done)}
 
     def work(unit):
-        i = units.index(unit)
+        i = unit_index[unit]  # units.index() was quadratic in the number of units
         table, stats = eng.compute_unit(unit)
         _save_unit(store, i, table, stats)
         stats["form_factor_q0"] = float(table[0].sum())

@@ -324,6 +324,18 @@ def test_memory_beyond_the_machine_is_refused_with_numbers(bd):
         check_memory(eng, available_bytes=0.0001 * 2 ** 30)
 
 
+def test_huge_q_max_refused_before_the_engine_allocates(bd, tmp_path):
+    """issue 17: q_max 1000 used to die in a bare MemoryError inside Engine() (the FFT
+    grid for that q is ~2000^3 points), before check_memory could speak: the size-only
+    estimate refuses it first, with the grid and the numbers."""
+    from dmca_hpc.electronic.formfactor import FormFactorError, compute_table
+    s = small()
+    s["q_max"] = 1000.0
+    with pytest.raises(FormFactorError, match=r"would need about .* GiB per rank .*FFT grid \d+x\d+x\d+"):
+        compute_table(bd, s, tmp_path, "h", progress=False)
+    assert not (tmp_path / "units").exists()
+
+
 def test_bethe_ratio_same_by_both_routes(bd):
     from dmca_hpc.electronic.formfactor import bethe_sum_ratio
     fft = bethe_sum_ratio(bd, [4], q_targets=[1.0, 2.0], route="fft")[4]
