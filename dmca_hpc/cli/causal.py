@@ -6,6 +6,15 @@ Exit codes: 0 an estimate was made; 1 the effect is not identifiable from
 these records (treatment collinear with an adjustment variable; the report
 says which); 2 bad input (unknown key, single-valued treatment, too few
 records, unreadable file, causal-learn missing for ``--discover``).
+
+Records are those ``dmca-hpc collect`` counts: plaintext lines refused in a
+file that holds an encrypted line, and in every file when a key is given or
+with ``--require-encrypted`` (``--allow-plaintext`` reads plaintext files
+beside a key); a replayed line is used once.  When lines were refused (or a
+stream has a gap, reorder or foreign line) one line on stderr says how many
+and why, before the not-identifiable reason (which stays the last line); on
+exit 2 it is appended to the error line.  The JSON report carries the counts
+(``invalid_lines``, ``telemetry_input``).
 """
 from __future__ import annotations
 
@@ -13,6 +22,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from dmca_hpc.cli.export import add_plaintext_arguments
 
 PROG = "dmca-hpc causal"
 
@@ -47,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="plot the effects with their intervals to PNG")
     parser.add_argument("--key-env", default=None, metavar="VAR",
                         help="environment variable with the AES key (default DMCA_TELEMETRY_KEY)")
+    add_plaintext_arguments(parser)
 
 
 def _write(path: str, text: str) -> None:
@@ -69,7 +81,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.bootstrap < 0 or args.refutations < 0:
         print(f"{PROG}: --bootstrap and --refutations must be >= 0", file=sys.stderr)
         return 2
-    rows, info = causal.read_records(args.files, key=key)
+    rows, info = causal.read_records(args.files, key=key, require_encrypted=args.require_encrypted)
+    refused = f"; {info['refused']}" if info["refused"] else ""
     if info["unreadable"]:
         print(f"{PROG}: cannot read {info['unreadable'][0]}", file=sys.stderr)
         return 2
@@ -80,13 +93,13 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.discover is not None:
             keys = args.discover or [k for k in (rep["treatment"], rep["outcome"], *rep["adjust"])]
             rep["discovery"] = causal.discover(rows, keys)
-    except causal.CausalInputError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except (causal.CausalInputError, ImportError) as exc:
+        print(f"{PROG}: {exc}{refused}", file=sys.stderr)  # one line: the error, then what was refused
         return 2
-    except ImportError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+    if info["refused"]:
+        print(f"{PROG}: {info['refused']}", file=sys.stderr, flush=True)
     rep["invalid_lines"] = info["invalid"]
+    rep["telemetry_input"] = info["input"]
     if args.json:
         _write(args.json, json.dumps(rep, indent=1, allow_nan=False, default=str) + "\n")
     md = causal.render_markdown(rep)

@@ -2,7 +2,10 @@
 collector's JSON report (``/report``) and ``/health``, or write a textfile.
 
 See :mod:`dmca_hpc.monitoring.exporter`.  Exit code 0, or 2 on bad arguments
-or unusable input.
+or unusable input.  Plaintext lines as in ``dmca-hpc collect``: refused in a
+file that holds an encrypted line, and in every file when a key is given or
+with ``--require-encrypted``; ``--allow-plaintext`` reads plaintext files
+beside a key.
 """
 from __future__ import annotations
 
@@ -14,6 +17,20 @@ import threading
 from dmca_hpc.cli.collect import add_key_argument, add_report_arguments, lambda_params, read_key
 # the exporter module imports only the standard library at top level: --help stays fast
 from dmca_hpc.monitoring.exporter import DEFAULT_PORT
+
+
+def add_plaintext_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--require-encrypted`` / ``--allow-plaintext`` (mutually exclusive), the
+    collector's plaintext policy as ``dmca-hpc collect`` takes it; both set
+    ``args.require_encrypted`` (None when neither is given: refuse plaintext
+    when a key is given)."""
+    plain = parser.add_mutually_exclusive_group()
+    plain.add_argument("--require-encrypted", action="store_true", default=None,
+                       help="refuse every plaintext line, also without a key (default when a key is given)")
+    plain.add_argument("--allow-plaintext", dest="require_encrypted", action="store_false",
+                       default=argparse.SUPPRESS,  # the dest's default is --require-encrypted's None
+                       help="with a key given, still read plaintext lines of files that hold no encrypted "
+                            "line (plaintext in an encrypted file is always refused)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write node_exporter textfile PATH (atomically) and exit instead of serving")
     add_report_arguments(parser)
     add_key_argument(parser)
+    add_plaintext_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -44,7 +62,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.baseline:
             opts["baseline"] = load_baseline(args.baseline)
         exp = Exporter(args.telemetry, address=args.address, port=args.port, interval=args.interval, key=key,
-                       report_options=opts)
+                       report_options=opts, require_encrypted=args.require_encrypted)
     except (OSError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

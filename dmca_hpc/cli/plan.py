@@ -2,6 +2,14 @@
 makespan, efficiency and cost at N ranks from a run's measured unit costs
 (:mod:`dmca_hpc.monitoring.planning`) and name the largest N that keeps the
 efficiency bound.  Exit codes: 0 ok, 2 bad input.
+
+Records are those ``dmca-hpc collect`` counts: plaintext lines refused in a
+file that holds an encrypted line, and in every file when a key is given or
+with ``--require-encrypted`` (``--allow-plaintext`` reads plaintext files
+beside a key); a replayed line is used once.  When lines were refused (or a
+stream has a gap, reorder or foreign line) one line on stderr says how many
+and why (on exit 2 it is part of the error line); the JSON plan carries the
+counts (``telemetry_input``).
 """
 from __future__ import annotations
 
@@ -9,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from dmca_hpc.cli.export import add_plaintext_arguments
 
 PROG = "dmca-hpc plan"
 
@@ -30,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="plot efficiency and makespan versus N to PNG")
     parser.add_argument("--key-env", default=None, metavar="VAR",
                         help="environment variable with the AES key (default DMCA_TELEMETRY_KEY)")
+    add_plaintext_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -43,14 +54,21 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"{PROG}: --ranks must be >= 1, got {min(args.ranks)}", file=sys.stderr)
         return 2
     try:
-        m = planning.measure(args.files, key=key)
+        m = planning.measure(args.files, key=key, require_encrypted=args.require_encrypted)
+    except (planning.PlanInputError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    refused = m["telemetry_input"]["refused"]
+    try:
         plan = planning.project(m, n_max=max([args.max_ranks] + list(args.ranks or [])),
                                 efficiency_min=args.efficiency_min,
                                 dispatch_s=None if args.dispatch_ms is None else args.dispatch_ms / 1e3,
                                 ranks=args.ranks)
-    except (planning.PlanInputError, ValueError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except ValueError as exc:  # one line: the error, then what was refused
+        print(f"{PROG}: {exc}" + (f"; {refused}" if refused else ""), file=sys.stderr)
         return 2
+    if refused:
+        print(f"{PROG}: {refused}", file=sys.stderr, flush=True)
     if args.json:
         text = json.dumps(plan, indent=1, allow_nan=False) + "\n"
         if args.json == "-":

@@ -5,6 +5,14 @@
 DMCA intervention label or a job setting read from the records (basis, k mesh,
 rank count, ...), Y is cost, latency, throughput or a physics figure.
 
+Records
+    Exactly those ``dmca-hpc collect`` counts, read through the collector
+    (:func:`dmca_hpc.monitoring.collector.iter_records`): no plaintext line
+    of an encrypted file (none at all with a key or ``require_encrypted``),
+    each stream's seq once (a replayed or copied line would otherwise weigh
+    twice in the fit), no invalid line.  :func:`read_records` says how many
+    lines were refused and why.
+
 Variables (keys)
     Every record is flattened: the core fields (``intervention``, ``step``,
     ``infra_cost_usd``, ``qps``, ``latency_p95_ms``, ...), ``hpc.<field>``,
@@ -125,31 +133,23 @@ def flatten(rec: dict) -> dict:
     return out
 
 
-def read_records(paths: Iterable[str | os.PathLike], key: bytes | None = None) -> tuple[list[dict], dict]:
-    """Flattened valid records of the telemetry files (directories as the
-    collector reads them) and ``{"invalid": n, "unreadable": [...]}``.  The
-    records are held in memory: a causal fit needs them all."""
-    from dmca_hpc.monitoring.collector import expand_inputs
-    from dmca_hpc.monitoring.telemetry import LineDecoder, LineError, iter_raw_lines
-    dec = LineDecoder(key=key, validate=True)
-    rows, invalid, unreadable = [], 0, []
-    for p in expand_inputs(paths):
-        try:
-            with open(p, "rb") as fh:
-                for _n, raw, complete, _end in iter_raw_lines(fh):
-                    if raw is None:
-                        invalid += 1
-                        continue
-                    if not raw.strip():
-                        continue
-                    try:
-                        rec, _ = dec.decode(raw, complete)
-                    except LineError:
-                        invalid += 1
-                        continue
-                    rows.append(flatten(rec))
-        except OSError as exc:
-            unreadable.append(f"{p}: {exc.strerror or exc}")
+def read_records(paths: Iterable[str | os.PathLike], key: bytes | None = None,
+                 require_encrypted: bool | None = None) -> tuple[list[dict], dict]:
+    """Flattened records of the telemetry files, exactly those ``dmca-hpc
+    collect`` counts (:func:`dmca_hpc.monitoring.collector.iter_records`:
+    directories as the collector reads them, its plaintext policy with
+    ``require_encrypted`` defaulting to "when a key is given", a replayed
+    line used once), and ``info``: ``invalid`` (lines refused), ``unreadable``
+    (``"FILE: reason"`` strings), ``refused`` (one line saying how many were
+    refused and why, None when none was) and ``input`` (the reader's
+    :meth:`~dmca_hpc.monitoring.collector.TelemetryReader.input_summary`).
+    The records are held in memory: a causal fit needs them all."""
+    from dmca_hpc.monitoring.collector import TelemetryReader, iter_records
+    reader = TelemetryReader(key=key, max_list=100, require_encrypted=require_encrypted)
+    rows = [flatten(rec) for rec, _f, _n in iter_records(paths, reader)]
+    info = {"invalid": reader.invalid_total,
+            "unreadable": [f"{u['file']}: {u['reason']}" for u in reader.unreadable],
+            "refused": reader.refusal_line(), "input": reader.input_summary()}
     # ranks: distinct hpc.rank per job (what the run was given)
     per_job: dict[str, set] = {}
     for r in rows:
@@ -158,7 +158,7 @@ def read_records(paths: Iterable[str | os.PathLike], key: bytes | None = None) -
     for r in rows:
         if "hpc.job_id" in r:
             r["ranks"] = float(len(per_job[r["hpc.job_id"]]))
-    return rows, {"invalid": invalid, "unreadable": unreadable}
+    return rows, info
 
 
 def known_keys(rows: Sequence[dict]) -> list[str]:

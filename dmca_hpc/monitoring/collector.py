@@ -117,7 +117,11 @@ the collector compares them: when the merged file is exactly the rank
 files' whole lines (what the pipeline merged), the rank files are skipped
 (``skipped_files``); otherwise the merged file is refused (listed in
 ``unreadable_files``: pass one or the other) and only the rank files are
-read.  Either way no record is counted twice.
+read.  Either way no record is counted twice.  :func:`iter_records` (with a
+:class:`TelemetryReader`) yields exactly the records a report counts, under
+the same input choice, plaintext policy and stream checks below; the causal
+analysis and the planner read telemetry through it, so a line ``collect``
+refuses (a replay, plaintext in an encrypted file) is used nowhere.
 
 Integrity (the ``integrity`` object of the report)
 --------------------------------------------------
@@ -181,7 +185,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 #: FTI grade thresholds (architecture.md): OK <= 1.0 < WARN <= 1.05 < FAIL
 FTI_OK, FTI_WARN = 1.0, 1.05
@@ -692,13 +696,19 @@ def _num(v, default=0.0) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
-class Aggregator:
-    """Streaming aggregation of telemetry lines (bounded memory).
+class TelemetryReader:
+    """The collector's one way to read telemetry lines: decoding and
+    decryption, the plaintext policy, the per-stream checks (module
+    docstring, "Integrity").  :meth:`records` yields the valid records a
+    report counts (each stream's seq once); everything else is counted and
+    listed by file and line.  The causal analysis and the planner read
+    through it too (:func:`iter_records`), so a line refused by ``collect``
+    is never used there either.
 
     Args:
         key: AES-256 key for encrypted lines (None: they are reported as ``no_key``).
-        max_list: keep at most this many entries in the failed-unit,
-            invalid-line and integrity-issue lists (totals stay exact).
+        max_list: keep at most this many entries in the invalid-line and
+            integrity-issue lists (totals stay exact).
         require_encrypted: refuse every plaintext line (code ``plaintext``);
             default: when a key is given.  Plaintext lines in a file holding
             an encrypted line are refused either way (module docstring).
@@ -716,42 +726,39 @@ class Aggregator:
         self.plaintext_refused = 0
         # file -> [holds an encrypted line, plaintext records of it counted]
         self.file_state: dict[str, list] = {}
-        # DMCA medians of the records' own core fields, and the DMCA rows of core-only records
-        self.med_qps, self.med_lat, self.med_cost = MedianTracker(), MedianTracker(), MedianTracker()
-        self.core_rows = CoreRows()
         self.lines = 0
         self.blank = 0
         self.encrypted = 0
-        self.cells: dict[tuple, GroupStats] = {}
+        self.records_read = 0
         self.invalid: list[dict] = []
         self.invalid_total = 0
         self.invalid_by_code: dict[str, int] = {}
-        self.failed: list[dict] = []
-        self.failed_total = 0
         self.files: list[str] = []
         self.unreadable: list[dict] = []
         self.skipped: list[dict] = []
+        #: (end offset, last line number) reached by the latest :meth:`records` of a file
+        self.position: tuple[int, int] = (0, 0)
 
-    # -- input
     def _bad(self, fname: str, lineno: int, code: str, reason: str) -> None:
         self.invalid_total += 1
         self.invalid_by_code[code] = self.invalid_by_code.get(code, 0) + 1
         if len(self.invalid) < self.max_list:
             self.invalid.append({"file": fname, "line": lineno, "code": code, "reason": reason})
 
-    def consume(self, path: str | os.PathLike, offset: int = 0, start_line: int = 0,
-                tail: bool = False) -> tuple[int, int]:
-        """Read ``path`` from byte ``offset`` (line numbers continue from
-        ``start_line``); returns ``(end_offset, last_line_number)``.  With
-        ``tail`` an unfinished last line is left for the next call (live
-        files); otherwise it is reported as truncated unless it parses.
-        An unreadable file is recorded in ``unreadable`` (never raises)."""
+    def records(self, path: str | os.PathLike, offset: int = 0, start_line: int = 0,
+                tail: bool = False) -> Iterator[tuple[dict, str, int]]:
+        """Yield ``(record, file, line)`` for every valid record of ``path``
+        read from byte ``offset`` (line numbers continue from
+        ``start_line``), each stream's seq once; afterwards ``position`` is
+        ``(end_offset, last_line_number)``.  With ``tail`` an unfinished last
+        line is left for the next call (live files); otherwise it is reported
+        as truncated unless it parses.  An unreadable file is recorded in
+        ``unreadable`` (never raises)."""
         from dmca_hpc.monitoring.telemetry import LineError, MAX_LINE_BYTES, iter_raw_lines, record_identity
         fname = str(path)
         if fname not in self.files:
             self.files.append(fname)
         decode = self.decoder.decode_line
-        add = self._add
         check = self.seqcheck.check
         require = self.require_encrypted
         end, last = offset, start_line
@@ -803,16 +810,114 @@ class Aggregator:
                             self.v1 += 1
                     else:
                         state[1] += 1
-                    add(rec, fname, lineno)
+                    self.records_read += 1
+                    self.position = (end, last)  # also right if the caller stops here
+                    yield rec, fname, lineno
         except OSError as exc:
             self.unreadable.append({"file": fname, "reason": f"{type(exc).__name__}: {exc.strerror or exc}"})
-        return end, last
+        self.position = (end, last)
 
     def _saw_envelope(self, state: list, fname: str, lineno: int) -> None:
         if not state[0]:
             state[0] = True
             if state[1]:  # plaintext of this file already counted: say so (the sums cannot drop it)
                 self.seqcheck.mixed(fname, lineno, state[1])
+
+    def integrity(self) -> dict:
+        """The report's ``integrity`` object (module docstring)."""
+        integ = self.seqcheck.summary(self.files)
+        integ.update({"unsequenced_records": self.unsequenced, "v1_envelopes": self.v1,
+                      "plaintext_refused": self.plaintext_refused,
+                      "encrypted_files": sum(1 for st in self.file_state.values() if st[0]),
+                      "plaintext_policy": ("refused in every file (encrypted telemetry required)"
+                                           if self.require_encrypted else "refused in encrypted files")})
+        return integ
+
+    def input_summary(self) -> dict:
+        """What was read and what was refused, for a report that is not the
+        collector's own (causal, plan): files, lines, records used, invalid
+        lines by reason (the first ``max_list`` listed), the stream issue
+        counts by kind (:data:`SequenceCheck.KINDS`), unreadable and skipped files."""
+        integ = self.integrity()
+        return {"files": list(self.files), "lines": self.lines, "blank_lines": self.blank,
+                "records": self.records_read, "encrypted_records": self.encrypted,
+                "invalid_lines_total": self.invalid_total,
+                "invalid_by_reason": dict(sorted(self.invalid_by_code.items())),
+                "invalid_lines": list(self.invalid),
+                "stream_issues": sequence_issues(integ),
+                "missing_records": integ["missing_records"], "untracked_records": integ["untracked_records"],
+                "plaintext_policy": integ["plaintext_policy"],
+                "unreadable_files": list(self.unreadable), "skipped_files": list(self.skipped)}
+
+    def refusal_line(self) -> str | None:
+        """One line saying how many lines were refused and why (counts by
+        reason, the first refused line with its reason) and any stream issue
+        that refuses no line (gaps, reorders, foreign lines, mixed files);
+        None when every line was used."""
+        issues = sequence_issues(self.integrity())
+        others = {k: v for k, v in issues.items() if v and k != "duplicate"}
+        if not self.invalid_total and not others:
+            return None
+        parts = []
+        if self.invalid_total:
+            by = ", ".join(f"{n} {code}" for code, n in sorted(self.invalid_by_code.items(),
+                                                                key=lambda kv: (-kv[1], kv[0])))
+            text = (f"refused {self.invalid_total} of {self.lines - self.blank} telemetry lines "
+                    f"({by})")
+            if self.invalid:
+                b = self.invalid[0]
+                text += f"; first {b['file']}:{b['line']}: {b['reason']}"
+            parts.append(text)
+        else:
+            parts.append(f"refused 0 of {self.lines - self.blank} telemetry lines")
+        if others:
+            parts.append("stream integrity: " + ", ".join(f"{n} {k}" for k, n in others.items())
+                         + " (dmca-hpc collect lists them by file and line)")
+        return "; ".join(parts)
+
+
+def sequence_issues(integrity: dict) -> dict:
+    """{kind: count} of the stream issues of a report's ``integrity`` object,
+    for every kind of :data:`SequenceCheck.KINDS` (gap, reorder, duplicate,
+    foreign, mixed)."""
+    return {"gap": integrity.get("gaps_total", 0), "reorder": integrity.get("reorders_total", 0),
+            "duplicate": integrity.get("duplicates_total", 0), "foreign": integrity.get("foreign_total", 0),
+            "mixed": integrity.get("mixed_files_total", 0)}
+
+
+class Aggregator(TelemetryReader):
+    """Streaming aggregation of telemetry lines (bounded memory): the
+    records of :meth:`TelemetryReader.records` summed into the report.
+
+    Args:
+        key: AES-256 key for encrypted lines (None: they are reported as ``no_key``).
+        max_list: keep at most this many entries in the failed-unit,
+            invalid-line and integrity-issue lists (totals stay exact).
+        require_encrypted: refuse every plaintext line (code ``plaintext``);
+            default: when a key is given.  Plaintext lines in a file holding
+            an encrypted line are refused either way (module docstring).
+    """
+
+    def __init__(self, key: bytes | None = None, max_list: int = 1000,
+                 require_encrypted: bool | None = None):
+        super().__init__(key=key, max_list=max_list, require_encrypted=require_encrypted)
+        # DMCA medians of the records' own core fields, and the DMCA rows of core-only records
+        self.med_qps, self.med_lat, self.med_cost = MedianTracker(), MedianTracker(), MedianTracker()
+        self.core_rows = CoreRows()
+        self.cells: dict[tuple, GroupStats] = {}
+        self.failed: list[dict] = []
+        self.failed_total = 0
+
+    # -- input
+    def consume(self, path: str | os.PathLike, offset: int = 0, start_line: int = 0,
+                tail: bool = False) -> tuple[int, int]:
+        """Add the records of ``path`` (:meth:`TelemetryReader.records`, same
+        arguments); returns ``(end_offset, last_line_number)``."""
+        add = self._add
+        for rec, fname, lineno in self.records(path, offset, start_line, tail):
+            add(rec, fname, lineno)
+        return self.position
+
 
     def _add(self, rec: dict, fname: str, lineno: int) -> None:
         hpc = rec.get("hpc")
@@ -1011,12 +1116,7 @@ class Aggregator:
         out["unreadable_files"] = self.unreadable
         out["skipped_files"] = self.skipped
         out["quantile_relative_error"] = total.lat.alpha
-        integ = self.seqcheck.summary(self.files)
-        integ.update({"unsequenced_records": self.unsequenced, "v1_envelopes": self.v1,
-                      "plaintext_refused": self.plaintext_refused,
-                      "encrypted_files": sum(1 for st in self.file_state.values() if st[0]),
-                      "plaintext_policy": ("refused in every file (encrypted telemetry required)"
-                                           if self.require_encrypted else "refused in encrypted files")})
+        integ = self.integrity()
         out["integrity"] = integ
         reasons = []
         if out["fti_avg"] is not None and out["fti_avg"] > fti_max:
@@ -1167,6 +1267,23 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return select_inputs(paths)[0]
 
 
+def iter_records(paths: Iterable[str | os.PathLike],
+                 reader: TelemetryReader) -> Iterator[tuple[dict, str, int]]:
+    """Yield ``(record, file, line)`` for every record of the telemetry
+    ``paths`` that ``collect`` counts: inputs chosen as the collector chooses
+    them (:func:`select_inputs`; a refused merged file is listed in
+    ``reader.unreadable``, skipped files in ``reader.skipped``), lines read
+    under ``reader``'s key and plaintext policy, each stream's seq once (a
+    replayed line is refused as ``duplicate``).  What was refused is in
+    ``reader`` afterwards (:meth:`TelemetryReader.input_summary`,
+    :meth:`TelemetryReader.refusal_line`)."""
+    files, skipped, refused = select_inputs(paths)
+    reader.skipped.extend(skipped)
+    reader.unreadable.extend(refused)
+    for p in files:
+        yield from reader.records(p)
+
+
 def load_baseline(path: str | os.PathLike) -> dict:
     """Per-stage baseline from a previous ``collect --json`` report, or a
     plain {stage: {cost_per_ok_unit_usd, latency_p50_ms}} mapping."""
@@ -1187,10 +1304,9 @@ def collect(paths: Iterable[str | os.PathLike], key: bytes | None = None, baseli
     """Read telemetry files and return the report dict (see module docstring);
     ``require_encrypted`` as in :class:`Aggregator` (default: when ``key`` is given)."""
     agg = Aggregator(key=key, max_list=max_list, require_encrypted=require_encrypted)
-    files, agg.skipped, refused = select_inputs(paths)
-    agg.unreadable.extend(refused)
-    for p in files:
-        agg.consume(p)
+    add = agg._add
+    for rec, fname, lineno in iter_records(paths, agg):
+        add(rec, fname, lineno)
     return agg.report(baseline=baseline, fti_max=fti_max, max_failures=max_failures,
                       max_invalid=max_invalid, lambda_params=lambda_params)
 

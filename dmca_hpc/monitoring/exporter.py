@@ -55,6 +55,8 @@ Metrics (units in the names, Prometheus base units: seconds, bytes; money in USD
     dmca_lambda_effective_ratio                       gauge    DMCA lambda_effective [dimensionless]
     dmca_invalid_lines_total{reason}                  counter  invalid telemetry lines
     dmca_telemetry_lines_total                        counter  lines read
+    dmca_telemetry_sequence_issues{kind}              gauge    stream issues: kind = gap, reorder, duplicate,
+                                                               foreign, mixed (collector, "Integrity")
     dmca_exporter_refresh_timestamp_seconds           gauge    UNIX time of the last refresh
     dmca_exporter_refresh_duration_seconds            gauge    time the last refresh took [s]
     dmca_exporter_refresh_errors_total                counter  refreshes that raised
@@ -78,7 +80,9 @@ CONNECTION_TIMEOUT_S = 5.0
 
 
 class TelemetrySource:
-    """Incremental reader of telemetry files into a collector Aggregator.
+    """Incremental reader of telemetry files into a collector Aggregator
+    (``key`` and ``require_encrypted``: the collector's plaintext policy,
+    :class:`dmca_hpc.monitoring.collector.Aggregator`).
 
     ``refresh()`` reads only what was appended since the last call; when a
     file shrank or its inode changed (rotation, rewrite), everything is
@@ -86,15 +90,16 @@ class TelemetrySource:
     """
 
     def __init__(self, paths: Iterable[str | os.PathLike], key: bytes | None = None,
-                 report_options: dict | None = None):
+                 report_options: dict | None = None, require_encrypted: bool | None = None):
         self.inputs = [Path(p) for p in paths]
         self.key = key
+        self.require_encrypted = require_encrypted
         self.report_options = dict(report_options or {})
         self._reset()
 
     def _reset(self):
         from dmca_hpc.monitoring.collector import Aggregator
-        self.agg = Aggregator(key=self.key, max_list=100)
+        self.agg = Aggregator(key=self.key, max_list=100, require_encrypted=self.require_encrypted)
         self.pos: dict[str, tuple[int, int, int]] = {}  # path -> (inode, offset, line)
 
     def refresh(self) -> dict:
@@ -221,6 +226,13 @@ def families(rep: dict, refresh_ts: float | None = None, refresh_s: float | None
         inv.add_metric([code], n)
     lines = counter("dmca_telemetry_lines", "Telemetry lines read")
     lines.add_metric([], rep.get("lines", 0))
+    from dmca_hpc.monitoring.collector import sequence_issues
+    seq = gauge("dmca_telemetry_sequence_issues",
+                "Stream integrity issues of the telemetry read (collector docstring): gaps (deleted lines), "
+                "reorders, duplicates (replays), foreign lines, mixed files", ("kind",))
+    # every kind always has a sample: an alert on > 0 must see a 0, not an absent series
+    for kind, n in sequence_issues(rep.get("integrity") or {}).items():
+        seq.add_metric([kind], n)
     if refresh_ts is not None:
         gauge("dmca_exporter_refresh_timestamp_seconds", "UNIX time of the last refresh [s]").add_metric([], refresh_ts)
     if refresh_s is not None:
@@ -268,6 +280,10 @@ class Exporter:
         port: TCP port (0 = ephemeral; the bound port is ``self.port`` after start).
         interval: seconds between refreshes.
         key: AES key for encrypted lines.
+        require_encrypted: refuse every plaintext line (True), or only those
+            of files holding an encrypted line (False); None: True when a key
+            is given (the collector's policy, ``--require-encrypted`` /
+            ``--allow-plaintext`` of ``dmca-hpc export``).
         report_options: keyword arguments of the collector's
             ``Aggregator.report`` (baseline, fti_max, max_failures, max_invalid,
             lambda_params), as ``dmca-hpc collect`` takes them.
@@ -276,7 +292,7 @@ class Exporter:
 
     def __init__(self, paths, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  interval: float = 15.0, key: bytes | None = None, report_options: dict | None = None,
-                 connection_timeout: float = CONNECTION_TIMEOUT_S):
+                 connection_timeout: float = CONNECTION_TIMEOUT_S, require_encrypted: bool | None = None):
         from prometheus_client import CollectorRegistry
         if not interval > 0:
             raise ValueError(f"--interval must be > 0 seconds, got {interval}")
@@ -284,7 +300,8 @@ class Exporter:
             raise ValueError(f"--port {port}: expected a TCP port 0-65535 (0 = any free port)")
         if not connection_timeout > 0:
             raise ValueError(f"connection_timeout must be > 0 seconds, got {connection_timeout}")
-        self.source = TelemetrySource(paths, key=key, report_options=report_options)
+        self.source = TelemetrySource(paths, key=key, report_options=report_options,
+                                      require_encrypted=require_encrypted)
         self.address, self.port, self.interval = address, int(port), float(interval)
         self.connection_timeout = float(connection_timeout)
         self.registry = CollectorRegistry(auto_describe=False)

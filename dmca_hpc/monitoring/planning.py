@@ -29,6 +29,12 @@ Efficiency and cost
     (``infra_cost_usd`` / ``core_seconds``).  The plan names the largest N in
     the requested range that keeps E >= ``efficiency_min`` (default 80 %).
 
+Input
+    The records ``dmca-hpc collect`` counts (its reader,
+    :func:`dmca_hpc.monitoring.collector.iter_records`: its plaintext policy,
+    a replayed line once) with an ``hpc`` block and a timestamp; the plan's
+    ``telemetry_input`` says how many lines were refused and why.
+
 The N grid is every N up to 64, then steps of ~5 % up to the maximum
 (a few hundred simulations); the largest N meeting the efficiency bound is
 then searched exactly between the two grid points that bracket it.
@@ -55,32 +61,31 @@ class PlanInputError(ValueError):
     """Telemetry that cannot be planned from (no unit records with an hpc block)."""
 
 
-def measure(paths: Iterable[str | os.PathLike], key: bytes | None = None) -> dict:
+def measure(paths: Iterable[str | os.PathLike], key: bytes | None = None,
+            require_encrypted: bool | None = None) -> dict:
     """Unit costs per stage from telemetry: {"stages": {stage: {"walls": [...],
     "overhead_s", "serial_s", "ranks"}}, "serial_between_s", "cores", "price_per_core_hour_usd",
-    "measured_ranks", "measured_makespan_s"}."""
-    from dmca_hpc.monitoring.collector import expand_inputs
-    from dmca_hpc.monitoring.telemetry import LineDecoder, LineError, iter_raw_lines
-    dec = LineDecoder(key=key, validate=True)
-    recs = []
-    for p in expand_inputs(paths):
-        try:
-            fh = open(p, "rb")
-        except OSError as exc:
-            raise PlanInputError(f"cannot read {p}: {exc.strerror or exc}") from None
-        with fh:
-            for _n, raw, complete, _e in iter_raw_lines(fh):
-                if raw is None or not raw.strip():
-                    continue
-                try:
-                    rec, _ = dec.decode(raw, complete)
-                except LineError:
-                    continue
-                if rec.get("hpc") is not None and rec.get("timestamp") is not None:
-                    recs.append(rec)
+    "measured_ranks", "measured_makespan_s", "telemetry_input"}.
+
+    The records are those ``dmca-hpc collect`` counts
+    (:func:`dmca_hpc.monitoring.collector.iter_records`: its plaintext policy,
+    ``require_encrypted`` defaulting to "when a key is given"; a replayed
+    line used once); ``telemetry_input`` says what was read and refused
+    (:meth:`~dmca_hpc.monitoring.collector.TelemetryReader.input_summary`, with
+    ``refused``: one line saying how many lines were refused and why, or None).
+    Raises :class:`PlanInputError` for an unreadable input file."""
+    from dmca_hpc.monitoring.collector import TelemetryReader, iter_records
+    reader = TelemetryReader(key=key, max_list=100, require_encrypted=require_encrypted)
+    recs = [rec for rec, _f, _n in iter_records(paths, reader)
+            if rec.get("hpc") is not None and rec.get("timestamp") is not None]
+    if reader.unreadable:
+        u = reader.unreadable[0]
+        raise PlanInputError(f"cannot read {u['file']}: {u['reason']}")
+    read = dict(reader.input_summary(), refused=reader.refusal_line())
     if not recs:
         raise PlanInputError("no unit records with an hpc block and a timestamp: nothing to plan from "
-                             "(core-only DMCA records carry no unit times)")
+                             "(core-only DMCA records carry no unit times)"
+                             + (f"; {read['refused']}" if read["refused"] else ""))
     recs.sort(key=lambda r: r["timestamp"])
     stages: dict[str, dict] = {}
     order: list[str] = []
@@ -122,7 +127,8 @@ def measure(paths: Iterable[str | os.PathLike], key: bytes | None = None) -> dic
     return {"stages": out_st, "order": order, "serial_between_s": max((t1 - t0) - covered, 0.0),
             "cores": max(cores) if cores else 1,
             "price_per_core_hour_usd": (cost / core_s * 3600.0) if core_s > 0 else 0.0,
-            "measured_ranks": len(ranks), "measured_makespan_s": t1 - t0, "records": len(recs)}
+            "measured_ranks": len(ranks), "measured_makespan_s": t1 - t0, "records": len(recs),
+            "telemetry_input": read}
 
 
 def list_schedule(walls: Sequence[float], n: int, dispatch_s: float, overhead_s: float = 0.0) -> float:
@@ -206,7 +212,8 @@ def project(m: dict, n_max: int = 1024, efficiency_min: float = EFFICIENCY_MIN,
             "serial_between_s": m["serial_between_s"], "cores_per_rank": cores,
             "price_per_core_hour_usd": price, "measured_ranks": m["measured_ranks"],
             "measured_makespan_s": m["measured_makespan_s"],
-            "projected_at_measured_ranks_s": T(m["measured_ranks"])}
+            "projected_at_measured_ranks_s": T(m["measured_ranks"]),
+            "telemetry_input": m.get("telemetry_input")}
 
 
 def render_markdown(plan: dict, every: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)) -> str:

@@ -26,7 +26,15 @@ Cost model
 
 No interleaved lines
     Every record is written with a single ``os.write`` of one whole line to a
-    file opened with ``O_APPEND``.  By default each rank has its own file
+    file opened with ``O_APPEND``.  A writer killed mid-line leaves a partial
+    last line; before its first write to a file, a :class:`Telemetry`
+    writer (a resumed run) that finds the file not ending in a newline
+    appends one first (:func:`terminate_partial_line`), so the partial line
+    stays one invalid line and the new record is whole (the partial line
+    must stay unchanged for :data:`PARTIAL_LINE_SETTLE_S`, so another
+    process's line caught while the kernel copies it in is not taken for
+    one; two writers resuming on one shared file at the same instant may
+    both terminate it: one blank line, which readers skip).  By default each rank has its own file
     ``rank-NNNNN.jsonl`` and rank 0 concatenates whole lines into
     ``telemetry.jsonl`` at the end (:func:`merge_rank_files`).  Processes that
     share one file (``filename=``, e.g. SLURM array tasks) still produce whole
@@ -96,6 +104,7 @@ import math
 import os
 import platform
 import re
+import stat
 import sys
 import threading
 import time
@@ -655,6 +664,54 @@ def append_line(path: str | os.PathLike, line: bytes) -> None:
         os.close(fd)
 
 
+#: a partial last line must stay unchanged this long [s] before it is taken for a killed
+#: writer's: a reader can catch another process's O_APPEND write half-copied (the file
+#: size grows page by page under the writer's inode lock, which readers do not take), and
+#: on a loaded node that writer can be preempted inside the copy for tens of ms
+PARTIAL_LINE_SETTLE_S = 0.25
+
+
+def terminate_partial_line(path: str | os.PathLike, settle_s: float = PARTIAL_LINE_SETTLE_S) -> bool:
+    """If ``path`` ends in a partial line left by a killed writer, append
+    ``b"\n"`` with :func:`append_line` so that line stays one (invalid) line
+    of its own instead of being glued to the next record; True if it did.
+
+    The last byte is not a newline both after a kill and while another
+    process's write is being copied in, so the partial line must stay
+    unchanged (same size) for ``settle_s`` [s], looked at every 50 ms; a
+    file whose end becomes a newline, or that keeps growing for 4 ``settle_s``
+    (live writers, whose lines end in newlines), is left alone, as is a
+    missing, empty or non-regular file.  Costs nothing when the file ends in a
+    newline (every file but a killed writer's)."""
+    try:
+        fh = open(path, "rb")
+    except OSError:  # not there yet (the common case) or unreadable: the append will say
+        return False
+    with fh:
+        size, since = None, 0.0
+        give_up = time.monotonic() + 4 * settle_s
+        while True:
+            try:
+                st = os.fstat(fh.fileno())
+                if not (stat.S_ISREG(st.st_mode) and st.st_size):
+                    return False
+                fh.seek(st.st_size - 1)
+                if fh.read(1) == b"\n":
+                    return False
+            except OSError:
+                return False
+            now = time.monotonic()
+            if st.st_size != size:
+                size, since = st.st_size, now
+            elif now - since >= settle_s:
+                break  # the same partial line all along: a killed writer's
+            if now > give_up:
+                return False
+            time.sleep(min(0.05, settle_s))
+    append_line(path, b"\n")
+    return True
+
+
 def _finite(name: str, value: Any, unit: str) -> float:
     """``value`` as a float >= 0 (negative clamped to 0); ValueError naming
     ``name`` for NaN, infinity or a non-number (max(nan, 0) would be nan and
@@ -752,6 +809,7 @@ class Telemetry:
         self.run_id = new_run_id()
         self.seq = 0  # seq of the next record written
         self._pid = os.getpid()
+        self._tail_checked = False  # the file's last line not yet checked for a killed writer's stub
 
     def __getstate__(self) -> dict:  # the lock and the AES context do not pickle
         return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_aead")}
@@ -869,7 +927,12 @@ class Telemetry:
         return plain + b"\n"
 
     def _write(self, rec: dict):
-        append_line(self.path, self.encode(rec))
+        line = self.encode(rec)
+        if not self._tail_checked:
+            # a killed writer's partial last line would swallow this record's first bytes
+            terminate_partial_line(self.path)
+            self._tail_checked = True
+        append_line(self.path, line)
 
 
 def merge_rank_files(directory: str | os.PathLike, out_name: str = "telemetry.jsonl") -> Path:

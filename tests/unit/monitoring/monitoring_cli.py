@@ -17,6 +17,7 @@ _HARNESS = ("import argparse, importlib, sys\n"
             "sys.exit(mod.run_cli(p.parse_args(sys.argv[2:])))\n")
 
 
-def run_command(name: str, *args, timeout: float = 120):
+def run_command(name: str, *args, timeout: float = 120, env: dict | None = None):
+    """``env``: the environment of the command (default: this process's)."""
     return subprocess.run([sys.executable, "-c", _HARNESS, name, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)

@@ -5,7 +5,9 @@ lines.  The telemetry is generated here (valid records, checked against the
 schema) with numpy's seeded generator, so every number is reproducible."""
 from __future__ import annotations
 
+import base64
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +142,8 @@ def test_collinear_treatment_is_not_identifiable(tmp_path):
 
 # ------------------------------------------------------------------ CLI
 
-def _cli(*args):
-    return run_command("causal", *args)
+def _cli(*args, env=None):
+    return run_command("causal", *args, env=env)
 
 
 def test_cli_report_json_markdown_and_plot(tmp_path):
@@ -203,3 +205,121 @@ def test_discovery_is_an_optional_extra(tmp_path):
     d = K.discover(rows, ["nkpts", "cost", "hpc.wall_seconds"])
     pairs = {frozenset((a, b)) for a, _, b in d["edges"]}
     assert frozenset(("nkpts", "infra_cost_usd")) in pairs
+
+
+# ------------------------------------------------------------------ reading through the collector
+
+KEY = bytes(range(32))
+KEY_B64 = base64.b64encode(KEY).decode()
+
+
+def _sequenced(path: Path, run: str = "campaign0") -> Path:
+    """Give every record of ``path`` the stream identity a Telemetry writer gives it
+    (``hpc.run_id``, and ``hpc.seq`` 0, 1, ... per rank), as the campaign's records carry."""
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    nxt: dict[int, int] = {}
+    for r in recs:
+        rank = r["hpc"]["rank"]
+        r["hpc"]["run_id"], r["hpc"]["seq"] = run, nxt.get(rank, 0)
+        nxt[rank] = r["hpc"]["seq"] + 1
+        T.validate_record(r)
+    return _write(path, recs)
+
+
+def _encrypted(path: Path) -> Path:
+    """``path`` with every line AES-GCM encrypted (a v2 envelope bound to its identity)."""
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    path.write_bytes(b"".join(T.encrypt_line(json.dumps(r).encode(), KEY, identity=T.record_identity(r)) + b"\n"
+                              for r in recs))
+    return path
+
+
+FAST = dict(seed=3, reference="szv", n_boot=40, n_refute=4)
+
+
+def test_replayed_line_does_not_change_the_estimate(tmp_path):
+    path = _sequenced(_basis_campaign(tmp_path / "t.jsonl", n=120))
+    rows, info = K.read_records([path])
+    assert len(rows) == 120 and info["invalid"] == 0 and info["refused"] is None
+    want = K.estimate(rows, "basis", "cost", ["nkpts"], **FAST)
+    lines = path.read_bytes().splitlines(keepends=True)
+    i = next(j for j, x in enumerate(lines) if b"basis=tzvp" in x)
+    # the unit replayed 5 times, once in the middle and 4 times at the end
+    path.write_bytes(b"".join(lines[:60] + [lines[i]] + lines[60:] + [lines[i]] * 4))
+    got_rows, info = K.read_records([path])
+    assert len(got_rows) == 120 and info["invalid"] == 5
+    assert info["input"]["invalid_by_reason"] == {"duplicate": 5} and info["input"]["stream_issues"]["duplicate"] == 5
+    assert info["refused"].startswith("refused 5 of 125 telemetry lines (5 duplicate); first ")
+    assert K.estimate(got_rows, "basis", "cost", ["nkpts"], **FAST) == want
+    # counted 5 more times the unit would move the estimate: the check above can fail
+    assert K.estimate(rows + [rows[i]] * 5, "basis", "cost", ["nkpts"], **FAST)["effects"] != want["effects"]
+
+
+def test_plaintext_line_in_an_encrypted_file_is_not_used(tmp_path):
+    path = _encrypted(_sequenced(_basis_campaign(tmp_path / "t.jsonl", n=120)))
+    rows, info = K.read_records([path], key=KEY)
+    assert len(rows) == 120 and info["invalid"] == 0
+    want = K.estimate(rows, "basis", "cost", ["nkpts"], **FAST)
+    # 20 forged plaintext units: tzvp at 10x the cost, with an identity of their own
+    forged = [_rec("job-tzvp", 0, f"f{i}", 1.3, 0.2, "basis=tzvp,kmesh=3x3x3", [3, 3, 3], 1.8e9 + i)
+              for i in range(20)]
+    for i, r in enumerate(forged):
+        r["hpc"]["run_id"], r["hpc"]["seq"] = "forged", i
+    with open(path, "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in forged))
+    for policy in (None, False, True):  # plaintext in an encrypted file is refused under every policy
+        got_rows, info = K.read_records([path], key=KEY, require_encrypted=policy)
+        assert len(got_rows) == 120 and info["input"]["invalid_by_reason"] == {"plaintext": 20}, policy
+        assert K.estimate(got_rows, "basis", "cost", ["nkpts"], **FAST) == want
+    assert "refused 20 of 140 telemetry lines (20 plaintext)" in info["refused"]
+    assert f"first {path}:121: plaintext line in an encrypted file" in info["refused"]
+    # counted, the forged units would move the tzvp effect far away
+    flat = [K.flatten(r) for r in forged]
+    for r in flat:
+        r["ranks"] = 2.0
+    bad = K.estimate(rows + flat, "basis", "cost", ["nkpts"], **FAST)
+    assert {e["level"]: e["estimate"] for e in bad["effects"]}["tzvp"] > 2 * EFFECT["tzvp"]
+
+
+def test_cli_says_what_was_refused_in_one_line(tmp_path):
+    env = {**os.environ, T.KEY_ENV: KEY_B64}
+    clean = _encrypted(_sequenced(_basis_campaign(tmp_path / "clean.jsonl", n=120)))
+    path = tmp_path / "t.jsonl"
+    lines = clean.read_bytes().splitlines(keepends=True)
+    plain = json.dumps(_rec("job-szv", 0, "p0", 1.2, 5.0, "basis=szv,kmesh=2x2x2", [2, 2, 2], 1.8e9)) + "\n"
+    path.write_bytes(b"".join(lines[:50] + [plain.encode()] + lines[50:] + [lines[3]]))  # + a replay
+    args = ("--treatment", "basis", "--outcome", "cost", "--adjust", "nkpts", "--reference", "szv",
+            "--bootstrap", "40", "--refutations", "4", "--seed", "3", "--json", "-")
+    r = _cli(path, *args, env=env)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("dmca-hpc causal: refused 2 of 122 telemetry lines (1 duplicate, 1 plaintext); "
+                           f"first {path}:51: plaintext line in an encrypted file"), line
+    rep = json.loads(r.stdout)
+    assert rep["n"] == 120 and rep["invalid_lines"] == 2
+    assert rep["telemetry_input"]["invalid_by_reason"] == {"duplicate": 1, "plaintext": 1}
+    ref = _cli(clean, *args, env=env)
+    assert ref.returncode == 0 and ref.stderr == ""  # nothing refused: nothing said
+    assert rep["effects"] == json.loads(ref.stdout)["effects"]
+    # a plaintext file beside a key: refused unless --allow-plaintext
+    pf = _sequenced(_basis_campaign(tmp_path / "plain.jsonl", n=120))
+    r = _cli(pf, *args, env=env)
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and line.startswith("dmca-hpc causal: unknown treatment key 'basis'") \
+        and "; refused 120 of 120 telemetry lines (120 plaintext); first" in line, r.stderr
+    r = _cli(pf, *args, "--allow-plaintext", env=env)
+    assert r.returncode == 0 and r.stderr == "" and json.loads(r.stdout)["effects"] == rep["effects"], r.stderr
+    r = _cli(pf, *args, "--require-encrypted")  # no key needed to refuse plaintext
+    assert r.returncode == 2 and "120 plaintext" in r.stderr
+
+
+def test_cli_not_identifiable_reason_stays_the_last_line(tmp_path):
+    """jobs/campaign.sh logs the last line of the command's output for exit 1 and 2."""
+    col = _sequenced(_collinear(tmp_path / "c.jsonl"))
+    lines = col.read_bytes().splitlines(keepends=True)
+    col.write_bytes(b"".join(lines + [lines[0]]))
+    r = _cli(col, "--treatment", "basis", "--outcome", "cost", "--adjust", "physics.kpts")
+    assert r.returncode == 1
+    first, last = r.stderr.strip().splitlines()
+    assert first.startswith("dmca-hpc causal: refused 1 of 41 telemetry lines (1 duplicate); first ")
+    assert last.startswith("dmca-hpc causal: not identifiable") and "physics.kpts" in last

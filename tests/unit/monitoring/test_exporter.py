@@ -82,9 +82,13 @@ def test_http_scrape_matches_collector(tel):
             assert s[("dmca_fti_grade_info", frozenset({("stage", stage), ("grade", st["fti_grade"])}))] == 1.0
         assert s[("dmca_telemetry_lines_total", frozenset())] == 40
         names = {n for n, _ in s}
-        # every metric carries its unit or _total / _ratio / _info in the name
+        # every metric carries its unit or _total / _ratio / _info in the name; a gauge that
+        # counts things (which may go down: a gap closes when its line arrives) names the thing
+        # counted, since _total belongs to counters
+        count_gauges = {"dmca_telemetry_sequence_issues"}
         assert all(n.endswith(("_total", "_seconds", "_usd", "_bytes", "_ratio", "_info", "_per_second", "_created"))
-                   for n in names), names
+                   or n in count_gauges for n in names), names
+        assert count_gauges <= names
         code, ctype, body = _get(base + "/health")
         h = json.loads(body)
         assert code == 200 and h["status"] == "ok" and h["records"] == 40
@@ -287,3 +291,106 @@ def test_report_endpoint_serves_the_collector_json(tel):
             json.loads(_get(f"http://127.0.0.1:{exp.port}/report")[2])["lambda_effective"], rel=1e-12)
     finally:
         exp.stop()
+
+
+# ------------------------------------------------------------------ stream integrity and plaintext policy
+
+KEY = bytes(range(32))
+KINDS = ("gap", "reorder", "duplicate", "foreign", "mixed")
+
+
+def _issues_gauge(url: str) -> dict:
+    s = _samples(_get(url)[2])
+    return {k: s[("dmca_telemetry_sequence_issues", frozenset({("kind", k)}))] for k in KINDS}
+
+
+def _planted(tmp_path):
+    """a.jsonl: stream A seqs 0 1 3 2 4 4 (a reorder at line 4, a duplicate at line 6);
+    b.jsonl: stream B seqs 0 1 3 (a gap at line 3) and A's seq 5 (foreign, line 4)."""
+    a = T.Telemetry(tmp_path / "run", rank=0, validate="raise", filename="a.jsonl")
+    b = T.Telemetry(tmp_path / "run", rank=1, validate="raise", filename="b.jsonl")
+    _fill(a, 6)
+    _fill(b, 4)
+    la, lb = a.path.read_bytes().splitlines(True), b.path.read_bytes().splitlines(True)
+    a.path.write_bytes(b"".join([la[0], la[1], la[3], la[2], la[4], la[4]]))
+    b.path.write_bytes(b"".join([lb[0], lb[1], lb[3], la[5]]))
+    return a.path, b.path
+
+
+def test_sequence_issues_gauge_over_http(tmp_path):
+    a, b = _planted(tmp_path)
+    want = C.collect([a, b])["integrity"]
+    assert (want["gaps_total"], want["reorders_total"], want["duplicates_total"], want["foreign_total"]) == (1, 1, 1, 1)
+    # a plaintext file read live beside a key (require_encrypted=False, i.e. --allow-plaintext)
+    p = T.Telemetry(tmp_path / "run", rank=2, validate="raise", filename="p.jsonl")
+    _fill(p, 2)
+    exp = E.Exporter([a, b, p.path], port=0, interval=0.1, key=KEY, require_encrypted=False).start()
+    try:
+        url = f"http://127.0.0.1:{exp.port}/metrics"
+        assert _issues_gauge(url) == {"gap": 1, "reorder": 1, "duplicate": 1, "foreign": 1, "mixed": 0}
+        s = _samples(_get(url)[2])
+        assert s[("dmca_records_total", frozenset())] == 11  # 12 lines, the duplicate counted once
+        # the file then gets an encrypted line: its plaintext was already counted, a mixed file
+        T.Telemetry(tmp_path / "run", rank=2, key=KEY, filename="p.jsonl").record("bands", "e", "ok", 0.1, 0.1, 1.0)
+        assert _wait(lambda: _issues_gauge(url)["mixed"] == 1)
+        assert _issues_gauge(url) == {"gap": 1, "reorder": 1, "duplicate": 1, "foreign": 1, "mixed": 1}
+    finally:
+        exp.stop()
+    # a clean file: every kind present, at 0 (an alert on > 0 sees a series)
+    clean = T.Telemetry(tmp_path / "clean", validate="raise")
+    _fill(clean, 5)
+    exp = E.Exporter([clean.path], port=0, interval=60).start()
+    try:
+        assert _issues_gauge(f"http://127.0.0.1:{exp.port}/metrics") == dict.fromkeys(KINDS, 0)
+    finally:
+        exp.stop()
+    # with a key and the default policy every plaintext line is refused, nothing is counted
+    exp = E.Exporter([a, b], port=0, interval=60, key=KEY).start()
+    try:
+        s = _samples(_get(f"http://127.0.0.1:{exp.port}/metrics")[2])
+        assert s[("dmca_records_total", frozenset())] == 0
+        assert s[("dmca_invalid_lines_total", frozenset({("reason", "plaintext")}))] == 10
+    finally:
+        exp.stop()
+
+
+def _serve(*args, env=None):
+    """Start ``dmca-hpc export ... --port 0``; (process, port)."""
+    p = subprocess.Popen([sys.executable, "-m", "dmca_hpc.cli.main", "export", *map(str, args), "--port", "0",
+                          "--interval", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = p.stdout.readline()
+    if "serving http://127.0.0.1:" not in line:
+        p.kill()
+        raise AssertionError((line, p.communicate()[1]))
+    return p, int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+
+def test_cli_plaintext_policy_flags(tmp_path):
+    import base64
+    a, b = _planted(tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if k != T.KEY_ENV}, T.KEY_ENV: base64.b64encode(KEY).decode()}
+    noenv = {k: v for k, v in os.environ.items() if k != T.KEY_ENV}
+    # (flags, environment) -> (records, plaintext lines refused)
+    cases = [((), env, 0, 10), (("--allow-plaintext",), env, 9, 0), (("--require-encrypted",), noenv, 0, 10),
+             ((), noenv, 9, 0)]
+    for flags, e, records, refused in cases:
+        p, port = _serve("--telemetry", a, b, *flags, env=e)
+        try:
+            s = _samples(_get(f"http://127.0.0.1:{port}/metrics")[2])
+            assert s[("dmca_records_total", frozenset())] == records, flags
+            assert s.get(("dmca_invalid_lines_total", frozenset({("reason", "plaintext")})), 0) == refused, flags
+            issues = {k: s[("dmca_telemetry_sequence_issues", frozenset({("kind", k)}))] for k in KINDS}
+            # refused lines are never checked, so there is nothing to see in the streams
+            assert issues == ({"gap": 1, "reorder": 1, "duplicate": 1, "foreign": 1, "mixed": 0} if records
+                              else dict.fromkeys(KINDS, 0)), flags
+            report = json.loads(_get(f"http://127.0.0.1:{port}/report")[2])
+            assert report["integrity"]["plaintext_refused"] == refused
+        finally:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=10) == 0
+            p.stdout.close()
+            p.stderr.close()
+    r = subprocess.run([sys.executable, "-m", "dmca_hpc.cli.main", "export", "--telemetry", str(a),
+                        "--allow-plaintext", "--require-encrypted", "--textfile", str(tmp_path / "x.prom")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr

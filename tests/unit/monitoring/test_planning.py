@@ -105,8 +105,8 @@ def test_projection_matches_measured_one_and_two_rank_runs(tmp_path):
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _cli(*args):
-    return run_command("plan", *args)
+def _cli(*args, env=None):
+    return run_command("plan", *args, env=env)
 
 
 def test_cli_bad_input_one_line_exit_2(tmp_path):
@@ -117,3 +117,87 @@ def test_cli_bad_input_one_line_exit_2(tmp_path):
                        ((_uniform_run(tmp_path, 3, 0.1), "--efficiency-min", "2"), "efficiency_min")):
         r = _cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and what in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------ reading through the collector
+
+KEY = bytes(range(32))
+
+
+def _without_input(plan: dict) -> dict:
+    return {k: v for k, v in plan.items() if k != "telemetry_input"}
+
+
+def test_replayed_line_does_not_change_the_plan(tmp_path):
+    path = _uniform_run(tmp_path, 20, 1.0)
+    want = P.project(P.measure([path]), n_max=64, dispatch_s=0.0)
+    assert want["telemetry_input"]["invalid_lines_total"] == 0 and want["telemetry_input"]["refused"] is None
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:10] + [lines[4]] + lines[10:] + [lines[19]] * 3))  # 4 replays
+    got = P.project(P.measure([path]), n_max=64, dispatch_s=0.0)
+    assert got["telemetry_input"]["invalid_by_reason"] == {"duplicate": 4}
+    assert got["telemetry_input"]["refused"].startswith("refused 4 of 24 telemetry lines (4 duplicate); first ")
+    assert _without_input(got) == _without_input(want)
+    # 20 units of 1 s: counted twice a replay would be a 21st, 22nd ... second on one rank
+    assert got["t1_s"] == pytest.approx(20.0, rel=1e-9) and got["units"] == 20
+
+
+def _encrypted_run(tmp_path, n_units, wall):
+    """_uniform_run with every line AES-GCM encrypted (v2 envelopes bound to each identity)."""
+    path = _uniform_run(tmp_path, n_units, wall)
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    path.write_bytes(b"".join(T.encrypt_line(json.dumps(r).encode(), KEY, identity=T.record_identity(r)) + b"\n"
+                              for r in recs))
+    return path, recs
+
+
+def test_plaintext_line_in_an_encrypted_file_is_not_used(tmp_path):
+    path, recs = _encrypted_run(tmp_path, 20, 1.0)
+    want = P.project(P.measure([path], key=KEY), n_max=64, dispatch_s=0.0)
+    assert want["t1_s"] == pytest.approx(20.0, rel=1e-9)
+    # 10 forged plaintext units of 100 s each appended (a stream of their own)
+    forged = []
+    for i in range(10):
+        r = json.loads(json.dumps(recs[i]))
+        r["hpc"].update(run_id="forged", seq=i, unit=f"f{i}", wall_seconds=100.0)
+        r["timestamp"] += 1000.0
+        T.validate_record(r)
+        forged.append(json.dumps(r) + "\n")
+    with open(path, "a") as fh:
+        fh.write("".join(forged))
+    for policy in (None, False, True):
+        m = P.measure([path], key=KEY, require_encrypted=policy)
+        got = P.project(m, n_max=64, dispatch_s=0.0)
+        assert got["telemetry_input"]["invalid_by_reason"] == {"plaintext": 10}, policy
+        assert _without_input(got) == _without_input(want)
+    assert f"first {path}:21: plaintext line in an encrypted file" in got["telemetry_input"]["refused"]
+
+
+def test_cli_says_what_was_refused_in_one_line(tmp_path):
+    import base64
+    import os
+    env = {**os.environ, T.KEY_ENV: base64.b64encode(KEY).decode()}
+    path, recs = _encrypted_run(tmp_path, 20, 1.0)
+    lines = path.read_bytes().splitlines(keepends=True)
+    plain = (json.dumps(dict(recs[0], hpc=dict(recs[0]["hpc"], run_id="forged"))) + "\n").encode()
+    path.write_bytes(b"".join(lines[:5] + [plain] + lines[5:] + [lines[2]]))
+    r = _cli(path, "--ranks", 1, 2, "--json", "-", env=env)
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("dmca-hpc plan: refused 2 of 22 telemetry lines (1 duplicate, 1 plaintext); "
+                           f"first {path}:6: plaintext line in an encrypted file"), line
+    plan = json.loads(r.stdout)
+    assert plan["units"] == 20 and plan["telemetry_input"]["invalid_by_reason"] == {"duplicate": 1, "plaintext": 1}
+    # a plaintext run beside a key: refused (exit 2, one line) unless --allow-plaintext
+    pf = tmp_path / "plain"
+    pf.mkdir()
+    pf = _uniform_run(pf, 5, 0.5)
+    r = _cli(pf, env=env)
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and line.startswith("dmca-hpc plan: no unit records") \
+        and "; refused 5 of 5 telemetry lines (5 plaintext); first" in line, r.stderr
+    r = _cli(pf, "--allow-plaintext", env=env)
+    assert r.returncode == 0 and r.stderr == "" and "Largest N" in r.stdout, r.stderr
+    r = _cli(pf, "--efficiency-min", "2", "--require-encrypted")
+    (line,) = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "no unit records" in line and "5 plaintext" in line

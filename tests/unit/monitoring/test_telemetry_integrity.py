@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,69 @@ def test_resumed_writer_is_not_a_gap(tmp_path):
     assert rep["integrity"]["streams"] == 2 and rep["integrity"]["sequenced_records"] == 5
     assert rep["integrity"]["issues_total"] == 0 and not rep["gate"]["breached"]
     assert _cli(first.path, "--gate", env={T.KEY_ENV: KEY_B64}).returncode == 0
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["encrypted", "plaintext"])
+def test_writer_resumed_after_a_kill_mid_line(tmp_path, key):
+    """A writer killed inside its write leaves a partial last line; the resumed
+    writer terminates it before its first record, so the stub is one invalid
+    line and the new records are whole (glued on, the first would be lost)."""
+    first = _write(tmp_path, 3, key=key)
+    whole = first.path.read_bytes()
+    stub = first.encode(first.record("bands", "k3", "ok", 0.5, 0.4, 10.0))  # the line of seq 3 ...
+    first.path.write_bytes(whole + stub[:len(stub) // 2])  # ... killed half-way through its write
+    second = _write(tmp_path, 2, key=key, start=4)
+    data = first.path.read_bytes()
+    assert data.startswith(whole + stub[:len(stub) // 2] + b"\n") and data.count(b"\n") == 6
+    rep = C.collect([first.path], key=key)
+    assert rep["records"] == 5 and rep["blank_lines"] == 0
+    assert _invalid(rep) == [("t.jsonl", 4, "json")]
+    assert rep["integrity"]["issues_total"] == 0  # the stub's seq 3 was the first writer's last: no gap
+    assert [json.loads(x)["hpc"]["seq"] if key is None else json.loads(x)["seq"]
+            for x in _lines(first.path)[4:]] == [0, 1] and second.seq == 2
+    # a file that ends in a newline gets no extra one (no blank line), nor does a new file
+    third = _write(tmp_path, 1, key=key, start=6)
+    assert first.path.read_bytes().count(b"\n") == 7 and C.collect([first.path], key=key)["blank_lines"] == 0
+    assert not T.terminate_partial_line(tmp_path / "missing.jsonl") and not (tmp_path / "missing.jsonl").exists()
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert not T.terminate_partial_line(tmp_path / "empty.jsonl")
+    assert (tmp_path / "empty.jsonl").read_bytes() == b"" and third.seq == 1
+    # the check is made once, before a writer's first line, not before every line
+    calls = []
+    real = T.terminate_partial_line
+    T.terminate_partial_line = lambda p: calls.append(p) or real(p)
+    try:
+        w = _write(tmp_path, 3, key=key, filename="once.jsonl")
+    finally:
+        T.terminate_partial_line = real
+    assert calls == [w.path]
+
+
+def test_a_live_writers_half_copied_line_is_not_terminated(tmp_path):
+    """Another process's line caught half-copied (its write preempted inside the
+    kernel copy) also ends without a newline: it must be left alone, or the
+    writer would add a blank line; only a partial line that stays is a stub."""
+    tel = _write(tmp_path, 2, key=None)
+    line = _lines(tel.path)[0] + b"\n"
+    with open(tel.path, "ab") as fh:
+        fh.write(line[:100])
+
+    def finish():  # the stalled write completes 0.1 s later
+        time.sleep(0.1)
+        with open(tel.path, "ab") as fh:
+            fh.write(line[100:])
+    th = threading.Thread(target=finish)
+    th.start()
+    try:
+        assert T.terminate_partial_line(tel.path, settle_s=1.0) is False
+    finally:
+        th.join()
+    assert tel.path.read_bytes().count(b"\n") == 3 and b"\n\n" not in tel.path.read_bytes()
+    with open(tel.path, "ab") as fh:  # this one never completes: a stub after settle_s
+        fh.write(line[:100])
+    t = time.monotonic()
+    assert T.terminate_partial_line(tel.path, settle_s=0.2) is True
+    assert time.monotonic() - t >= 0.2 and tel.path.read_bytes().endswith(line[:100] + b"\n")
 
 
 def test_deleted_last_line_is_the_documented_limit(tmp_path):
