@@ -93,3 +93,31 @@ def test_shipped_si_is_all_electron_and_keeps_the_high_q_weight():
     assert light == pytest.approx([351.954, 5.5257], rel=1e-4)
     ratio = heavy[1] / electron_rates(g, [1e9], fdm="heavy").total[0]
     assert 1.2 < ratio < 2.0
+
+
+def test_shipped_diamond_is_all_electron():
+    """C.hdf5 comes from jobs/diamond_ae_reference.yaml (all-electron def2-SVP,
+    PBE, analytic route, complete to 48.8 eV); C_gth.hdf5 is the earlier GTH
+    table.  As for Si, the all-electron states keep weight at high q (the
+    E-integrated |f|^2 at q = 15 alpha m_e is 2% of its peak against 1e-5 for
+    GTH), heavy-mediator rates above ~100 MeV rise (x1.16-1.19) and the
+    light-mediator rates stay within 3% (the basis systematic)."""
+    from dmca_hpc.detection.rates import electron_rates
+    if not any(p.stem == "C_gth" for p in SHIPPED):
+        pytest.skip("no shipped GTH diamond table")
+    t, g = read_table(table_for_material("C")), read_table(table_for_material("C_gth"))
+    m = t.metadata
+    assert m["all_electron"] is True and m["route"] == "analytic" and m["basis"] == "def2-svp"
+    assert m["q_complete_ame"] == pytest.approx(20.0) and m["e_complete_ev"] == pytest.approx(48.82, abs=0.01)
+    assert t.material == g.material == "C" and t.gap_ev == pytest.approx(5.47)
+    assert not np.isnan(t.f2).any() and (t.f2 >= 0).all()
+    i = int(15.0 / t.dq_ame)
+    w, wg = t.f2.sum(axis=1), g.f2.sum(axis=1)
+    assert w[i] / w.max() > 0.01 and wg[i] / wg.max() < 1e-4
+    heavy = electron_rates(t, [10e6, 1e9], fdm="heavy").total
+    light = electron_rates(t, [10e6, 1e9], fdm="light").total
+    # regression to 5 digits: this table through this engine (shm-2021, 1e-39 cm^2)
+    assert heavy == pytest.approx([844.571, 74.1758], rel=1e-5)
+    assert light == pytest.approx([17.6743, 0.780485], rel=1e-5)
+    heavy_gth = electron_rates(g, [1e9], fdm="heavy").total[0]
+    assert 1.1 < heavy[1] / heavy_gth < 1.4
