@@ -57,3 +57,37 @@ def test_two_ranks_same_table_as_one(request):
         for line in p.read_text().splitlines():
             ranks.add(json.loads(line)["hpc"]["rank"])
     assert ranks == {0, 1}, f"units ran on ranks {ranks}; dynamic dispatch should use both"
+
+
+@pytest.mark.mpi(min_size=2)
+def test_two_ranks_same_table_as_one_analytic_route(request):
+    """The analytic route (units: one irreducible q against every k) on 2 ranks
+    gives the serial table: the unit tables are summed in unit order on rank 0."""
+    from dmca_hpc.electronic.formfactor import compute_table, settings
+    from dmca_hpc.electronic.bands import load_bands
+    from dmca_hpc.hpc.parallel import SerialComm, get_comm
+    comm = get_comm()
+    rank = comm.Get_rank()
+    path = work = None
+    if rank == 0:
+        path = cached_si_bands(request)
+        work = tempfile.mkdtemp(prefix="ff-mpi-ana-")
+    path, work = comm.bcast((path, work), root=0)
+    bd = load_bands(path)
+    s = settings({**SMALL, "route": "analytic"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        par = compute_table(bd, s, Path(work) / "mpi", "h-ana", comm=comm, progress=False,
+                            gap_target_ev=1.11)
+    comm.Barrier()
+    if rank != 0:
+        assert par is None
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ser = compute_table(bd, s, Path(work) / "serial", "h-ana", comm=SerialComm(),
+                            progress=False, gap_target_ev=1.11)
+    assert par["n_units"] == ser["n_units"] == len(bd.ibz_index)
+    ref = ser["f2"]
+    assert ref.sum() > 0
+    assert np.abs(par["f2"] - ref).max() <= 1e-12 * ref.max()

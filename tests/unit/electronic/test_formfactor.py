@@ -212,6 +212,24 @@ def test_kill_and_restart_same_table(bd, si_bands, tmp_path):
     assert np.abs(resumed["f2"] - ref).max() <= 1e-12 * ref.max()
 
 
+def test_analytic_route_resumes_to_the_same_table(bd, tmp_path):
+    """The analytic route's units (one irreducible q each) go through the same
+    checkpoint store as the FFT route's (whose real kill -9 is tested above; an
+    analytic unit of this case takes ~0.1 s, too short to kill in): a lost unit
+    file is recomputed, the others reused, and the table is bitwise the same."""
+    from dmca_hpc.electronic.formfactor import compute_table
+    s = small(route="analytic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = compute_table(bd, s, tmp_path / "w", "h-ana", progress=False, gap_target_ev=1.11)
+        units = sorted((tmp_path / "w" / "units").glob("unit-*.h5"))
+        assert len(units) == first["n_units"] >= 2
+        units[1].unlink()
+        again = compute_table(bd, s, tmp_path / "w", "h-ana", progress=False, gap_target_ev=1.11)
+    assert again["n_reused"] == first["n_units"] - 1
+    assert np.array_equal(again["f2"], first["f2"])
+
+
 def test_run_stage_with_telemetry(bd, si_bands, tmp_path):
     from dmca_hpc.pipeline import make_context
     from dmca_hpc.stages import formfactor as ff_stage
