@@ -204,7 +204,8 @@ def make_context(stage: str, out_dir, material, job: dict, outputs: dict | None 
     return StageContext(name=stage, job=job, material=material, stage_dir=out_dir / stage,
                         input_hash=ih, outputs=outputs or {}, comm=comm,
                         telemetry=Telemetry(out_dir / "telemetry", rank=comm.Get_rank(),
-                                            job_id=job_id, stage_dmca=STAGE_DMCA),
+                                            job_id=(job.get("telemetry") or {}).get("job_id") or job_id,
+                                            stage_dmca=STAGE_DMCA, nranks=comm.Get_size()),
                         prov=provenance(ih, nranks=comm.Get_size()), seed=0, run_dir=out_dir)
 
 
@@ -383,9 +384,10 @@ def _run_stages(job: dict, run_dir: Path, comm, log, max_hours: float | None = N
         with atomic_path(run_dir / "provenance.json") as tmp:
             tmp.write_text(json.dumps(prov, indent=1))
     comm.barrier()
+    # the job key telemetry.job_id, when set, wins over this default (Telemetry.from_job)
     telemetry = Telemetry.from_job(job.get("telemetry"), run_dir / "telemetry", rank=rank,
                                    job_id=os.environ.get("SLURM_JOB_ID") or job["name"],
-                                   stage_dmca=STAGE_DMCA)
+                                   stage_dmca=STAGE_DMCA, nranks=size)
     plan: list[tuple[str, Any]] = stage_plan(job)
     rpn = node_local_size(comm)
     t_start = time.perf_counter() if t_start is None else t_start

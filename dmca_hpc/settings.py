@@ -331,6 +331,8 @@ SECTIONS: dict[str, Section] = {
           "DMCA 'step' field copied into every record [label]"),
         F('intervention', 'baseline', 'label', 'string',
           "DMCA 'intervention' field copied into every record [label]"),
+        F('job_id', None, 'label', ['string', 'null'],
+          "hpc.job_id written into every telemetry record [label]; null = SLURM_JOB_ID, else the job name (an id YAML reads as a number needs quotes: '12345')"),
         F('shared_file', '', 'file name', 'string',
           'file name shared by all writers of the telemetry directory (e.g. SLURM array tasks) [file name]; empty = one rank-NNNNN.jsonl per rank, merged into telemetry.jsonl at the end'),
         F('fti_max', 1.05, 'dimensionless', 'number',

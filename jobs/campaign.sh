@@ -22,16 +22,19 @@
 # on 2 cores shared with a production run), each into OUTDIR/<step>/ with
 #   --set telemetry.intervention=basis=B,kmesh=K,ranks=N   (the campaign convention
 #         of dmca_hpc/monitoring/causal.py: `basis`, `kmesh` become keys)
-#   --set telemetry.step=<step>  --set name=campaign-<step>
+#   --set telemetry.step=<step>  --set name=campaign-<step>  --set telemetry.job_id=<id>
 # Ranks start with the package's mpiexec (or srun, DMCA_LAUNCHER=srun).  Steps
 # run in a seeded shuffled order, so a drift of the machine's load over the
 # campaign does not line up with one factor.
 #
-# Job id per step.  `causal` derives `ranks` from the distinct hpc.rank values
-# of each hpc.job_id, so every step needs its own job id.  The pipeline takes
-# SLURM_JOB_ID, else the job name: on a workstation the per-step name does it;
-# under SLURM each rank is started with SLURM_JOB_ID=<job>.<step> (SLURM's own
-# job.step notation), changed inside the rank only, after the launcher.
+# Job id per step.  Every step gets its own hpc.job_id through the job key
+# telemetry.job_id: campaign-<step> on a workstation (what the job name gives),
+# <SLURM_JOB_ID>.<step> under SLURM (SLURM's own job.step notation; the ranks
+# keep the real SLURM_JOB_ID).  `causal` takes `ranks` from each record's
+# hpc.nranks (the communicator size); records of older runs, which lack it,
+# fall back to the distinct hpc.rank values of each hpc.job_id, which is why
+# the ids stay distinct.  The id is not part of OUTDIR/<step>/campaign_step.txt:
+# a step done under one SLURM job is skipped under the next.
 #
 # Reports (after the steps; OUTDIR/causal_<name>.{md,json,png}):
 #   basis      basis -> cost [USD per unit]      adjusted for kmesh, ranks, stage
@@ -39,12 +42,12 @@
 #   kmesh      kmesh -> cost                     adjusted for basis, ranks, stage
 #   ranks      ranks -> cost                     adjusted for basis, kmesh, stage
 #   ranks_wall ranks -> hpc.wall_seconds [s]     adjusted for basis, kmesh, stage
-# The adjustment sets use the assigned factors (the label parts: in the quick
-# campaign rank 1 records no unit, so the measured count would be 1 everywhere);
-# the ranks reports' treatment is the measured rank count.  Every outcome is per
-# unit of work (one telemetry record): a denser k mesh adds units rather than
-# making them dearer, and an idle rank (rank 1 during the rank-0 SCF) is in no
-# record.  A step's totals are in OUTDIR/campaign.md, the whole campaign's in
+# The adjustment sets use the assigned factors (the label parts); the ranks
+# reports' treatment is the measured rank count (hpc.nranks: rank 1 records no
+# materials or dft unit, so counting the ranks that wrote records would
+# undercount).  Every outcome is per unit of work (one telemetry record): a
+# denser k mesh adds units rather than making them dearer, and an idle rank
+# (rank 1 during the rank-0 SCF) is in no record.  A step's totals are in OUTDIR/campaign.md, the whole campaign's in
 # OUTDIR/campaign_summary.{md,json} (`dmca-hpc collect`).
 #
 # Restart.  A step whose OUTDIR/<step>/campaign_step.txt holds exactly the
@@ -134,7 +137,8 @@ if [ "${CAMPAIGN_QUICK:-0}" = 1 ]; then
     KMESHES=${CAMPAIGN_KMESHES:-4x4x4}
     RANKS=${CAMPAIGN_RANKS:-1 2}
     STAGES=${CAMPAIGN_STAGES:-materials,dft}
-    # only rank 0 records materials and dft units, so no rank-count report
+    # the basis report only: the quick campaign checks the machinery, whose only
+    # records are rank 0's materials and dft units
     REPORTS=${CAMPAIGN_REPORTS:-basis}
 else
     BASES=${CAMPAIGN_BASES:-gth-szv gth-dzv}
@@ -209,14 +213,16 @@ for cell in "${STEPS[@]}"; do
         none)    launch=() ;;
         *) dmca_log "unknown launcher '$DMCA_LAUNCHER' (expected srun, mpiexec or none)"; exit 2 ;;
     esac
-    inrank=()
-    [ -n "${SLURM_JOB_ID:-}" ] && inrank=(env "SLURM_JOB_ID=$SLURM_JOB_ID.$step")
+    # the step's telemetry job id (header); kept out of $want so a step finished
+    # under one SLURM job is not rerun under another
+    jobid=${SLURM_JOB_ID:+$SLURM_JOB_ID.$step}
+    jobid=${jobid:-campaign-$step}
     dmca_log "step $step ($label) on $n rank(s) ..."
     echo "==== $(date '+%F %T') attempt on $n rank(s) (job ${SLURM_JOB_ID:-local})" >>"$log"
     t0=$SECONDS
     # appended: the log of an interrupted attempt stays beside the one that resumed it
-    dmca_run ${launch[@]+"${launch[@]}"} ${inrank[@]+"${inrank[@]}"} "${DMCA_HPC[@]}" "${args[@]}" \
-        >>"$log" 2>&1
+    dmca_run ${launch[@]+"${launch[@]}"} "${DMCA_HPC[@]}" "${args[@]}" \
+        --set "telemetry.job_id='$jobid'" >>"$log" 2>&1
     rc=$?
     case $rc in
         0)  printf '%s\n' "$want" >"$dir/campaign_step.txt"

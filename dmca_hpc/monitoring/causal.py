@@ -19,8 +19,13 @@ Variables (keys)
     ``physics.<field>`` and ``x_<name>`` extension fields.  Derived keys:
     ``intervention.<k>`` for every ``k=v`` part of an intervention label such
     as ``"basis=gth-szv,kmesh=4x4x4,ranks=2"`` (the campaign convention);
-    ``ranks`` = the number of distinct ``hpc.rank`` values of the record's
-    ``hpc.job_id`` (the rank count the run used); ``nkpts`` = the number of k
+    ``ranks`` = the rank count of the run that wrote the record: its
+    ``hpc.nranks`` (the communicator size, written by the pipeline since
+    that field exists) when the record carries it, else the number of
+    distinct ``hpc.rank`` values among the records of its ``hpc.job_id``
+    (older records; this undercounts a run whose higher ranks recorded no
+    unit, e.g. stages [materials, dft], where only rank 0 records, and needs
+    a job id per run); ``nkpts`` = the number of k
     points of ``physics.kpts``; ``failed`` = 1 for a failed unit, else 0.
     Aliases: ``cost`` = infra_cost_usd [USD], ``latency`` = latency_p95_ms
     [ms], ``throughput`` = qps [1/s].  A key that is not found as written is
@@ -150,13 +155,17 @@ def read_records(paths: Iterable[str | os.PathLike], key: bytes | None = None,
     info = {"invalid": reader.invalid_total,
             "unreadable": [f"{u['file']}: {u['reason']}" for u in reader.unreadable],
             "refused": reader.refusal_line(), "input": reader.input_summary()}
-    # ranks: distinct hpc.rank per job (what the run was given)
+    # ranks: the run's communicator size when recorded, else the distinct hpc.rank
+    # values of the job (what older records allow; module docstring)
     per_job: dict[str, set] = {}
     for r in rows:
         if "hpc.job_id" in r:
             per_job.setdefault(r["hpc.job_id"], set()).add(r.get("hpc.rank"))
     for r in rows:
-        if "hpc.job_id" in r:
+        n = r.get("hpc.nranks")
+        if type(n) is int and n >= 1:  # the reader validated it; bool is no int here
+            r["ranks"] = float(n)
+        elif "hpc.job_id" in r:
             r["ranks"] = float(len(per_job[r["hpc.job_id"]]))
     return rows, info
 

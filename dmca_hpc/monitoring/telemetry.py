@@ -5,12 +5,13 @@ Contract
     fields (domain, hypothesis, step, intervention, infra_cost_usd, qps,
     latency_p95_ms) are required, ``step`` as a label (our jobs) or a
     non-negative integer (the original DMCA records: ``"step": 1``); the
-    ``hpc`` block (job id, rank, stage, unit, wall/cpu/core seconds, peak
-    memory [MiB], status, error) and the ``physics`` block of the DMCA PySCF
-    guide (material, e_tot_hartree, band_gap_ev, kpts, q_scan_points,
-    wimp_sigma_cm2, axion_coupling, darkphoton_epsilon, form_factor_q0,
-    computation_time_sec) are optional, so records with only the core fields
-    (the DMCA README's own sample lines) stay valid.  The contract only ever
+    ``hpc`` block (job id, rank, communicator size ``nranks``, stage, unit,
+    wall/cpu/core seconds, peak memory [MiB], status, error) and the
+    ``physics`` block of the DMCA PySCF guide (material, e_tot_hartree,
+    band_gap_ev, kpts, q_scan_points, wimp_sigma_cm2, axion_coupling,
+    darkphoton_epsilon, form_factor_q0, computation_time_sec) are optional,
+    so records with only the core fields (the DMCA README's own sample
+    lines) stay valid.  The contract only ever
     grows by optional fields: a record valid once stays valid.  Every number
     is finite and fits a double (:data:`MAX_NUMBER`): a line with NaN,
     Infinity or an overflowing literal such as ``1e400`` is invalid (code
@@ -101,6 +102,7 @@ import binascii
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -353,7 +355,7 @@ _TOP = frozenset(("schema_version", "timestamp", "domain", "hypothesis", "step",
 _CORE_STR = ("domain", "hypothesis", "intervention")
 _CORE_NUM = ("infra_cost_usd", "qps", "latency_p95_ms")
 _HPC = frozenset(("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "core_seconds",
-                  "cores", "peak_memory_mb", "status", "error", "host", "run_id", "seq"))
+                  "cores", "peak_memory_mb", "status", "error", "host", "run_id", "seq", "nranks"))
 _HPC_REQ = ("job_id", "rank", "stage", "unit", "wall_seconds", "cpu_seconds", "peak_memory_mb", "status")
 _HPC_NUM = ("wall_seconds", "cpu_seconds", "peak_memory_mb")
 _STATUS = frozenset(("ok", "failed", "skipped"))
@@ -421,10 +423,11 @@ def quick_valid(rec: Any) -> bool:
             v = h["core_seconds"]
             if (type(v) is not float and type(v) is not int) or not 0 <= v <= _MAX:
                 return False
-        if "cores" in h:
-            v = h["cores"]
-            if type(v) is not int or v < 1:
-                return False
+        for k in ("cores", "nranks"):
+            if k in h:
+                v = h[k]
+                if type(v) is not int or v < 1:
+                    return False
         if "error" in h and h["error"] is not None and type(h["error"]) is not str:
             return False
         if "host" in h and type(h["host"]) is not str:
@@ -742,6 +745,10 @@ class Telemetry:
         rank: MPI rank of this process.
         job_id: job identifier (default: SLURM_JOB_ID, with _ARRAY_TASK_ID for
             array tasks, else ``"local"``).
+        nranks: size of the run's communicator [ranks], written as
+            ``hpc.nranks`` into every record (None: not written, as in
+            records of older writers); lets a reader know the rank count of
+            a run even when some ranks record no unit.
         price_per_core_hour_usd: price of one core-hour [USD]; cost of a unit =
             core-seconds / 3600 * price (module docstring).
         step, intervention: DMCA core fields copied into every record.
@@ -774,12 +781,19 @@ class Telemetry:
                  step: str = "run", intervention: str = "baseline", encrypt: bool = False,
                  key: bytes | None = None, cores: int | None = None, filename: str | None = None,
                  validate: str | None = None,
-                 stage_dmca: Mapping[str, tuple[str, str]] | None = None):
+                 stage_dmca: Mapping[str, tuple[str, str]] | None = None,
+                 nranks: int | None = None):
         self.dir = Path(directory)
         self.stage_dmca = dict(stage_dmca or {})
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = int(rank)
         self.job_id = str(job_id or _default_job_id())
+        self.nranks = None
+        if nranks is not None:
+            if not isinstance(nranks, numbers.Integral) or isinstance(nranks, bool) or nranks < 1:
+                raise ValueError(f"Telemetry nranks must be an integer >= 1 (the communicator size), "
+                                 f"got {nranks!r}")
+            self.nranks = int(nranks)
         self.price = float(price_per_core_hour_usd)
         if not (self.price >= 0 and math.isfinite(self.price)):
             raise ValueError(f"telemetry.price_per_core_hour_usd must be a finite number >= 0, got {price_per_core_hour_usd!r}")
@@ -826,12 +840,16 @@ class Telemetry:
     @classmethod
     def from_job(cls, section: Mapping[str, Any] | None, directory: str | os.PathLike, rank: int = 0,
                  job_id: str | None = None,
-                 stage_dmca: Mapping[str, tuple[str, str]] | None = None) -> "Telemetry":
+                 stage_dmca: Mapping[str, tuple[str, str]] | None = None,
+                 nranks: int | None = None) -> "Telemetry":
         """Build from the job file's ``telemetry:`` section
-        (config/schema/telemetry_job.schema.json; missing keys take defaults);
-        ``stage_dmca`` as in :class:`Telemetry`."""
+        (config/schema/telemetry_job.schema.json; missing keys take defaults).
+        The section's ``job_id``, when set (not null/empty), wins over the
+        ``job_id`` argument (the caller's default, e.g. the pipeline's
+        SLURM_JOB_ID or job name); ``stage_dmca``, ``nranks`` as in
+        :class:`Telemetry`."""
         s = dict(section or {})
-        return cls(directory, rank=rank, job_id=job_id,
+        return cls(directory, rank=rank, job_id=(s.get("job_id") or job_id), nranks=nranks,
                    price_per_core_hour_usd=s.get("price_per_core_hour_usd", DEFAULT_PRICE_PER_CORE_HOUR_USD),
                    step=s.get("step", "run"), intervention=s.get("intervention", "baseline"),
                    encrypt=bool(s.get("encrypt", False)), cores=(s.get("cores_per_rank") or None),
@@ -882,6 +900,7 @@ class Telemetry:
                 "cpu_seconds": cpu_s,
                 "core_seconds": core_s,
                 "cores": self.cores,
+                **({"nranks": self.nranks} if self.nranks is not None else {}),
                 "peak_memory_mb": peak_mem_mb,
                 "status": status,
                 "error": error,

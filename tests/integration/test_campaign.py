@@ -4,8 +4,10 @@
 x ranks {1, 2}, stages [materials, dft]: Si gth-szv/dzv on the quickstart's
 2x2x2 SCF mesh) under the package's ``mpiexec`` and then the basis report,
 ``dmca-hpc causal ... --treatment basis --outcome cost``.  Checked: every step
-carries its own intervention label and job id and ran on the rank count its
-label names; the report has an estimate with its interval and the three
+carries its own intervention label and the job id the script set
+(``--set telemetry.job_id``, recorded in the step's job.yaml), ran on the rank
+count its label names, and every record says that count (``hpc.nranks``, which
+``causal`` reads as ``ranks`` although only rank 0 records units here); the report has an estimate with its interval and the three
 refutations, and that estimate equals the difference of the mean cost per
 unit of the two bases computed here from the raw telemetry lines (the
 campaign is balanced, so the adjusted and the raw contrast coincide); a second
@@ -22,8 +24,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dmca_hpc.hpc.parallel import launched_by_mpi
+from dmca_hpc.monitoring.causal import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "jobs" / "campaign.sh"
@@ -78,12 +82,17 @@ def test_quick_campaign_reports_basis_effect_and_resumes(tmp_path):
         assert {r["intervention"] for r in recs} == {f"basis={basis},kmesh=4x4x4,ranks={nranks}"}
         assert {r["step"] for r in recs} == {step}
         ids = {r["hpc"]["job_id"] for r in recs}
-        assert len(ids) == 1, ids
+        assert ids == {f"campaign-{step}"}, ids  # the workstation's id (no SLURM_JOB_ID)
+        assert yaml.safe_load((d / "job.yaml").read_text())["telemetry"]["job_id"] == f"campaign-{step}"
         job_ids |= ids
-        # the launcher really started the rank count the label claims
+        # the launcher really started the rank count the label claims, and the records say so
         assert json.loads((d / "provenance.json").read_text())["nranks"] == nranks
+        assert {r["hpc"]["rank"] for r in recs} == {0}
+        assert {r["hpc"]["nranks"] for r in recs} == {nranks}
         cost[basis] += [r["infra_cost_usd"] for r in recs]
     assert len(job_ids) == len(STEPS), f"steps share a job id: {job_ids}"
+    rows, _ = read_records(sorted(out.glob("*/telemetry")))
+    assert {(r["intervention.ranks"], r["ranks"]) for r in rows} == {("1", 1.0), ("2", 2.0)}
 
     rep = json.loads((out / "causal_basis.json").read_text())
     assert rep["identifiable"] is True

@@ -184,6 +184,46 @@ def test_measured_unit_costs_replace_the_model(tmp_path):
     assert float(row.split()[3]) == pytest.approx(b.time_s / 3600, rel=0.01)
 
 
+def test_calibration_reads_telemetry_as_collect_does(tmp_path, monkeypatch):
+    """The calibration uses the records ``dmca-hpc collect`` counts: a replayed line
+    (a stream's seq read again) once, no plaintext line of an encrypted file, and
+    the stage filter still applies."""
+    import base64
+    job = load_job(ROOT / "jobs" / "quickstart.yaml")
+    out = tmp_path / "out"
+    write_bands_telemetry(out / "telemetry", wall_s=10.0)
+    want = by_label(pf.estimate_job(job, run_dir=out))["Si/bands"]
+    assert want.how == "measured, 31 units"
+    rank0 = out / "telemetry" / "rank-00000.jsonl"
+    lines = rank0.read_bytes().splitlines(keepends=True)
+    rank0.write_bytes(b"".join(lines + lines[:10]))  # 10 lines replayed
+    got = by_label(pf.estimate_job(job, run_dir=out))["Si/bands"]
+    assert (got.how, got.time_s) == (want.how, want.time_s)
+    assert len(pf.read_unit_records(out / "telemetry")["bands"]) == 32  # 31 units + the merge
+    assert pf.read_unit_records(out / "telemetry", stage="dft") == {}
+
+    # encrypted telemetry with plaintext lines appended: 20 units of 1000 s, unauthenticated
+    from dmca_hpc.monitoring.telemetry import Telemetry
+    from dmca_hpc.stages.registry import STAGE_DMCA
+    key = bytes(range(32))
+    monkeypatch.setenv("DMCA_TELEMETRY_KEY", base64.b64encode(key).decode())
+    enc = tmp_path / "enc"
+    t = Telemetry(enc / "telemetry", rank=0, job_id="q", key=key, stage_dmca=STAGE_DMCA)
+    for i in range(31):
+        t.record("bands", f"Si:mesh:{4 * i}-{4 * i + 4}", "ok", 10.0, 10.0, 150.0,
+                 physics={"material": "Si", "kpts": 4})
+    forged = Telemetry(enc / "telemetry", rank=0, job_id="q", stage_dmca=STAGE_DMCA)
+    for i in range(20):
+        forged.record("bands", f"Si:mesh:{4 * i}-{4 * i + 4}", "ok", 1000.0, 1000.0, 150.0,
+                      physics={"material": "Si", "kpts": 4})
+    ejob = {**job, "telemetry": {**(job.get("telemetry") or {}), "encrypt": True}}
+    recs = pf.read_unit_records(enc / "telemetry", key)["bands"]
+    assert len(recs) == 31 and {r["wall_s"] for r in recs} == {10.0}
+    e = by_label(pf.estimate_job(ejob, run_dir=enc))["Si/bands"]
+    # the same 31 units of 4 k at 10 s: the same calibration (the forged ones would raise it ~60x)
+    assert e.how == "measured, 31 units" and e.time_s == pytest.approx(want.time_s, rel=1e-9)
+
+
 def unit_model_s():
     """Model seconds of one quickstart bands unit (4 k of Si gth-szv at 10 hartree)."""
     from dmca_hpc.electronic.bands import time_per_k

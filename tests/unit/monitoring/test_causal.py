@@ -120,6 +120,39 @@ def test_numeric_treatment_rank_count_from_the_records(tmp_path):
     assert got["2"] == pytest.approx(-250.0, abs=30) and got["4"] == pytest.approx(-750.0, abs=30)
 
 
+def test_ranks_from_hpc_nranks_when_only_rank_0_records(tmp_path):
+    """Records that carry hpc.nranks (the communicator size the pipeline writes)
+    give ``ranks`` from it, also for a run where only rank 0 recorded units (stages
+    [materials, dft]); records without it (older writers) keep the derivation from
+    the distinct hpc.rank values of the job, which sees 1 rank there."""
+    rng = np.random.default_rng(12)
+    new, old = [], []
+    for nr in (1, 2, 4):
+        for i in range(40):
+            wall = 2.0 - 0.25 * nr + rng.normal(0, 0.05)
+            rec = _rec(f"step-r{nr}", 0, f"u{i}", wall, wall * 1e-5, f"ranks={nr}", [4, 4, 4],
+                       1.7e9 + nr * 1000 + i, stage="dft")
+            old.append(rec)
+            rec = json.loads(json.dumps(rec))
+            rec["hpc"]["nranks"] = nr
+            T.validate_record(rec)
+            new.append(rec)
+    rows, info = K.read_records([_write(tmp_path / "new.jsonl", new)])
+    assert info["invalid"] == 0 and len(rows) == 120
+    assert [r["ranks"] for r in rows] == [float(r["hpc"]["nranks"]) for r in new]
+    e, = K.estimate(rows, "ranks", "hpc.wall_seconds", seed=1)["effects"]
+    assert e["ci95"][0] <= -0.25 <= e["ci95"][1]
+    # without hpc.nranks the same records say 1 rank everywhere: ranks is one level
+    rows_old, _ = K.read_records([_write(tmp_path / "old.jsonl", old)])
+    assert {r["ranks"] for r in rows_old} == {1.0}
+    with pytest.raises(K.CausalInputError, match="takes a single value"):
+        K.estimate(rows_old, "ranks", "hpc.wall_seconds", seed=1)
+    # an old job whose two ranks both recorded: derived 2, beside a new job's recorded 4
+    two = [_rec("old2", i % 2, f"o{i}", 1.0, 1e-5, "ranks=2", [4, 4, 4], 1.8e9 + i) for i in range(4)]
+    rows_mix, _ = K.read_records([_write(tmp_path / "mix.jsonl", two + new[-4:])])
+    assert [r["ranks"] for r in rows_mix] == [2.0] * 4 + [4.0] * 4
+
+
 def _collinear(path):
     rng = np.random.default_rng(2)
     recs = []

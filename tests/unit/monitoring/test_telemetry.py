@@ -114,7 +114,7 @@ def test_old_style_records_validate():
 BASE = {"schema_version": 2, "timestamp": 1.7e9, "domain": "dm-electron", "hypothesis": "none", "step": "run",
         "intervention": "baseline", "infra_cost_usd": 1e-5, "qps": 2.0, "latency_p95_ms": 500.0,
         "hpc": {"job_id": "7", "rank": 0, "stage": "bands", "unit": "k1", "wall_seconds": 0.5,
-                "cpu_seconds": 0.4, "core_seconds": 0.5, "cores": 1, "peak_memory_mb": 100.0,
+                "cpu_seconds": 0.4, "core_seconds": 0.5, "cores": 1, "nranks": 2, "peak_memory_mb": 100.0,
                 "status": "ok", "error": None, "host": "n1", "run_id": "00ff00ff00ff00ff", "seq": 3},
         "physics": dict(PHYSICS_FULL)}
 
@@ -144,6 +144,8 @@ def _mut(path, value=None, delete=False):
     (("hpc", "seq"), -1, False, "hpc.seq"),
     (("hpc", "seq"), None, True, "'seq' is a dependency of 'run_id'"),
     (("hpc", "run_id"), "a:b", False, "hpc.run_id"),
+    (("hpc", "nranks"), 0, False, "hpc.nranks"),
+    (("hpc", "nranks"), "2", False, "hpc.nranks"),
     (("physics", "band_gap_ev"), -0.2, False, "physics.band_gap_ev"),
     (("physics", "kpts"), [4, 4], False, "physics.kpts"),
     (("physics", "material"), 14, False, "physics.material"),
@@ -245,6 +247,46 @@ def test_from_job_uses_section_and_schema_defaults(tmp_path, monkeypatch):
     tel = T.Telemetry.from_job({**defaults, "encrypt": True, "cores_per_rank": 8, "shared_file": "all.jsonl",
                                 "price_per_core_hour_usd": 0.1}, tmp_path, rank=1)
     assert (tel.price, tel.cores, tel.key, tel.path.name) == (0.1, 8, _key(), "all.jsonl")
+
+
+def test_job_id_from_the_job_key_wins_over_the_callers_default(tmp_path):
+    """telemetry.job_id (the job key) is the records' hpc.job_id when set; null
+    (its default) leaves the caller's job id (the pipeline's SLURM_JOB_ID or job
+    name), and without either the writer's own default."""
+    assert T.Telemetry.from_job({"job_id": "camp.7"}, tmp_path, job_id="fallback").job_id == "camp.7"
+    assert T.Telemetry.from_job({"job_id": None}, tmp_path, job_id="fallback").job_id == "fallback"
+    assert T.Telemetry.from_job({}, tmp_path, job_id="fallback").job_id == "fallback"
+    rec = T.Telemetry.from_job({"job_id": "camp.7"}, tmp_path / "j").record("dft", "Si", "ok", 1.0, 1.0, 10.0)
+    assert rec["hpc"]["job_id"] == "camp.7" and T.record_error(rec) is None
+
+
+# ------------------------------------------------------------------ hpc.nranks
+
+def test_nranks_written_into_every_record_and_validated(tmp_path):
+    """``nranks=`` (the communicator size) is written as hpc.nranks into every record,
+    also of a rank that is not 0, valid under the schema and the fast path; without
+    it the record carries none (as older writers' records)."""
+    tel = T.Telemetry(tmp_path, rank=1, job_id="j", nranks=4, validate="raise", stage_dmca=STAGE_DMCA)
+    recs = [tel.record("bands", f"Si:mesh:{i}", "ok", 0.5, 0.5, 100.0) for i in range(3)]
+    recs.append(tel.record_result("formfactor", run_unit(lambda u: u, 0, 1, rank=1)))
+    written = [json.loads(line) for line in _lines(tel.path)]
+    assert written == recs and [r["hpc"]["nranks"] for r in written] == [4] * 4
+    for r in written:
+        assert VALIDATOR.is_valid(r), list(VALIDATOR.iter_errors(r))
+        assert T.quick_valid(r)
+    old = T.Telemetry(tmp_path, filename="old.jsonl", validate="raise").record("dft", "Si", "ok", 1, 1, 1)
+    assert "nranks" not in old["hpc"] and VALIDATOR.is_valid(old)
+    mf = T.Telemetry.from_job({}, tmp_path / "mf", nranks=2).record("dft", "Si", "ok", 1, 1, 1)
+    assert mf["hpc"]["nranks"] == 2
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="nranks must be an integer >= 1"):
+            T.Telemetry(tmp_path, nranks=bad)
+    # the schema and the fast path refuse what the writer refuses
+    for bad in (0, -1, 1.5, "2", True, None):
+        rec = copy.deepcopy(BASE)
+        rec["hpc"]["nranks"] = bad
+        assert not VALIDATOR.is_valid(rec) and not T.quick_valid(rec), bad
+        assert "hpc.nranks" in T.record_error(rec), bad
 
 
 # ------------------------------------------------------------------ encryption
