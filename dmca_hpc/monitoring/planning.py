@@ -124,10 +124,12 @@ def measure(paths: Iterable[str | os.PathLike], key: bytes | None = None,
     t0 = min(s["t0"] for s in stages.values())
     t1 = max(s["t1"] for s in stages.values())
     ranks = {r["hpc"]["rank"] for r in recs}
+    # hpc.nranks (the communicator size) also counts ranks that wrote no record
+    nranks = max([len(ranks)] + [int(r["hpc"]["nranks"]) for r in recs if "nranks" in r["hpc"]])
     return {"stages": out_st, "order": order, "serial_between_s": max((t1 - t0) - covered, 0.0),
             "cores": max(cores) if cores else 1,
             "price_per_core_hour_usd": (cost / core_s * 3600.0) if core_s > 0 else 0.0,
-            "measured_ranks": len(ranks), "measured_makespan_s": t1 - t0, "records": len(recs),
+            "measured_ranks": nranks, "measured_makespan_s": t1 - t0, "records": len(recs),
             "telemetry_input": read}
 
 
