@@ -44,20 +44,70 @@ def test_rates_material_si_from_a_fresh_install():
 
 
 @pytest.mark.parametrize("mass_mev", [5.0, 10.0])
-def test_shipped_ge_matches_qcdark_at_low_mass(qcdark_ge, mass_mev):
+def test_gth_ge_matches_qcdark_at_low_mass(qcdark_ge, mass_mev):
     # Low-mass DM (E_max = m v_max^2 / 2 ~ 18-36 eV, q <~ 2 alpha m_e) probes
     # only the 4s4p valence band, which both tables describe with PBE and a
     # 0.67 eV scissor: QCDark's Ge table (shared/reference; all-electron-like
-    # basis with the 3d shell) and ours (GTH q4, no 3d) must agree there.
+    # basis with the 3d shell) and the GTH one (q4, no 3d) must agree there.
     # Tolerance 5%: the two differ in basis and pseudopotential (PBE band
     # energies of Ge differ by ~0.1 eV between such setups); measured 1.5%.
     # Above ~30 MeV they part (3d shell, high q): README "Shipped tables".
     from dmca_hpc.detection.rates import electron_rates
-    if not any(p.stem == "Ge" for p in SHIPPED):
-        pytest.skip("no shipped Ge table")
-    ours = electron_rates(table_for_material("Ge"), [mass_mev * 1e6]).total[0]
+    if not any(p.stem == "Ge_gth" for p in SHIPPED):
+        pytest.skip("no shipped GTH Ge table")
+    ours = electron_rates(table_for_material("Ge_gth"), [mass_mev * 1e6]).total[0]
     ref = electron_rates(qcdark_ge, [mass_mev * 1e6]).total[0]
     assert ours == pytest.approx(ref, rel=0.05)
+
+
+def _ge_ratios(qcdark_ge, name, mass_mev, fdm):
+    from dmca_hpc.detection.rates import electron_rates
+    a = electron_rates(table_for_material(name), [mass_mev * 1e6], fdm=fdm)
+    r = electron_rates(qcdark_ge, [mass_mev * 1e6], fdm=fdm)
+    return a.total[0] / r.total[0], a.dr_dq[0, :5] / np.where(r.dr_dq[0, :5] > 0, r.dr_dq[0, :5], np.nan)
+
+
+def test_shipped_ge_is_all_electron_with_the_3d_shell(qcdark_ge):
+    """Ge.hdf5 comes from jobs/ge_ae_reference.yaml (all-electron def2-SVP with
+    the 3d shell, PBE, analytic route; complete to 34.9 eV above the VBM);
+    Ge_gth.hdf5 is the earlier GTH q4 table (3d in the core).  Against QCDark's
+    table (def2-TZVP, PBE0), same engine: where the GTH table loses 2-5x of the
+    heavy-mediator rate above 30 MeV (the 3d shell), the all-electron one is
+    within a factor 1.6 at every mass, both mediators; its light-mediator totals
+    are 1.2x (see the strict xfail below for the 20% criterion)."""
+    from dmca_hpc.detection.rates import electron_rates
+    t = read_table(table_for_material("Ge"))
+    m = t.metadata
+    assert m["all_electron"] is True and m["route"] == "analytic" and m["basis"] == "def2-svp"
+    assert m["e_complete_ev"] == pytest.approx(34.90, abs=0.01) and t.gap_ev == pytest.approx(0.67)
+    assert not np.isnan(t.f2).any() and (t.f2 >= 0).all()
+    for fdm in ("heavy", "light"):
+        for mass in (3, 10, 30, 100, 1000, 10000):
+            ae, _ = _ge_ratios(qcdark_ge, "Ge", mass, fdm)
+            assert 1 / 1.6 < ae < 1.6, (fdm, mass, ae)
+            if fdm == "heavy" and mass >= 30:
+                gth, _ = _ge_ratios(qcdark_ge, "Ge_gth", mass, fdm)
+                assert abs(np.log(ae)) < abs(np.log(gth)), (mass, ae, gth)
+    heavy = electron_rates(t, [10e6, 1e9], fdm="heavy").total
+    light = electron_rates(t, [10e6, 1e9], fdm="light").total
+    # regression to 5 digits: this table through this engine (shm-2021, 1e-39 cm^2)
+    assert heavy == pytest.approx([476.558, 63.0646], rel=1e-5)
+    assert light == pytest.approx([170.235, 2.50233], rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 14's criterion (total and Q = 1..5 within 20% of QCDark at 3-10000 MeV, both "
+    "mediators) is missed by the PBE/def2-SVP table: Q = 1, 2 are 1.20-1.26x at every mass "
+    "(def2-SVP leaves PBE Ge a 0.54 eV gap where a converged basis closes it: a different "
+    "band shape near the gap), and heavy totals above 30 MeV are 1.43-1.51x because PBE puts "
+    "the 3d band at -25.5 eV, shallower than QCDark's PBE0 (Q = 9, 10 at 1 GeV: 4.3x, 17x). "
+    "PBE0 and def2-TZVP are the cure; neither fits the session budget yet"))
+def test_shipped_ge_within_20_percent_of_qcdark(qcdark_ge):
+    for fdm in ("heavy", "light"):
+        for mass in (3, 10, 30, 100, 1000, 10000):
+            tot, qs = _ge_ratios(qcdark_ge, "Ge", mass, fdm)
+            assert abs(tot - 1) <= 0.2, (fdm, mass, tot)
+            assert np.nanmax(np.abs(qs - 1)) <= 0.2, (fdm, mass, qs)
 
 
 def test_material_aliases_find_the_shipped_table():

@@ -99,7 +99,7 @@ def test_printed_rate_is_the_engines(capsys, shipped):
     want = _rate(shipped["Ge"], 10.0)
     assert f"rate {want:.4g} events/kg/year" in ge
     assert f"reach {MU90 * 1e-39 / want:.3g} cm^2" in ge
-    assert "table Ge.hdf5: GTH pseudopotential (gth-dzvp), complete to E = " in text
+    assert "table Ge.hdf5: all-electron (def2-svp), complete to E = " in text
 
 
 def test_below_every_gap_nothing_is_viable(capsys):
