@@ -71,6 +71,25 @@ def mpiexec():
     return str(cand) if cand.exists() else shutil.which("mpiexec")
 
 
+def require_mpiexec():
+    """:func:`mpiexec`, or skip the test with the reason."""
+    exe = mpiexec()
+    if exe is None:
+        pytest.skip("mpiexec not found (pip install '.[mpi]')")
+    return exe
+
+
+def launcher_env():
+    """Environment for a test that starts its own mpiexec: no inherited MPI/PMI
+    variables (pytest itself may run under a launcher), one thread per rank,
+    the Agg backend, and the package's own MPI detection."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCALRANKID"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.pop("DMCA_HPC_MPI", None)
+    return env
+
+
 def run_cli(*args, env=None, cwd=None, timeout=600, mpi=0):
     """Run ``dmca-hpc`` in a subprocess (optionally under mpiexec -n mpi)."""
     cmd = [sys.executable, "-m", "dmca_hpc.cli.main", *map(str, args)]

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from dmca_hpc.cli.export import add_plaintext_arguments
+from dmca_hpc.cli.collect import add_plaintext_arguments
 
 PROG = "dmca-hpc causal"
 

@@ -21,6 +21,20 @@ from pathlib import Path
 from dmca_hpc.monitoring.collector import FTI_WARN as FTI_GATE
 
 
+def add_plaintext_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--require-encrypted`` / ``--allow-plaintext`` (mutually exclusive), the
+    collector's plaintext policy (collect, export, causal, plan); both set
+    ``args.require_encrypted`` (None when neither is given: refuse plaintext
+    when a key is given)."""
+    plain = parser.add_mutually_exclusive_group()
+    plain.add_argument("--require-encrypted", action="store_true", default=None,
+                       help="refuse every plaintext line, also without a key (default when a key is given)")
+    plain.add_argument("--allow-plaintext", dest="require_encrypted", action="store_false",
+                       default=argparse.SUPPRESS,  # the dest's default is --require-encrypted's None
+                       help="with a key given, still read plaintext lines of files that hold no encrypted "
+                            "line (plaintext in an encrypted file is always refused)")
+
+
 def add_key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-env", default=None, metavar="VAR",
                         help="environment variable with the AES key (base64 of 32 bytes; default DMCA_TELEMETRY_KEY)")
@@ -94,13 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or foreign line")
     add_report_arguments(parser)
     add_key_argument(parser)
-    plain = parser.add_mutually_exclusive_group()
-    plain.add_argument("--require-encrypted", action="store_true", default=None,
-                       help="refuse every plaintext line, also without a key (default when a key is given)")
-    plain.add_argument("--allow-plaintext", dest="require_encrypted", action="store_false",
-                       default=argparse.SUPPRESS,  # the dest's default is --require-encrypted's None
-                       help="with a key given, still count plaintext lines of files that hold no encrypted "
-                            "line (plaintext in an encrypted file is always refused)")
+    add_plaintext_arguments(parser)
     parser.add_argument("--max-list", type=int, default=1000,
                         help="keep at most this many failed units / invalid lines / integrity issues / DMCA rows "
                              "in the lists (default 1000)")

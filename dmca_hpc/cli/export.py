@@ -14,23 +14,10 @@ import signal
 import sys
 import threading
 
-from dmca_hpc.cli.collect import add_key_argument, add_report_arguments, lambda_params, read_key
+from dmca_hpc.cli.collect import (add_key_argument, add_plaintext_arguments, add_report_arguments,
+                                  lambda_params, read_key)
 # the exporter module imports only the standard library at top level: --help stays fast
 from dmca_hpc.monitoring.exporter import DEFAULT_PORT
-
-
-def add_plaintext_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--require-encrypted`` / ``--allow-plaintext`` (mutually exclusive), the
-    collector's plaintext policy as ``dmca-hpc collect`` takes it; both set
-    ``args.require_encrypted`` (None when neither is given: refuse plaintext
-    when a key is given)."""
-    plain = parser.add_mutually_exclusive_group()
-    plain.add_argument("--require-encrypted", action="store_true", default=None,
-                       help="refuse every plaintext line, also without a key (default when a key is given)")
-    plain.add_argument("--allow-plaintext", dest="require_encrypted", action="store_false",
-                       default=argparse.SUPPRESS,  # the dest's default is --require-encrypted's None
-                       help="with a key given, still read plaintext lines of files that hold no encrypted "
-                            "line (plaintext in an encrypted file is always refused)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

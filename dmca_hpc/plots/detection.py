@@ -93,6 +93,17 @@ def _reach_caption(rc) -> str:
             f"Q in [{i['q_threshold']}, {q_max}], halo {_halo_name(i.get('halo'))}")
 
 
+def _finish_reach(fig, ax, lines, path) -> Path:
+    """Caption lines as the title, legend, save to ``path`` (PNG, 100 dpi), close."""
+    import matplotlib.pyplot as plt
+    ax.set_title("\n".join(lines), fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_reach(path, curves: dict, bands=None, title: str = "") -> Path:
     """Reach curves (log-log) with optional 68%/95% bands (matplotlib Agg).
 
@@ -134,12 +145,7 @@ def plot_reach(path, curves: dict, bands=None, title: str = "") -> Path:
                      + (f" over {bi['n_tables']} tables" if bi.get("n_tables", 1) > 1 else ""))
     else:
         lines.append("no uncertainty bands (uncertainty samples = 0)")
-    ax.set_title("\n".join(lines), fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _finish_reach(fig, ax, lines, path)
 
 
 def plot_absorption(res: dict, path, material: str = "", gap_ev: float | None = None,
@@ -274,9 +280,4 @@ def plot_reach_targets(path, curves: dict, bands: dict | None = None, title: str
                      "target, a target's tables pooled (DFT systematic)")
     else:
         lines.append("no uncertainty bands (uncertainty samples = 0)")
-    ax.set_title("\n".join(lines), fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _finish_reach(fig, ax, lines, path)

@@ -33,6 +33,7 @@ from dmca_hpc.hpc.parallel import launched_by_mpi
 from dmca_hpc.pipeline import make_context
 from dmca_hpc.stages import dft as dft_stage
 from dmca_hpc.stages import bands as bands_stage
+from conftest import launcher_env, require_mpiexec
 
 ARGS = ["Si", "--basis", "gth-szv", "--ke-cutoff-hartree", "10", "--dense-kmesh", "4", "4", "4",
         "--chunk-size", "2", "--band-path-npoints", "0", "--no-plots"]
@@ -42,29 +43,13 @@ subprocess_only = pytest.mark.skipif(launched_by_mpi(),
                                      reason="starts its own mpiexec; run with plain pytest")
 
 
-def _mpiexec():
-    cand = Path(sys.executable).parent / "mpiexec"
-    exe = str(cand) if cand.exists() else shutil.which("mpiexec")
-    if exe is None:
-        pytest.skip("mpiexec not found (pip install '.[mpi]')")
-    return exe
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCALRANKID"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.pop("DMCA_HPC_MPI", None)
-    return env
-
-
 def _cmd(out, nranks):
     cmd = [sys.executable, "-m", "dmca_hpc.cli.main", "dft", *ARGS, "--out", str(out)]
-    return [_mpiexec(), "-n", str(nranks), *cmd] if nranks > 1 else cmd
+    return [require_mpiexec(), "-n", str(nranks), *cmd] if nranks > 1 else cmd
 
 
 def _run(out, nranks, timeout=300):
-    r = subprocess.run(_cmd(out, nranks), env=_env(), capture_output=True, text=True,
+    r = subprocess.run(_cmd(out, nranks), env=launcher_env(), capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -98,7 +83,7 @@ def reference(tmp_path_factory):
 
 def _start_and_kill(reference, out, nranks, min_done=3):
     shutil.copytree(reference / "dft", out / "dft")  # same inputs: the SCF is reused
-    p = subprocess.Popen(_cmd(out, nranks), env=_env(), stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(_cmd(out, nranks), env=launcher_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.time()
     try:

@@ -21,7 +21,6 @@ Size: Si gth-szv, SCF on 4x4x4 (slow enough per cycle to kill in the middle),
 bands and form factor on 4x4x4, rates with a 10-mass reach curve from 0.5 MeV.
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 import pytest
 
 from dmca_hpc.hpc.parallel import launched_by_mpi
+from conftest import launcher_env, require_mpiexec
 
 pytestmark = pytest.mark.skipif(launched_by_mpi(), reason="starts its own mpiexec; run with plain pytest")
 
@@ -43,29 +43,13 @@ SETS = ["--set", "stages=[materials,dft,bands,formfactor,rates]",
         "--set", "bands.plots=false", "--set", "formfactor.plot=false"]
 
 
-def _mpiexec():
-    cand = Path(sys.executable).parent / "mpiexec"
-    exe = str(cand) if cand.exists() else shutil.which("mpiexec")
-    if exe is None:
-        pytest.skip("mpiexec not found (pip install '.[mpi]')")
-    return exe
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCALRANKID"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.pop("DMCA_HPC_MPI", None)
-    return env
-
-
 def _cmd(out):
-    return [_mpiexec(), "-n", "2", sys.executable, "-m", "dmca_hpc.cli.main", "run",
+    return [require_mpiexec(), "-n", "2", sys.executable, "-m", "dmca_hpc.cli.main", "run",
             str(ROOT / "jobs" / "quickstart.yaml"), "--out", str(out), *SETS]
 
 
 def _run(out):
-    r = subprocess.run(_cmd(out), env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_cmd(out), env=launcher_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -89,7 +73,7 @@ def test_kill9_during_scf_then_resume_moves_no_reported_number(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     _run(ref)
     log = cut / "Si" / "dft" / "pyscf_scf.log"
-    p = subprocess.Popen(_cmd(cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    p = subprocess.Popen(_cmd(cut), env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          start_new_session=True)
     t0 = time.time()
     try:
