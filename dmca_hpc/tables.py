@@ -103,7 +103,8 @@ class FormFactorTable:
             bin of ``f2`` (absolute, dimensionless like f2), e.g. of an
             exciton correction (:func:`read_exciton_h5`).  Kept with the
             table (and written as ``results/f2_sigma``); the rate engine
-            uses ``f2`` only.
+            uses ``f2`` only, reach's uncertainty bands draw it
+            (:func:`dmca_hpc.detection.reach.draw_table`).
     """
 
     f2: np.ndarray

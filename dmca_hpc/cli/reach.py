@@ -41,7 +41,9 @@ def add_arguments(parser):
     parser.add_argument("--uncertainty", type=int, default=20,
                         help="number of halo Monte Carlo samples for the 68/95%% bands, one band "
                              "per target (0: none; 20 add about 10 s for 50 masses per target "
-                             "on a shipped table)")
+                             "on a shipped table); a table with its own per-bin 1-sigma "
+                             "(f2_sigma, an exciton table's 'uncertainty') is drawn too, fully "
+                             "correlated over bins")
     parser.add_argument("--seed", type=int, default=12345, help="Monte Carlo seed")
     parser.add_argument("--out", default=None, help="write reach.h5 and reach.png to this directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -131,6 +133,9 @@ def run_cli(args) -> int:
                 e["bands_sigma_cm2"] = band_json(b)
                 e["bands_nominal"] = band_of[lab]
                 e["bands_tables"] = [str(paths[i]) for i in groups[band_of[lab]]]
+                if _sigma_description(b):
+                    e["bands_description"] = _sigma_description(b)
+                    e["bands_table_sigma"] = b.inputs["table_sigma"]
             per.append(e)
         out = {"mass_mev": list(rc.masses_ev / U.MEV_EV), "sigma_cm2": fin(rc.sigma_cm2),
                "inputs": rc.inputs, "notes": rc.notes, "wall_seconds": wall, "files": files,
@@ -141,6 +146,8 @@ def run_cli(args) -> int:
                                    "sigma_cm2 / bands_sigma_cm2 are the first table's"}}
         if bands.get(labels[0]) is not None:
             out["bands_sigma_cm2"] = band_json(bands[labels[0]])
+            if _sigma_description(bands[labels[0]]):
+                out["bands_description"] = _sigma_description(bands[labels[0]])
         print(json.dumps(out, indent=1, default=str))
         return 0
     many = len(curves) > 1
@@ -155,6 +162,8 @@ def run_cli(args) -> int:
             print(lab + (f"  (bands: halo Monte Carlo and the {len(pooled)} {tabs[pooled[0]].material} "
                          "tables given, the DFT systematic)" if b is not None and len(pooled) > 1 else "")
                   + (f"  (bands: see {band_of[lab]})" if bands and b is None else ""))
+        if b is not None and _sigma_description(b):
+            print(f"  bands: {_sigma_description(b)}")
         hdr = "  m_chi [MeV]    sigma_e [cm^2]"
         if b is not None:
             hdr += "    68% band              95% band"
@@ -170,6 +179,21 @@ def run_cli(args) -> int:
     for k, v in files.items():
         print(f"  wrote {k}: {v}")
     return 0
+
+
+def _sigma_description(b) -> str:
+    """What a band drew beyond the halo (and pooled tables) when a table's
+    own f2_sigma went in; "" otherwise (bands of tables without f2_sigma
+    print as they always did)."""
+    ts = b.inputs.get("table_sigma")
+    if not ts:
+        return ""
+    n, k = b.inputs.get("n_tables", 1), ts["n_tables_with_sigma"]
+    which = "the table's" if n == 1 else f"{k} of the {n} pooled tables'"
+    return (f"halo Monte Carlo ({b.inputs['n_samples']} samples, seed {b.inputs['seed']}) "
+            f"including {which} own per-bin 1-sigma (f2_sigma), drawn as f2 (1 + z f2_sigma/f2) "
+            "with one standard normal z per sample shared by all bins (fully correlated), "
+            "clipped at 0")
 
 
 def _unique_paths(paths) -> tuple[list, list]:

@@ -15,6 +15,10 @@
   two or more tables of the same material (the DFT systematic: each sample
   draws one table uniformly); 2.5/16/50/84/97.5 percentiles give the 68% and
   95% bands of dR/dQ and of the reach.  Fixed seed -> identical bands.
+  A table carrying its own per-bin 1-sigma (``FormFactorTable.f2_sigma``,
+  e.g. the ``uncertainty`` of an exciton table) is also drawn, per sample,
+  as max(0, f2 + z f2_sigma) = max(0, f2 (1 + (f2_sigma/f2) z)) with one
+  standard normal z per sample shared by every bin (:func:`draw_table`).
 
 Units: masses in eV internally (MeV in files and on the command line),
 cross sections in cm^2, exposure in kg-year, rates in events/kg/year.
@@ -180,6 +184,33 @@ def sample_halos(base, n: int, seed: int, spreads: dict | None = None) -> list:
     return out
 
 
+#: sub-stream of the run seed for the table-sigma draws (``seed`` itself
+#: draws the halos, ``[seed, 1]`` the pooled table)
+TABLE_SIGMA_STREAM = 2
+#: how :func:`draw_table` uses f2_sigma (stored in Bands.inputs and printed)
+TABLE_SIGMA_MODEL = ("f2 * (1 + (f2_sigma/f2) * z), z ~ N(0, 1) one per sample shared by all "
+                     "bins (fully correlated), clipped at 0")
+
+
+def draw_table(table, z: float):
+    """``table`` with f2 moved by ``z`` of its own 1-sigma, bin by bin:
+    max(0, f2 + z * f2_sigma), i.e. f2 * (1 + (f2_sigma/f2) * z) written so
+    that a bin with f2 = 0 and f2_sigma > 0 is defined.
+
+    One ``z`` for every bin (fully correlated): the file gives each bin's
+    sigma but not how bins correlate, and for a systematic (an exciton
+    correction's screening model, k mesh, band count moves the whole table
+    together) full correlation is the conservative choice: independent bins
+    would average out in the sum over bins a rate makes.  Negative draws are
+    clipped at 0 (|f|^2 >= 0).  A table without ``f2_sigma`` is returned
+    as is.  Dimensionless, like f2."""
+    import dataclasses
+    if table.f2_sigma is None:
+        return table
+    f2 = np.maximum(table.f2 + float(z) * table.f2_sigma, 0.0)
+    return dataclasses.replace(table, f2=f2)
+
+
 @dataclass
 class Bands:
     """Percentile bands (``PERCENTILES``) over Monte Carlo samples.
@@ -190,7 +221,9 @@ class Bands:
         sigma_cm2: [5, nm] percentiles of the reach [cm^2].
         samples_sigma_cm2: [ns, nm] every sample's reach.
         nominal: the :class:`Reach` of the nominal halo and first table.
-        inputs: dict (seed, n_samples, spreads, tables).
+        inputs: dict (seed, n_samples, spreads, tables; ``table_sigma``
+            only when a table's own f2_sigma was drawn: model, stream seed,
+            the tables that carried one).
     """
 
     masses_ev: np.ndarray
@@ -206,13 +239,21 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
                       fdm: str = "heavy", q_threshold: int = 1, q_max: int | None = None,
                       n_events: float | None = None, observed_counts=None, cl: float = 0.95,
                       mode: str = "combined", gap_ev=None, pair_energy_ev=None,
-                      screening=None, comm=None) -> Bands:
+                      screening=None, comm=None, table_sigma: bool = True) -> Bands:
     """68%/95% bands of dR/dQ and reach over halo parameters and tables.
 
     ``tables_``: one table (halo uncertainty only) or a list of >= 2 tables
-    of the same material (adds the DFT systematic).  Samples can be spread
-    over MPI ranks with ``comm`` (results are identical for any rank count:
-    each sample's parameters are drawn up front from ``seed``)."""
+    of the same material (adds the DFT systematic).  A table with its own
+    per-bin 1-sigma (``f2_sigma``) is, with ``table_sigma`` (default), also
+    drawn in every sample by :func:`draw_table`: one standard normal z per
+    sample, shared by all bins (fully correlated, the conservative choice
+    when the file gives no bin correlations), from the stream
+    ``[seed, TABLE_SIGMA_STREAM]``; ``inputs['table_sigma']`` then says so.
+    Without f2_sigma nothing is drawn and the bands are the halo (and
+    pooled-table) bands alone.  The nominal curve is the first table's f2.
+    Samples can be spread over MPI ranks with ``comm`` (results are
+    identical for any rank count: each sample's parameters are drawn up
+    front from ``seed``)."""
     from dmca_hpc.tables import load
     from dmca_hpc.detection.rates import electron_rates
     from dmca_hpc.detection.halo import get_halo
@@ -228,6 +269,10 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
     halos = sample_halos(halo, n_samples, seed, spreads)
     rng = np.random.default_rng([seed, 1])
     which = rng.integers(0, len(tabs), size=n_samples) if len(tabs) > 1 else np.zeros(n_samples, int)
+    with_sigma = [i for i, t in enumerate(tabs) if t.f2_sigma is not None] if table_sigma else []
+    # a stream of its own, so that halo and table draws are those of a run without sigma
+    z = (np.random.default_rng([seed, TABLE_SIGMA_STREAM]).standard_normal(n_samples)
+         if with_sigma else np.zeros(n_samples))
     kw = dict(fdm=fdm, sigma_e_cm2=1e-39, gap_ev=gap_ev, pair_energy_ev=pair_energy_ev,
               screening=screening)
     nominal_rates = electron_rates(tabs[0], masses, halo=get_halo(halo), **kw)
@@ -236,7 +281,9 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
     nQ = nominal_rates.dr_dq.shape[1]
 
     def one(i):
-        r = electron_rates(tabs[which[i]], masses, halo=halos[i], n_q_max=nQ, **kw)
+        t = tabs[which[i]]
+        t = draw_table(t, z[i]) if which[i] in with_sigma else t
+        r = electron_rates(t, masses, halo=halos[i], n_q_max=nQ, **kw)
         rc = reach_from_rates(r, exposure_kg_year, q_threshold, q_max, n_events,
                               observed_counts, cl, mode)
         return r.dr_dq, rc.sigma_cm2
@@ -259,6 +306,11 @@ def uncertainty_bands(tables_, masses_ev, exposure_kg_year: float, n_samples: in
     inputs = {"seed": seed, "n_samples": n_samples, "spreads": dict(spreads or HALO_SPREADS),
               "n_tables": len(tabs), "percentiles": list(PERCENTILES),
               "tables": [t.metadata.get("source_file", "") for t in tabs]}
+    if with_sigma:
+        inputs["table_sigma"] = {
+            "model": TABLE_SIGMA_MODEL, "seed": [seed, TABLE_SIGMA_STREAM],
+            "tables": [tabs[i].metadata.get("source_file", "") for i in with_sigma],
+            "n_tables_with_sigma": len(with_sigma)}
     return Bands(masses_ev=masses, dr_dq=pdq, sigma_cm2=psg, samples_sigma_cm2=sg,
                  nominal=nominal, inputs=inputs)
 

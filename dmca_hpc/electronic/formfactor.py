@@ -161,6 +161,13 @@ class Engine:
         else:
             from dmca_hpc.electronic.ae_overlap import AnalyticEngine
             self.analytic = AnalyticEngine(cell, precision=float(s["precision"]))
+        #: rotations (reciprocal basis) of the mesh for the analytic route's
+        #: little-group reduction of the k set of each q (None: every k)
+        self.rotations = None
+        if self.route == "analytic" and s["use_symmetry"]:
+            from dmca_hpc.electronic import symmetry
+            rots, _, _ = symmetry.reciprocal_rotations(symmetry.atoms_from_cell(cell))
+            self.rotations = symmetry.mesh_rotations(rots, bd.kmesh)
         self.nocc = bd.nocc
         nc_all = bd.nbands - bd.nocc
         nc = s["n_conduction"]
@@ -197,10 +204,14 @@ class Engine:
         self.v0 = int(np.argmax(reach)) if reach.any() else bd.nocc - 1
         self.nval = bd.nocc - self.v0
         self.batch = 1
+        #: most k of one unit (the analytic route's little-group sets)
+        self.unit_nk_max = bd.nk
+        if self.rotations is not None:
+            self.unit_nk_max = max(len(self.unit_kset(int(iq))[0]) for iq in bd.ibz_index)
         if self.route == "analytic":
             nc = self.analytic.nao_cart
             # AO batch of the analytic engine: nk * batch * nao_cart^2 complex, <= ~256 MiB
-            self.batch = int(max(1, min(64, (256 * 2 ** 20) // (bd.nk * nc * nc * 16))))
+            self.batch = int(max(1, min(64, (256 * 2 ** 20) // (self.unit_nk_max * nc * nc * 16))))
 
     @property
     def memory_bound_mb(self) -> float:
@@ -208,7 +219,7 @@ class Engine:
         if self.route == "fft":
             b = self.grid.memory_bytes(self.bd.nao, self.nocc, self.ncond)
         else:
-            b = self.analytic.memory_bytes(self.bd.nk, batch=self.batch, nbands=self.nval,
+            b = self.analytic.memory_bytes(self.unit_nk_max, batch=self.batch, nbands=self.nval,
                                            nbands_p=self.ncond)
         b += self.bd.coeffs.nbytes + 8 * self.nq * self.ne
         return b / 2 ** 20
@@ -228,6 +239,21 @@ class Engine:
         else:
             qs = [(i, 1.0 / bd.nk) for i in range(bd.nk)]
         return [(iq, 0, bd.nk, w) for iq, w in qs]
+
+    def unit_kset(self, iq: int) -> tuple[np.ndarray, np.ndarray]:
+        """(k indices, multiplicities) of the analytic route's unit for the mesh
+        point q = ``iq``: with ``use_symmetry`` one k per orbit of the little
+        group of q (closed under the engine's partner maps k -> -k-q and, for
+        2q = 0, k -> -k; :func:`dmca_hpc.electronic.symmetry.pair_kset`), each
+        weighted by its orbit's share; else every k with weight 1.  Exact for
+        whole degenerate band sets, i.e. below ``e_complete_ev``."""
+        if self.rotations is None:
+            return np.arange(self.bd.nk), np.ones(self.bd.nk)
+        cache = self.__dict__.setdefault("_ksets", {})
+        if iq not in cache:
+            from dmca_hpc.electronic.symmetry import pair_kset
+            cache[iq] = pair_kset(self.rotations, self.bd.kmesh, iq)
+        return cache[iq]
 
     def _partner_index(self, iq: int) -> np.ndarray:
         """Mesh index of k + q for every k (q = the mesh point ``iq``)."""
@@ -276,7 +302,9 @@ class Engine:
         from dmca_hpc.electronic.kernels import bin_batch, e_bins, q_bins
         iq, k0, k1, wq = unit
         bd, s = self.bd, self.s
-        ks = np.arange(k0, k1)
+        ks, mult = self.unit_kset(iq)
+        sub = (ks >= k0) & (ks < k1)
+        ks, mult = ks[sub], mult[sub]
         kps = self._partner_index(iq)[ks]
         q = bd.kpts[iq]
         # every Q = q + G strictly inside the table (|Q| < nq dq)
@@ -288,7 +316,7 @@ class Engine:
         # [nk, nv, nc] E bins of every transition
         eb = e_bins(self.e_ev[kps, v1:c1][:, None, :] - self.e_ev[ks, v0:v1][:, :, None]
                     + self.shift_ev, s["de"], self.ne)
-        w = wq / bd.nk
+        w = wq * mult / bd.nk
         nsel = 0
         for idx, M in self.analytic.iter_matrix_elements(bd.kpts[ks], Qv, ck, ckq,
                                                          batch=self.batch):
@@ -558,6 +586,17 @@ def corner_kpts(cell, kmesh) -> np.ndarray:
     return np.asarray(cell.get_abs_kpts(frac), float)
 
 
+def unit_k_counts(cell, kmesh) -> list[int]:
+    """k per unit of the analytic route with ``use_symmetry`` (one unit per
+    irreducible q; :func:`dmca_hpc.electronic.symmetry.pair_kset`), from the
+    cell and the mesh alone."""
+    from dmca_hpc.electronic import symmetry
+    atoms = symmetry.atoms_from_cell(cell)
+    rots = symmetry.mesh_rotations(symmetry.reciprocal_rotations(atoms)[0], kmesh)
+    ir = symmetry.irreducible_mesh(atoms, kmesh)
+    return [len(symmetry.pair_kset(rots, kmesh, int(iq))[0]) for iq in ir.ibz_index]
+
+
 def n_q_plus_g(cell, q_max: float) -> float:
     """Expected number of Q = q + G with |Q| <= q_max [alpha m_e] for one q: the
     sphere's volume over the Brillouin zone's, (4/3) pi q_max^3 V_cell / (2 pi)^3."""
@@ -620,13 +659,17 @@ def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int
         from dmca_hpc.electronic.ae_overlap import AnalyticEngine
         ana = AnalyticEngine(cell, precision=float(s["precision"]))
         nc = ana.nao_cart
-        batch = int(max(1, min(64, (256 * 2 ** 20) // (nk * nc * nc * 16))))
-        engine = float(ana.memory_bytes(nk, batch=batch, nbands=nocc, nbands_p=ncond))
+        # k per unit after the little-group reduction (Engine.unit_kset)
+        counts = unit_k_counts(cell, n) if s["use_symmetry"] else None
+        kmax = nk if counts is None else int(max(counts))
+        batch = int(max(1, min(64, (256 * 2 ** 20) // (kmax * nc * nc * 16))))
+        kpairs = ks * nk if counts is None else int(sum(counts))
+        engine = float(ana.memory_bytes(kmax, batch=batch, nbands=nocc, nbands_p=ncond))
         extra = 0.0
         units = ks
         t0, n0, v0, c0 = FF_ANALYTIC_REF
         per = t0 * (nc * nc * nocc + nc * nocc * ncond) / (n0 * n0 * v0 + n0 * v0 * c0)
-        t = per * ks * nk * n_q_plus_g(cell, nq * s["dq"])
+        t = per * kpairs * n_q_plus_g(cell, nq * s["dq"])
     parts = {"engine": engine, "bands coefficients": coeffs, "table": table,
              "grid indices": extra, "units": 400.0 * units, "table sum": 2 * table}
     ckpt = units * unit_checkpoint_bytes(nq, ne, nocc, ncond)

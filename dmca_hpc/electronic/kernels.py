@@ -60,7 +60,8 @@ def _numba_batch_kernel():
     def _bin_batch(table, M, sel, qbin, ebin, weight):
         # M [nk, nQ, nc, nv] complex128: one batch of Q of the analytic route;
         # sel [nsel] Q indices inside the table, qbin [nsel] their q bins;
-        # ebin [nk, nv, nc] E bin of each transition (-1: outside the table)
+        # ebin [nk, nv, nc] E bin of each transition (-1: outside the table);
+        # weight [nk] per k
         nk, _, nc, nv = M.shape
         nsel = sel.shape[0]
         for j in range(nk):
@@ -69,9 +70,10 @@ def _numba_batch_kernel():
                     b = ebin[j, i, c]
                     if b < 0:
                         continue
+                    w = weight[j]
                     for n in range(nsel):
                         z = M[j, sel[n], c, i]
-                        table[qbin[n], b] += weight * (z.real * z.real + z.imag * z.imag)
+                        table[qbin[n], b] += w * (z.real * z.real + z.imag * z.imag)
 
     return _bin_batch
 
@@ -79,12 +81,13 @@ def _numba_batch_kernel():
 def _numpy_batch_kernel(table, M, sel, qbin, ebin, weight):
     for j in range(M.shape[0]):
         for i in range(M.shape[3]):
-            _numpy_kernel(table, np.ascontiguousarray(M[j, :, :, i].T), sel, qbin, ebin[j, i], weight)
+            _numpy_kernel(table, np.ascontiguousarray(M[j, :, :, i].T), sel, qbin, ebin[j, i],
+                          weight[j])
 
 
 def bin_batch(table: np.ndarray, M: np.ndarray, sel: np.ndarray, qbin: np.ndarray,
-              ebin: np.ndarray, weight: float) -> None:
-    """Add ``weight * |M[j, sel[n], c, i]|^2`` to ``table[qbin[n], ebin[j, i, c]]``
+              ebin: np.ndarray, weight) -> None:
+    """Add ``weight[j] * |M[j, sel[n], c, i]|^2`` to ``table[qbin[n], ebin[j, i, c]]``
     for a whole batch of the analytic route in one compiled loop.
 
     Args:
@@ -92,7 +95,8 @@ def bin_batch(table: np.ndarray, M: np.ndarray, sel: np.ndarray, qbin: np.ndarra
         M: complex128 [nk, nQ, nc, nv] matrix elements <c, k+q| e^{iQ.r} |v, k>.
         sel: int64 [nsel] Q indices inside the table; qbin: int64 [nsel] their q bins.
         ebin: int64 [nk, nv, nc] E bins (-1 outside the table).
-        weight: w_q / N_k (dimensionless).
+        weight: w_q / N_k (dimensionless): one number for every k, or [nk] per k
+            (the multiplicity of each k of a symmetry-reduced set included).
     """
     global _BATCH_KERNEL
     if _BATCH_KERNEL is None:
@@ -102,7 +106,8 @@ def bin_batch(table: np.ndarray, M: np.ndarray, sel: np.ndarray, qbin: np.ndarra
             _BATCH_KERNEL = _numpy_batch_kernel
     _BATCH_KERNEL(table, np.ascontiguousarray(M), np.ascontiguousarray(sel, dtype=np.int64),
                   np.ascontiguousarray(qbin, dtype=np.int64),
-                  np.ascontiguousarray(ebin, dtype=np.int64), float(weight))
+                  np.ascontiguousarray(ebin, dtype=np.int64),
+                np.ascontiguousarray(np.broadcast_to(np.asarray(weight, float), (M.shape[0],))))
 
 
 def backend() -> str:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["IrreducibleMesh", "mesh_frac", "mesh_index", "irreducible_mesh",
-           "spglib_cell", "reciprocal_rotations"]
+           "spglib_cell", "reciprocal_rotations", "atoms_from_cell", "mesh_rotations",
+           "pair_kset"]
 
 
 @contextlib.contextmanager
@@ -197,3 +198,101 @@ def irreducible_mesh(atoms, mesh, symprec: float = 1e-5,
                            full_to_ibz=full_to_ibz, rotations=rot_k, umklapp=umk,
                            time_reversal=trf,
                            spacegroup=f"{ds.international} ({ds.number})")
+
+
+def atoms_from_cell(cell):
+    """``ase.Atoms`` (angstrom) of a pyscf Cell: its lattice, atoms and
+    elements (ghost atoms and basis labels dropped), for spglib."""
+    import ase
+    from pyscf.data.elements import charge
+    from pyscf.data.nist import BOHR
+    a = np.asarray(cell.lattice_vectors(), float) * BOHR
+    pos = np.asarray(cell.atom_coords(), float) * BOHR
+    return ase.Atoms(numbers=[charge(cell.atom_symbol(i)) for i in range(cell.natm)],
+                     positions=pos, cell=a, pbc=True)
+
+
+def mesh_rotations(rotations, mesh) -> np.ndarray:
+    """The rotations [n, 3, 3] (reciprocal basis, as :func:`reciprocal_rotations`
+    gives them) that map the Gamma-centred ``mesh`` onto itself (all of them for
+    an n x n x n mesh; fewer when the divisions differ between coupled axes)."""
+    n = np.asarray(mesh, dtype=int).reshape(3)
+    keep = []
+    for r in np.asarray(rotations, dtype=int):
+        # R (a / n) must again be (integer) / n: R_ij n_i / n_j integer where R_ij != 0
+        s = r * n[:, None] / n[None, :]
+        if np.all(np.abs(s - np.round(s)) < 1e-9):
+            keep.append(r)
+    return np.array(keep, dtype=int).reshape(-1, 3, 3)
+
+
+def pair_kset(rotations, mesh, iq: int, conjugate: bool | None = None):
+    """k points of the mesh that represent every k of the pairs (k, k + q) for
+    one mesh point q, with their multiplicities.
+
+    A function of k that the little group of q leaves unchanged (the binned
+    |<k+q| e^{iQ.r} |k>|^2 summed over the Q = q + G of a sphere and over
+    whole degenerate band sets: ``F(Rk, q) = F(k, q)`` for ``R q = q`` mod G,
+    the time-reversed operations ``-W^T`` included) needs one k per orbit.
+    The analytic engine shares work between k and its partner ``-k - q``
+    (``S(k, Q)^T = S(-k-q, Q)``) and, when ``2q`` is a reciprocal lattice
+    vector, ``-k`` (``S(k, -Q) = conj(S(-k, Q))``), so the set returned is
+    closed under those maps; members of one orbit share its multiplicity.
+
+    Args:
+        rotations: [n, 3, 3] int (:func:`reciprocal_rotations`, filtered by
+            :func:`mesh_rotations`).
+        mesh: the Gamma-centred mesh (3 ints), full-mesh order of this module.
+        iq: mesh index of q.
+        conjugate: close the set under k -> -k too (default: when 2q = 0 mod G).
+
+    Returns:
+        ``(ks [m] int, weight [m] float)``: sum of ``weight * F(k)`` over the
+        set equals the sum of F over the whole mesh (``weight.sum() == nk``).
+    """
+    n = np.asarray(mesh, dtype=int).reshape(3)
+    nk = int(np.prod(n))
+    addr = np.indices(n).reshape(3, -1).T
+    qa = addr[iq]
+    rots = np.asarray(rotations, dtype=int).reshape(-1, 3, 3)
+    little = [r for r in rots if np.all(np.mod(r @ qa - qa, n) == 0)]
+    if not little:
+        little = [np.eye(3, dtype=int)]
+    img = np.stack([mesh_index(addr @ r.T, n) for r in little])   # [nG, nk]
+    orbit_id = img.min(axis=0)                                    # canonical label
+    orbit_size = np.bincount(orbit_id, minlength=nk)
+    if conjugate is None:
+        conjugate = bool(np.all(np.mod(2 * qa, n) == 0))
+    partner = mesh_index(-addr - qa, n)
+    negk = mesh_index(-addr, n)
+    covered = np.zeros(nk, dtype=bool)
+    ks, ws = [], []
+    for k in range(nk):
+        if covered[orbit_id[k]]:
+            continue
+        closure, todo = [k], [k]
+        while todo:
+            x = todo.pop()
+            for y in ((partner[x], negk[x]) if conjugate else (partner[x],)):
+                y = int(y)
+                if y not in closure:
+                    closure.append(y)
+                    todo.append(y)
+        by_orbit: dict = {}
+        for x in closure:
+            by_orbit.setdefault(int(orbit_id[x]), []).append(x)
+        for o, members in by_orbit.items():
+            if covered[o]:
+                # the maps commute with the little group, so a closure never
+                # reaches an orbit another closure has covered
+                raise RuntimeError("pair_kset: inconsistent orbits (is the mesh symmetric?)")
+            covered[o] = True
+            for x in members:
+                ks.append(x)
+                ws.append(orbit_size[o] / len(members))
+    order = np.argsort(ks, kind="stable")
+    ks = np.asarray(ks, dtype=int)[order]
+    ws = np.asarray(ws, dtype=float)[order]
+    if abs(ws.sum() - nk) > 1e-9 * nk:
+        raise RuntimeError(f"pair_kset: weights sum to {ws.sum()}, not {nk}")
+    return ks, ws

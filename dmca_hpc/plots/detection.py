@@ -142,7 +142,9 @@ def plot_reach(path, curves: dict, bands=None, title: str = "") -> Path:
     if bands:
         bi = next(iter(bands.values())).inputs
         lines.append(f"bands: {bi['n_samples']} halo Monte Carlo samples (seed {bi['seed']})"
-                     + (f" over {bi['n_tables']} tables" if bi.get("n_tables", 1) > 1 else ""))
+                     + (f" over {bi['n_tables']} tables" if bi.get("n_tables", 1) > 1 else "")
+                     + (" + the table's f2_sigma (fully correlated over bins)"
+                        if bi.get("table_sigma") else ""))
     else:
         lines.append("no uncertainty bands (uncertainty samples = 0)")
     return _finish_reach(fig, ax, lines, path)
@@ -277,7 +279,9 @@ def plot_reach_targets(path, curves: dict, bands: dict | None = None, title: str
     if bands:
         bi = next(iter(bands.values())).inputs
         lines.append(f"bands: {bi['n_samples']} halo Monte Carlo samples (seed {bi['seed']}) per "
-                     "target, a target's tables pooled (DFT systematic)")
+                     "target, a target's tables pooled (DFT systematic)"
+                     + (" + the tables' f2_sigma (fully correlated over bins)"
+                        if bi.get("table_sigma") else ""))
     else:
         lines.append("no uncertainty bands (uncertainty samples = 0)")
     return _finish_reach(fig, ax, lines, path)
