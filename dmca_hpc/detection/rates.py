@@ -303,7 +303,9 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
         s_in = _q_sums(table, np.where(table.q_ame[:, None] <= float(q_ok), w, 0.0), masses, h)
         frac_q = 1.0 - (pref[:, None] * dq_ev * s_in).sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
     ae = meta.get("all_electron")
-    pseudo_table = ae is False or (ae is None and str(meta.get("basis", "")).lower().startswith("gth"))
+    # a def2 small-core ECP (meta 'ecp' names it) keeps the semicore shells: no note
+    pseudo_table = ((ae is False and "ECP" not in str(meta.get("ecp", "")))
+                    or (ae is None and str(meta.get("basis", "")).lower().startswith("gth")))
     for i, m in enumerate(masses):
         n = []
         if frac_e[i] > 0.01:

@@ -47,7 +47,8 @@ def select_material(m_chi_ev: float, halo: str = "shm-2021",
 
 def table_kind(table) -> str:
     """What kind of calculation a form-factor table comes from, from its
-    metadata: ``"all-electron"``, ``"GTH pseudopotential"``,
+    metadata: ``"all-electron"``, ``"small-core ECP"`` (our def2 tables of
+    I/Cs compounds: ``ecp`` names the ECPs), ``"GTH pseudopotential"``,
     ``"pseudopotential"`` or ``"unknown"``.
 
     The same reading of the metadata as the pseudopotential note of
@@ -59,6 +60,9 @@ def table_kind(table) -> str:
     basis = str(meta.get("basis", "")).lower()
     if ae is True:
         return "all-electron"
+    if ae is False and "ECP" in str(meta.get("ecp", "")):
+        # def2 small-core relativistic ECP (I, Cs): semicore shells kept
+        return "small-core ECP"
     if ae is False or basis.startswith("gth"):
         return "GTH pseudopotential" if basis.startswith("gth") else "pseudopotential"
     ecp = meta.get("ecp")

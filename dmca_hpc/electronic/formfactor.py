@@ -449,6 +449,7 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
 
 def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | None = None):
     """A :class:`dmca_hpc.tables.FormFactorTable` with our metadata."""
+    from dmca_hpc.electronic.scf import ecp_label
     from dmca_hpc.tables import FormFactorTable
     cell = bd.cell()
     if material is not None:
@@ -464,7 +465,9 @@ def make_table(bd, eng, f2: np.ndarray, s: dict, material=None, prov: dict | Non
         "vbm_dft_ev": eng.vbm_ev, "e_complete_ev": eng.e_complete_ev,
         "fft_mesh": list(eng.mesh) if eng.mesh is not None else [], "grid": eng.grid_info,
         "q_max_ame": s["q_max"], "route": eng.route, "precision": float(s["precision"]),
-        "all_electron": not bool(getattr(cell, "_pseudo", None)),
+        # a def2 small-core ECP (I, Cs) keeps the semicore shells but is not all-electron
+        "all_electron": not (getattr(cell, "_pseudo", None) or getattr(cell, "_ecp", None)),
+        "ecp": ecp_label(cell),
         "q_complete_ame": float(s["q_max"] if eng.route == "analytic"
                                 else min(s["q_max"], eng.grid_info.get("G_prod", s["q_max"]))),
         "valence_bands_used": [int(eng.v0), int(eng.nocc)],

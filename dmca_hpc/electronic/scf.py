@@ -23,7 +23,7 @@ the form-factor stage), written atomically (temporary file renamed into
 place, ``attrs['complete']`` set last):
 
 * attrs: ``cell`` (``Cell.dumps()``), ``e_tot`` with ``e_tot_units='hartree'``,
-  ``xc``, ``basis``, ``pseudo``, ``converged``, ``kmesh``, ``nelectron``,
+  ``xc``, ``basis``, ``pseudo``, ``ecp`` (see below), ``converged``, ``kmesh``, ``nelectron``,
   ``nocc`` (doubly occupied bands), ``density_fit``, ``ke_cutoff_hartree``,
   ``fft_mesh``, ``material``, ``n_cycles``, ``chkfile``, ``input_hash``.
 * datasets: ``kpts`` [nk,3] bohr^-1, ``kpts_frac`` [nk,3] '1', ``mo_energy``
@@ -32,6 +32,17 @@ place, ``attrs['complete']`` set last):
   bands stage rebuilds the Kohn-Sham potential), ``structure/cell``
   [3,3] angstrom, ``structure/positions`` [natom,3] angstrom,
   ``structure/numbers`` [natom] '1'.
+
+Effective core potentials: with ``pseudo: null`` and a def2 basis, the elements
+for which that basis is defined with a Stuttgart-Koeln small-core relativistic
+ECP (Rb and heavier: I 28 core electrons, Cs 46) get it (``cell.ecp``); PySCF
+does not attach it from ``cell.basis`` alone, and the def2 valence basis of
+those elements is meaningless without it.  The ECP is how the scalar-relativistic
+core enters (``pyscf.pbc.x2c`` has no periodic GDF).  Lighter elements stay
+all-electron.  ``attrs['ecp']`` names them, e.g. ``'Cs:def2-svp(ECP46);
+I:def2-svp(ECP28)'`` (element, basis the ECP comes from, core electrons it
+replaces), or ``'none'``; ``nelectron`` counts the electrons left outside the ECP
+cores (NaI def2-svp: 11 + 25 = 36).
 
 Restart: the converged state is reused when ``scf.h5`` is complete and was
 written for the same input hash.  While the SCF runs, PySCF writes its
@@ -52,12 +63,17 @@ import numpy as np
 
 __all__ = ["DFTInputError", "SCFNotConvergedError", "section_with_defaults", "validate_section",
            "check_structure", "check_basis", "build_cell", "make_kmf", "run_scf", "load_scf",
-           "band_gap_from", "scf_keys", "pbe_band_gap_ev"]
+           "band_gap_from", "scf_keys", "pbe_band_gap_ev", "basis_ecp", "ecp_label"]
 
 #: keys that do not change the converged state (excluded from the chkfile key)
 _NON_PHYSICS_KEYS = ("max_cycles", "conv_tol_hartree", "restart_from_chkfile", "pyscf_verbose")
 
 _XC_ALLOWED = ("LDA", "PBE", "PBE0", "HSE06", "B3LYP", "PBESOL", "SCAN")
+
+#: basis families whose heavy elements are defined together with an ECP that PySCF's
+#: basis file carries but ``cell.basis`` does not attach (def2: Weigend & Ahlrichs,
+#: PCCP 7, 3297 (2005), Rb-Rn with Stuttgart-Koeln small-core ECPs)
+_ECP_BASIS_PREFIXES = ("def2",)
 
 
 class DFTInputError(ValueError):
@@ -126,6 +142,46 @@ def check_basis(symbols, basis: str, pseudo: str | None):
                             "dft.pseudo (e.g. 'gth-pbe'), got null")
 
 
+def basis_ecp(symbols, basis, pseudo) -> dict:
+    """``{element: basis}`` for the elements of ``symbols`` that get the ECP their
+    basis is defined with: only with ``pseudo`` None (a GTH pseudopotential already
+    replaces the core) and a def2 basis, and only for the elements PySCF's copy of
+    that basis gives an ECP (def2: Z > 36).  ``{}`` otherwise, also for an element
+    the basis lacks (:func:`check_basis` reports that).  PySCF is imported only
+    when the basis is a def2 one."""
+    if pseudo is not None or not isinstance(basis, str) \
+            or not basis.lower().startswith(_ECP_BASIS_PREFIXES):
+        return {}
+    from pyscf import gto
+    out = {}
+    for el in sorted(set(symbols)):
+        try:
+            ecp = gto.basis.load_ecp(basis, el)
+        except Exception:  # no such basis/element: check_basis / cell.build name it
+            continue
+        if ecp:
+            out[el] = basis
+    return out
+
+
+def ecp_label(cell) -> str:
+    """Units-free record of the ECPs of a built ``cell``: ``'<el>:<name>(ECP<n>)'``
+    per element, ``n`` the core electrons replaced, joined by ``'; '`` in element
+    order; ``'none'`` for an all-electron (or GTH) cell."""
+    ecp = getattr(cell, "ecp", None) or {}
+    if isinstance(ecp, str):  # one name for every element
+        ecp = {el: ecp for el in sorted(set(cell.elements))}
+    parts = []
+    for el in sorted(getattr(cell, "_ecp", {}) or {}):
+        ncore = int(cell._ecp[el][0])
+        name = ecp.get(el, "?") if isinstance(ecp, dict) else "?"
+        if not isinstance(name, str):  # explicit parameters instead of a library name
+            name = "custom"
+        if ncore > 0:
+            parts.append(f"{el}:{name}(ECP{ncore})")
+    return "; ".join(parts) if parts else "none"
+
+
 def _validate_section(sec: dict):
     km = sec["kmesh"]
     if (not isinstance(km, (list, tuple)) or len(km) != 3
@@ -155,7 +211,9 @@ def _validate_section(sec: dict):
 
 def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
     """PySCF ``pbc.gto.Cell`` of ``atoms`` (angstrom) with the basis, pseudo
-    and cutoff of the section ``sec`` (defaults applied)."""
+    and cutoff of the section ``sec`` (defaults applied), and the ECPs of
+    :func:`basis_ecp` (``pseudo: null`` with a def2 basis: Rb and heavier).
+    ``cell.dumps()`` / ``pbc.gto.loads`` keep the ECP (tested)."""
     from pyscf.pbc import gto
     cell = gto.Cell()
     cell.atom = [[s, tuple(float(x) for x in p)]
@@ -165,6 +223,9 @@ def build_cell(atoms, sec: dict, output: str | os.PathLike | None = None):
     cell.basis = sec["basis"]
     if sec["pseudo"] is not None:
         cell.pseudo = sec["pseudo"]
+    ecp = basis_ecp(atoms.get_chemical_symbols(), sec["basis"], sec["pseudo"])
+    if ecp:
+        cell.ecp = ecp
     if sec["ke_cutoff_hartree"] is not None:
         cell.ke_cutoff = float(sec["ke_cutoff_hartree"])
     cell.verbose = 0
@@ -268,9 +329,15 @@ def scf_keys(atoms, sec: dict, ctx_hash: str = "") -> tuple[str, str]:
     from dmca_hpc.hpc.checkpoint import config_hash
     phys = {k: v for k, v in sec.items() if k not in _NON_PHYSICS_KEYS}
     struct = _structure_key(atoms)
-    full = config_hash({"stage": "dft", "ctx": ctx_hash, "section": sec, "structure": struct})
-    chk = config_hash({"stage": "dft-chk", "section": phys, "structure": struct})
-    return full, chk
+    full = {"stage": "dft", "ctx": ctx_hash, "section": sec, "structure": struct}
+    chk = {"stage": "dft-chk", "section": phys, "structure": struct}
+    ecp = basis_ecp(atoms.get_chemical_symbols(), sec.get("basis"), sec.get("pseudo"))
+    if ecp:
+        # a file written before the ECP was attached (same section, all-electron
+        # potential on a valence basis) must not be reused; cells without an ECP
+        # keep the keys they always had
+        full["ecp"] = chk["ecp"] = ecp
+    return config_hash(full), config_hash(chk)
 
 
 def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
@@ -353,6 +420,7 @@ def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
         f.attrs["xc"] = str(sec["xc"])
         f.attrs["basis"] = str(sec["basis"])
         f.attrs["pseudo"] = "none" if sec["pseudo"] is None else str(sec["pseudo"])
+        f.attrs["ecp"] = ecp_label(cell)
         f.attrs["converged"] = True
         f.attrs["n_cycles"] = ncyc["n"]
         f.attrs["restarted_from_chkfile"] = bool(restarted)

@@ -184,3 +184,18 @@ def test_table_kind():
 def test_bad_numbers_exit_2(capsys, argv, line):
     rc, out, err = _select(capsys, *argv)
     assert rc == 2 and not out and err.strip() == f"dmca-hpc select: error: {line}"
+
+
+def test_table_kind_names_a_small_core_ecp_table():
+    """NaI/CsI tables (def2 basis with the Stuttgart-Koeln ECP of I/Cs) are not
+    all-electron, but keep the semicore shells: neither 'all-electron' nor a
+    pseudopotential table whose heavy-mediator rates miss the core."""
+    import types
+    from dmca_hpc.detection.select import table_kind
+    t = types.SimpleNamespace(metadata={"all_electron": False, "basis": "def2-svp",
+                                        "ecp": "I:def2-svp(ECP28)"})
+    assert table_kind(t) == "small-core ECP"
+    t.metadata = {"all_electron": True, "basis": "def2-svp", "ecp": "none"}
+    assert table_kind(t) == "all-electron"
+    t.metadata = {"all_electron": False, "basis": "gth-dzvp", "ecp": "none"}
+    assert table_kind(t) == "GTH pseudopotential"
