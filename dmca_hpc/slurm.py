@@ -388,7 +388,7 @@ def selftest(out_dir: str | os.PathLike, n_units: int = 8, unit_seconds: float =
     ih = config_hash(inputs)
     store = UnitStore(out / SELFTEST_STAGE / "units", ih)
     done = comm.bcast(sorted(store.done(n_units)) if rank == 0 else None, root=0)
-    tele = Telemetry(out / "telemetry", rank=rank)
+    tele = Telemetry(out / "telemetry", rank=rank, nranks=size)
 
     def work(i: int):
         if stop.requested:

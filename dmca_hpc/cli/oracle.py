@@ -102,7 +102,8 @@ def run_cli(args) -> int:
                       "structures": file_sha256(args.structures)})
     prov = provenance(input_hash=ih, nranks=comm.Get_size())
     tdir = Path(args.telemetry) if args.telemetry else out / "telemetry"
-    tel = Telemetry(tdir, rank=rank, stage_dmca=STAGE_DMCA)  # domain dft-oracle
+    tel = Telemetry(tdir, rank=rank, stage_dmca=STAGE_DMCA,  # domain dft-oracle
+                    nranks=comm.Get_size())
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else None
     paths = run_batch(candidates, settings, out, comm=comm,
                       record=functools.partial(tel.record, STAGE), prov=prov, input_hash=ih, log=log)

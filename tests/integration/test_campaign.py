@@ -17,8 +17,6 @@ About 40 s on 2 loaded cores for both runs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import launcher_env, require_mpiexec
 from dmca_hpc.hpc.parallel import launched_by_mpi
 from dmca_hpc.monitoring.causal import read_records
 
@@ -39,20 +38,11 @@ pytestmark = [
 ]
 
 
-def _mpiexec() -> str:
-    cand = Path(sys.executable).parent / "mpiexec"
-    exe = str(cand) if cand.exists() else shutil.which("mpiexec")
-    if exe is None:
-        pytest.skip("mpiexec not found (pip install '.[mpi]'): the campaign starts its steps with it")
-    return exe
-
-
 def _run(out: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_LOCALRANKID", "SLURM_", "CAMPAIGN_"))}
-    env.update(CAMPAIGN_QUICK="1", CAMPAIGN_PYTHON=sys.executable, DMCA_MPIEXEC=_mpiexec(),
-               DMCA_LAUNCHER="mpiexec", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.pop("DMCA_HPC_MPI", None)
+    # the campaign's own SLURM_/CAMPAIGN_ switches must not leak in either
+    env = {k: v for k, v in launcher_env().items() if not k.startswith(("SLURM_", "CAMPAIGN_"))}
+    env.update(CAMPAIGN_QUICK="1", CAMPAIGN_PYTHON=sys.executable, DMCA_MPIEXEC=require_mpiexec(),
+               DMCA_LAUNCHER="mpiexec")
     r = subprocess.run(["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True,
                        timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

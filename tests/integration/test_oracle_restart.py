@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from dmca_hpc.oracle import batch
+from conftest import launcher_env, require_mpiexec
 from oracle_cases import FAKE, PSEUDO_DIR, PW, UPF, candidates, check_outputs, have_pw, settings
 
 pytestmark = pytest.mark.skipif(
@@ -23,13 +23,8 @@ pytestmark = pytest.mark.skipif(
     reason=f"real pw.x ({PW}) or {UPF} in {PSEUDO_DIR} missing (apt-get install quantum-espresso)")
 
 
-def _mpiexec():
-    cand = Path(sys.executable).parent / "mpiexec"
-    return str(cand) if cand.exists() else None
-
-
 def _launch(structures, out, tel, pw, env):
-    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "dmca_hpc.cli.main", "oracle",
+    cmd = [require_mpiexec(), "-n", "2", sys.executable, "-m", "dmca_hpc.cli.main", "oracle",
            "--structures", str(structures), "--pseudo-dir", PSEUDO_DIR, "--pseudo", f"Si={UPF}",
            "--out", str(out), "--telemetry", str(tel), "--pw", str(pw),
            "--ecutwfc", "14", "--kspacing", "0.7", "--timeout", "120"]
@@ -40,15 +35,14 @@ def _launch(structures, out, tel, pw, env):
 def test_kill_and_restart_loses_nothing(tmp_path):
     if any(v in os.environ for v in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
         pytest.skip("launches mpiexec itself: run under plain pytest, not inside mpiexec")
-    if _mpiexec() is None:
-        pytest.skip("mpiexec not found next to this Python (pip install mpich)")
+    require_mpiexec()
     from ase.io import write
     cands = candidates()
     xyz = tmp_path / "cands.extxyz"
     write(xyz, cands)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
-    env.update(FAKE_PW_SCENARIO="slow", FAKE_PW_SLEEP="1.0", OMP_NUM_THREADS="1")
+    env = launcher_env()
+    env.update(FAKE_PW_SCENARIO="slow", FAKE_PW_SLEEP="1.0")
     # 1) a slowed-down batch (the fake pw.x sleeps 1 s, then execs the real pw.x)
     p = _launch(xyz, out, tmp_path / "tel1", FAKE, env)
     ck = out / "candidates"
