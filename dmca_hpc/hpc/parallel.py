@@ -254,7 +254,8 @@ class _Dispatcher:
 def map_units(func: Callable[[Any], Any], units: Sequence[Any], comm=None,
               schedule: str = "dynamic", root_only: bool = True,
               on_result: Callable[[UnitResult], None] | None = None,
-              skip: Iterable[int] = ()) -> list[UnitResult] | None:
+              skip: Iterable[int] = (),
+              order: Sequence[int] | None = None) -> list[UnitResult] | None:
     """Run ``func`` on every unit, spread over the ranks of ``comm``.
 
     Args:
@@ -268,6 +269,10 @@ def map_units(func: Callable[[Any], Any], units: Sequence[Any], comm=None,
             its :class:`UnitResult` (per-rank checkpoint or telemetry hook).
             An exception there is recorded in the result, never raised.
         skip: unit indices not to run (already done, e.g. from a checkpoint).
+        order: the unit indices in the order to hand them out (default 0, 1, ...);
+            largest first balances a dynamic schedule whose units differ in cost
+            (the last unit then is a short one).  Indices, checkpoints and the
+            returned order are unchanged by it.
 
     Returns:
         The results of all units run, sorted by unit index (on rank 0, or on
@@ -276,7 +281,10 @@ def map_units(func: Callable[[Any], Any], units: Sequence[Any], comm=None,
     comm = comm or get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
     skip = set(skip)
-    todo = [i for i in range(len(units)) if i not in skip]
+    seq = range(len(units)) if order is None else [int(i) for i in order]
+    if order is not None and sorted(seq) != list(range(len(units))):
+        raise ValueError("map_units: order must be a permutation of the unit indices")
+    todo = [i for i in seq if i not in skip]
     mine: list[UnitResult] = []
 
     def _do(i: int):

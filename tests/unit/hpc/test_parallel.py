@@ -74,3 +74,14 @@ def test_exception_on_one_rank_aborts_instead_of_deadlock(tmp_path):
                        text=True, timeout=60)
     assert r.returncode != 0
     assert "rank one failed" in r.stderr
+
+
+def test_order_hands_units_out_largest_first_and_keeps_indices():
+    seen = []
+    res = map_units(lambda x: x * 10, [1, 2, 3, 4], order=[3, 1, 0, 2], skip={0},
+                    on_result=lambda r: seen.append(r.index))
+    assert seen == [3, 1, 2]                        # the order asked for, skips honoured
+    assert [r.index for r in res] == [1, 2, 3]      # results still by unit index
+    assert [r.value for r in res] == [20, 30, 40]
+    with pytest.raises(ValueError, match="permutation"):
+        map_units(lambda x: x, [1, 2], order=[0, 0])
