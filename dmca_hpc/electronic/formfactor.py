@@ -600,10 +600,21 @@ def bethe_sum_ratio(bd, n_conduction_list, n_shells: int = 3, q_limit: float = 3
 #: gth-dzvp, 40^3 grid, 4 x 22 bands: 0.163 s per pair; at 54^3: 0.50 s, model 0.43 s);
 #: the quickstart (gth-szv, 40^3, 4 x 4: 0.037 s per pair measured) gives 0.039 s
 FF_S_PER_POINT = 1.35e-9
-#: analytic route: 11.8 us per (k, Q) for Si def2-svp (38 Cartesian AOs, 14 valence x 22
-#: conduction bands, one thread; benchmarks/ae_overlap_results.json), scaled with the MO
-#: transform's nao_c^2 nval + nao_c nval ncond
-FF_ANALYTIC_REF = (11.8e-6, 38, 14, 22)
+#: analytic route time per (k, Q) [s, one thread] = FF_ANALYTIC_S_PER_AO W_AO +
+#: FF_ANALYTIC_S_PER_MO W_MO: W_AO the AO build's complex multiply-adds per (k, Q)
+#: (:func:`analytic_ao_work`: screened Cartesian primitive-pair products, the nao_c^2
+#: elements, the unit's 1D tables; half the first two for units with 2q in the reciprocal
+#: lattice), W_MO = nao_c^2 nval + nao_c nval ncond (the MO transform's two GEMMs; the
+#: binning rides on it).  Least-squares fit (relative residuals) of CPU time by
+#: benchmarks/fit_analytic_time.py (benchmarks/analytic_time_fit.json): one thread, 6x6x6
+#: mesh, units of 29 to 216 k, ~800 Q of |Q| <= 20 per case plus the whole sphere's tables,
+#: C / Si / Ge def2-svp, C cc-pVDZ and def2-TZVP, Si GTH-DZVP, 14 rows: model / measured
+#: 0.93 to 1.07.  Production units (6x6x6, 216 k, q <= 20, loaded cores), estimate over
+#: CPU (wall) time: C def2-svp 0.92 (0.41), Ge def2-svp 1.37 (1.03; with nocc 32 for the
+#: 14 valence bands the 50 eV window reaches: 1.06 with those); the W_MO-only model
+#: before (11.8 us per (k, Q) of Si def2-svp): C 0.20 (0.09), Ge 0.94 (0.71)
+FF_ANALYTIC_S_PER_AO = 5.39e-9
+FF_ANALYTIC_S_PER_MO = 0.218e-9
 #: a partial table's checkpoint (gzip level 1, shuffle): 6144 B of file, ~0.09 B per
 #: (q, E) bin for the runs of zeros and their chunk index, ~24 B per populated bin (an
 #: isolated double costs a literal and a match in each of its 8 shuffled byte planes);
@@ -643,6 +654,107 @@ def n_q_plus_g(cell, q_max: float) -> float:
     return 4.0 / 3.0 * math.pi * q_max ** 3 * float(cell.vol) / (2 * math.pi) ** 3
 
 
+def analytic_ao_work(ana, q_max: float) -> dict:
+    """AO-build work per (k, Q) of ``ana`` (an
+    :class:`dmca_hpc.electronic.ae_overlap.AnalyticEngine`) over the Q of a sphere
+    ``|Q| < q_max`` [alpha m_e], counted from the engine's pair data without evaluating.
+
+    The counts are complex multiply-adds over the (k, character) columns of the
+    factorized kernels, per (k, Q) (dimensionless):
+
+    ``products``: the kernel's inner loop, ``D ncart_a ncart_b`` per primitive pair
+    with images beyond its home cell (the home-only pairs are k independent: a share
+    1/n_k of this), of shell pairs I <= J (the transpose relation holds for every
+    unit's k set), times the share of the sphere's Q at which the pair survives the
+    screening; a general contraction adds only real multiply-adds on each product
+    (C cc-pVDZ's two-contraction s shell: about one product per pair, measured).  The
+    screening keeps a pair while ``c_ab (pi/p)^(3/2) exp(-mu X^2) exp(-|Q|^2/4p)
+    poly(|Q|) >= eps`` (X: its nearest grid image per direction, as the tabulated
+    maxima see it), i.e. below a |Q|_cut of its own; the share is ``min(1, (|Q|_cut /
+    q_max)^3)``.  Against the kernel's own count on the whole sphere at q_max 20: 2-4 %
+    low for C, Si, Ge def2-svp, C cc-pVDZ and def2-TZVP, 15 % for Si GTH-DZVP (its
+    diffuse pairs' image sums; products are a fifth of its W_AO).
+    ``elements``: ``nao_c^2``: every element of S(k, Q) is zeroed, summed over the
+    characters and stored once per (k, Q).
+    ``tables``: the 1D tables built once per unit, ``D (l_a+1)(l_b+1) sum_d
+    n_images,d n_Qd`` per extended pair, over the sphere's ``n_q_plus_g`` Q;
+    ``n_Qd = 2 q_max / dG_d + 1`` distinct Q components per direction (dG_d: the
+    spacing of the reciprocal lattice's d components).
+
+    The direct lattice sum (non-orthorhombic lattices) counts ``products`` per
+    (pair, image), every ordered pair, and no tables: not fitted; on Si def2-svp
+    (4x4x4 k, |Q| <= 10) it measured 0.75 of FF_ANALYTIC_S_PER_AO per count, so its
+    estimate is ~30 % high.  Returns the three counts, ``ao`` (their sum) and
+    ``n_qd``."""
+    B = ana.basis
+    ncart = (B.l + 1) * (B.l + 2) // 2
+    if ana.lattice_sum == "factorized":
+        h, N, g = ana.grid
+        keep = ana._fkeep
+        pa, pb = ana._pa[keep], ana._pb[keep]
+        ext = (B.shell[pa] <= B.shell[pb]) & ~ana._local
+        # the tabulated maximum of direction d is reached at its nearest grid image
+        X0 = B.coord[pa] - B.coord[pb]
+        m = np.clip(np.rint(X0 / h), ana._mlo, ana._mhi)
+        X2 = ((X0 - m * h) ** 2).sum(axis=1)
+        nimg = (ana._mhi - ana._mlo + 1).astype(float)
+        D = float(len(g))
+        # d components of G = n @ b with b = 2 pi inv(N)^T diag(1/h): multiples of
+        # 2 pi gcd_j(D inv(N)[d, j]) / (D h_d)
+        Ninv = np.rint(np.linalg.inv(N.astype(float)) * len(g)).astype(np.int64)
+        dG = np.array([2 * math.pi * math.gcd(*[abs(int(x)) for x in Ninv[d]]) / (len(g) * h[d])
+                       for d in range(3)])
+        n_qd = 2 * q_max / dG + 1
+        sel = np.nonzero(ext)[0]
+    else:
+        keep = ana._dkeep
+        cnt = ana._img1 - ana._img0
+        pair = np.repeat(np.arange(len(keep)), cnt)
+        pa, pb = ana._pa[keep][pair], ana._pb[keep][pair]
+        T = ana._Ls[ana._img_index]
+        X2 = ((B.coord[pa] - B.coord[pb] - T) ** 2).sum(axis=1)
+        D = 1.0
+        n_qd = np.zeros(3)
+        sel = np.arange(len(pa))
+    a, b = pa[sel], pb[sel]
+    p = B.exp[a] + B.exp[b]
+    mu = B.exp[a] * B.exp[b] / p
+    csum = np.abs(B.coef).sum(axis=1)
+    lnb = np.log(np.maximum(csum[a] * csum[b] * (math.pi / p) ** 1.5, 1e-300) / ana.eps) \
+        - mu * X2[sel]
+    lsum = B.l[a] + B.l[b]
+    q2 = 4 * p * np.maximum(lnb, 0.0)
+    for _ in range(4):  # the polynomial factor (|Q|/2p + |X| + width)^(l_a + l_b)
+        poly = lsum * np.log(np.maximum(1.0, np.sqrt(q2) / (2 * p) + np.sqrt(X2[sel])
+                                        + 1 / np.sqrt(2 * p)))
+        q2 = 4 * p * np.maximum(lnb + poly, 0.0)
+    share = np.where(lnb + poly > 0, np.minimum(1.0, (np.sqrt(q2) / q_max) ** 3), 0.0)
+    products = float(D * (ncart[a] * ncart[b] * share).sum())
+    tables = 0.0
+    if ana.lattice_sum == "factorized":
+        nij = (B.l[a] + 1) * (B.l[b] + 1)
+        tables = float(D * (nij * (nimg[sel] * n_qd).sum(axis=1)).sum()
+                       / max(n_q_plus_g(ana.cell, q_max), 1.0))
+    elements = float(ana.nao_cart) ** 2
+    return {"products": products, "elements": elements, "tables": tables,
+            "ao": products + elements + tables, "n_qd": [float(x) for x in n_qd]}
+
+
+def unit_conjugate(cell, kmesh, use_symmetry: bool = True) -> list[bool]:
+    """Per unit of the analytic route (the order of :func:`unit_k_counts`, or every
+    mesh point without ``use_symmetry``): whether 2q is a reciprocal lattice
+    vector, so that the engine builds one Q of each +-Q pair (``S(k, -Q) =
+    conj(S(-k, Q))``; the unit's k set is closed under k -> -k then)."""
+    n = np.asarray([int(x) for x in kmesh])
+    if use_symmetry:
+        from dmca_hpc.electronic import symmetry
+        iq = symmetry.irreducible_mesh(symmetry.atoms_from_cell(cell), n).ibz_index
+    else:
+        iq = np.arange(int(np.prod(n)))
+    addr = np.indices(n).reshape(3, -1).T[np.asarray(iq, int)]
+    return [bool(x) for x in np.all(np.mod(2 * addr, n) == 0, axis=1)]
+
+
 def unit_checkpoint_bytes(nq: int, ne: int, nocc: int, ncond: int) -> float:
     """Model size [bytes] of one partial-table checkpoint (see FF_POPULATED_BIN_BYTES)."""
     populated = min(nq * ne, nq * nocc * ncond)
@@ -667,7 +779,9 @@ def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int
     0's sum of the tables (2 more).  Disk [bytes]: one checkpoint per unit
     (:func:`unit_checkpoint_bytes`), formfactor.hdf5 (the table, its metadata with the
     k list) and the plot (250 kB measured).  Time [s, one rank]: FF_S_PER_POINT per
-    pair (FFT) or FF_ANALYTIC_REF per (k, Q) (analytic).
+    pair (FFT), or per (k, Q) of every unit's k set (:func:`unit_k_counts`) FF_ANALYTIC_S_PER_AO
+    per AO-build operation (:func:`analytic_ao_work`) and FF_ANALYTIC_S_PER_MO per MO
+    multiply-add (analytic); ``unit_time_s`` is the mean over the units.
 
     Returns a dict: route, mesh, ngrid, nq, ne, units, unit_time_s, memory_bytes,
     engine_bytes (Engine.memory_bound_mb's figure), disk_bytes, checkpoint_bytes,
@@ -700,16 +814,21 @@ def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int
         ana = AnalyticEngine(cell, precision=float(s["precision"]))
         nc = ana.nao_cart
         # k per unit after the little-group reduction (Engine.unit_kset)
-        counts = unit_k_counts(cell, n) if s["use_symmetry"] else None
-        kmax = nk if counts is None else int(max(counts))
+        counts = unit_k_counts(cell, n) if s["use_symmetry"] else [nk] * nk
+        kmax = int(max(counts))
         batch = int(max(1, min(64, (256 * 2 ** 20) // (kmax * nc * nc * 16))))
-        kpairs = ks * nk if counts is None else int(sum(counts))
         engine = float(ana.memory_bytes(kmax, batch=batch, nbands=nocc, nbands_p=ncond))
         extra = 0.0
         units = ks
-        t0, n0, v0, c0 = FF_ANALYTIC_REF
-        per = t0 * (nc * nc * nocc + nc * nocc * ncond) / (n0 * n0 * v0 + n0 * v0 * c0)
-        t = per * kpairs * n_q_plus_g(cell, nq * s["dq"])
+        # per (k, Q): the AO build (half the products and elements where the engine builds
+        # one Q of each +-Q pair) and the MO transform (nocc: the bands an e_max window
+        # reaches are not known before the bands exist)
+        w = analytic_ao_work(ana, nq * s["dq"])
+        mo = FF_ANALYTIC_S_PER_MO * (nc * nc * nocc + nc * nocc * ncond)
+        per = {c: FF_ANALYTIC_S_PER_AO * ((0.5 if c else 1.0) * (w["products"] + w["elements"])
+                                          + w["tables"]) + mo for c in (False, True)}
+        conj = unit_conjugate(cell, n, s["use_symmetry"])
+        t = n_q_plus_g(cell, nq * s["dq"]) * sum(k * per[c] for k, c in zip(counts, conj))
     parts = {"engine": engine, "bands coefficients": coeffs, "table": table,
              "grid indices": extra, "units": 400.0 * units, "table sum": 2 * table}
     ckpt = units * unit_checkpoint_bytes(nq, ne, nocc, ncond)

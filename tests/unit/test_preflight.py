@@ -328,6 +328,88 @@ def test_irreducible_counts(si_szv):
     assert n == math.ceil(8e6 / 48)
 
 
+# --------------------------------------------------------------------------- analytic time model
+
+def _kept_products(eng, q, Qv):
+    """The kernel's own count per Q of the factorized route: Cartesian products of the
+    extended primitive pairs (shell pairs I <= J) its screening keeps, from a plan's
+    tabulated maxima (pcmax * prod_d fmax_d >= eps, as eval_factorized tests)."""
+    plan = eng._plan_factorized(np.stack([np.zeros(3), -q]), Qv)
+    B = eng.basis
+    pa, pb, loc = plan["pa"], plan["pb"], plan["local"]
+    nc = lambda l: (l + 1) * (l + 2) // 2  # noqa: E731
+    f, qi = plan["fmax"], plan["qidx"]
+    bound = plan["pcmax"][:, None] * f[:, 0, qi[:, 0]] * f[:, 1, qi[:, 1]] * f[:, 2, qi[:, 2]]
+    kept = bound >= eng.eps
+    w = nc(B.l[pa]) * nc(B.l[pb])
+    return plan["nchi"] * float((w[:, None] * kept)[~loc].sum()) / len(Qv), qi
+
+
+@pytest.mark.parametrize("q_max", [4.0, 10.0])
+def test_analytic_ao_work_counts_what_the_kernel_keeps(q_max):
+    """analytic_ao_work's screening proxy against the kernel's own screening on the whole
+    sphere, all-electron Si def2-svp (its tight 1s pairs stay at every |Q|, the diffuse
+    ones drop out: the count falls with q_max)."""
+    from dmca_hpc.electronic.ae_overlap import AnalyticEngine, q_plus_g
+    from dmca_hpc.electronic.formfactor import analytic_ao_work
+    from dmca_hpc.electronic.scf import build_cell, section_with_defaults
+    from dmca_hpc.electronic.symmetry import mesh_frac
+    from dmca_hpc.materials import get_material
+    cell = build_cell(get_material("Si").atoms(),
+                      section_with_defaults({"basis": "def2-svp", "pseudo": None}))
+    eng = AnalyticEngine(cell, precision=1e-8)
+    q = cell.get_abs_kpts(mesh_frac((4, 4, 4)))[5]
+    Qv, _ = q_plus_g(cell, q, q_max)
+    exact, qi = _kept_products(eng, q, Qv)
+    w = analytic_ao_work(eng, q_max)
+    assert w["products"] == pytest.approx(exact, rel=0.05)
+    assert w["elements"] == eng.nao_cart ** 2
+    assert w["ao"] == pytest.approx(w["products"] + w["elements"] + w["tables"])
+    for d in range(3):  # distinct Q components the 1D tables hold (the sphere's rim
+        # along an axis may miss a layer the 2 q_max / dG + 1 count has)
+        assert w["n_qd"][d] == pytest.approx(len(np.unique(qi[:, d])), rel=0.1)
+    if q_max == 10.0:
+        assert w["products"] < analytic_ao_work(eng, 4.0)["products"]
+
+
+def test_unit_conjugate_is_the_engines_choice(si_szv):
+    """A unit builds one Q of each +-Q pair exactly when unit_conjugate says so: the
+    engine's own test (conjugate_partners) on every unit's k set and Q sphere."""
+    from dmca_hpc.electronic import symmetry
+    from dmca_hpc.electronic.ae_overlap import AnalyticEngine, q_plus_g
+    from dmca_hpc.electronic.formfactor import unit_conjugate, unit_k_counts
+    atoms, cell = si_szv
+    km = (4, 4, 4)
+    eng = AnalyticEngine(cell)
+    kall = cell.get_abs_kpts(symmetry.mesh_frac(km))
+    rots = symmetry.mesh_rotations(symmetry.reciprocal_rotations(atoms)[0], km)
+    iqs = symmetry.irreducible_mesh(atoms, km).ibz_index
+    flags = unit_conjugate(cell, km)
+    assert len(flags) == len(iqs) == len(unit_k_counts(cell, km))
+    for iq, flag in zip(iqs, flags):
+        ks = symmetry.pair_kset(rots, km, int(iq))[0]
+        Qv, _ = q_plus_g(cell, kall[iq], 3.0)
+        assert (eng.conjugate_partners(kall[ks], Qv) is not None) == flag, iq
+    every = unit_conjugate(cell, km, use_symmetry=False)
+    assert len(every) == 64 and sum(every) == 8  # q with 2q = 0 mod G: {0, 1/2}^3
+    assert any(flags) and not all(flags)
+
+
+def test_analytic_time_constants_are_the_fit():
+    """FF_ANALYTIC_S_PER_AO and _MO are benchmarks/analytic_time_fit.json's a and b, and
+    with them the model reproduces every measured case of the fit (CPU time per (k, Q),
+    one thread; bases C / Si / Ge def2-svp, cc-pVDZ, def2-TZVP, GTH DZVP) within 30 %."""
+    from dmca_hpc.electronic import formfactor as ff
+    res = json.loads((ROOT / "benchmarks" / "analytic_time_fit.json").read_text())
+    assert ff.FF_ANALYTIC_S_PER_AO == pytest.approx(res["fit"]["a_s"], rel=0.02)
+    assert ff.FF_ANALYTIC_S_PER_MO == pytest.approx(res["fit"]["b_s"], rel=0.02)
+    assert len({r["basis"] for r in res["rows"]}) >= 4
+    for r in res["rows"]:
+        model = ff.FF_ANALYTIC_S_PER_AO * r["w_ao"] + ff.FF_ANALYTIC_S_PER_MO * r["w_mo"]
+        measured = r["cpu_us_per_kQ"]["unit"] * 1e-6
+        assert model / measured == pytest.approx(1.0, abs=0.3), r["label"]
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 def test_run_job_refuses_before_writing_and_checks_each_stage(tmp_path, monkeypatch):
