@@ -593,6 +593,10 @@ def _calibration(records: list[dict], model: dict) -> tuple[float, int] | None:
     meas = mod = 0.0
     n = 0
     for r in records:
+        if r.get("status", "ok") != "ok":
+            # a unit that failed (e.g. at once, on bad input) measured no work: a
+            # 0.2 s failure must not calibrate a 40 min stage down to 3 s
+            continue
         t = model["record_time"](r["unit"], r.get("kpts"))
         if t is None or not t > 0 or not math.isfinite(t):
             continue

@@ -440,3 +440,23 @@ def test_run_job_refuses_before_writing_and_checks_each_stage(tmp_path, monkeypa
     assert any(l.startswith("[preflight] estimate: memory <= ") for l in lines)
     man = json.loads((tmp_path / "out" / "C" / "materials" / "stage.json").read_text())
     assert man["status"] == "failed"
+
+
+def test_failed_units_do_not_calibrate_the_time(tmp_path):
+    """A unit that failed at once (measured live: the Ge PBE0 form factor's first
+    attempt, 0.19 s, then a resumed run estimated 3 s for a 40 min stage) measured no
+    work: only ok units calibrate; with only failed ones the model stands."""
+    from dmca_hpc.monitoring.telemetry import Telemetry
+    from dmca_hpc.stages.registry import STAGE_DMCA
+    job = load_job(ROOT / "jobs" / "quickstart.yaml")
+    out = tmp_path / "out"
+    model = by_label(pf.estimate_job(job, run_dir=out))["Si/bands"]
+    t = Telemetry(out / "telemetry", rank=0, job_id="q", stage_dmca=STAGE_DMCA)
+    for i in range(5):
+        t.record("bands", f"Si:mesh:{4 * i}-{4 * i + 4}", "failed", 0.01, 0.01, 150.0,
+                 physics={"material": "Si", "kpts": 4})
+    e = by_label(pf.estimate_job(job, run_dir=out))["Si/bands"]
+    assert e.how == model.how and e.time_s == pytest.approx(model.time_s)
+    write_bands_telemetry(out / "telemetry", wall_s=10.0)
+    e2 = by_label(pf.estimate_job(job, run_dir=out))["Si/bands"]
+    assert e2.how == "measured, 31 units"
