@@ -72,29 +72,19 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 def make_bands(workdir: Path) -> str:
     """bands.h5 of the fixed case from the real dft and bands stages (serial),
     reused from ``workdir`` when a complete one is there."""
+    from benchlib import dft_and_bands
     from dmca_hpc.hpc.checkpoint import is_complete
-    from dmca_hpc.hpc.parallel import SerialComm
-    from dmca_hpc.materials import get_material
-    from dmca_hpc.pipeline import make_context
-    from dmca_hpc.stages import bands as bands_stage
-    from dmca_hpc.stages import dft as dft_stage
     out = workdir / "si_ae_def2-svp_2x2x2_4x4x4"
     p = out / "bands" / "bands.h5"
     if p.exists() and is_complete(p):
         return str(p)
-    mat = get_material(CASE["material"])
     job = {"dft": {"basis": CASE["basis"], "pseudo": CASE["pseudo"], "xc": CASE["xc"],
                    "kmesh": CASE["scf_kmesh"], "density_fit": CASE["density_fit"],
                    "pyscf_verbose": 0},
            # one chunk: GDF bands rebuild the 3-index integrals per chunk; no band path
            "bands": {"kmesh": CASE["kmesh"], "irreducible_only": CASE["irreducible_only"],
                      "plots": False, "band_path_npoints": 0, "chunk_size": 8}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r1 = dft_stage.run_stage(make_context("dft", out, mat, job, comm=SerialComm()))
-        r2 = bands_stage.run_stage(make_context("bands", out, mat, job, outputs={"dft": r1},
-                                              comm=SerialComm()))
-    return r2["bands"]
+    return dft_and_bands(out, CASE["material"], job)
 
 
 def scissor_gap() -> float:

@@ -34,9 +34,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from dmca_hpc.pipeline import make_context
-from dmca_hpc.stages import dft as dft_stage
-from dmca_hpc.stages import bands as bands_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,24 +42,17 @@ CASE = {"q_max": 10.0, "dq": 0.02, "de": 0.1, "e_max": 50.0, "gap_ev": 1.11}
 
 
 def make_bands(workdir: Path, kmesh=(4, 4, 4), basis="gth-dzvp") -> str:
+    from benchlib import dft_and_bands
     from dmca_hpc.hpc.checkpoint import is_complete
-    from dmca_hpc.materials import get_material
-    from dmca_hpc.hpc.parallel import SerialComm
     out = workdir / f"si_{basis}_{'x'.join(map(str, kmesh))}"
     p = out / "bands" / "bands.h5"
     if p.exists() and is_complete(p):
         return str(p)
-    mat = get_material("Si")
     job = {"dft": {"basis": basis, "kmesh": [2, 2, 2], "ke_cutoff_hartree": 60.0,
                    "pyscf_verbose": 0},
            "bands": {"kmesh": list(kmesh), "plots": False, "band_path_npoints": 0,
                      "chunk_size": 8}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r1 = dft_stage.run_stage(make_context("dft", out, mat, job, comm=SerialComm()))
-        r2 = bands_stage.run_stage(make_context("bands", out, mat, job, outputs={"dft": r1},
-                                              comm=SerialComm()))
-    return r2["bands"]
+    return dft_and_bands(out, "Si", job)
 
 
 def time_pairs(bd, s, pairs, aopair=True):

@@ -32,3 +32,21 @@ def finish(res: dict, out) -> int:
     print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
     print(f"wrote {out}")
     return 0
+
+
+def dft_and_bands(out, material: str, job: dict) -> str:
+    """Run (or reuse through the stages' own checkpoints) the real dft and bands
+    stages of ``job`` for ``material`` serially into ``out``; returns bands.h5."""
+    import warnings
+    from dmca_hpc.hpc.parallel import SerialComm
+    from dmca_hpc.materials import get_material
+    from dmca_hpc.pipeline import make_context
+    from dmca_hpc.stages import bands as bands_stage
+    from dmca_hpc.stages import dft as dft_stage
+    mat = get_material(material)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r1 = dft_stage.run_stage(make_context("dft", out, mat, job, comm=SerialComm()))
+        r2 = bands_stage.run_stage(make_context("bands", out, mat, job, outputs={"dft": r1},
+                                              comm=SerialComm()))
+    return r2["bands"]
