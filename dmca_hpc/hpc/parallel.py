@@ -318,6 +318,11 @@ def map_units(func: Callable[[Any], Any], units: Sequence[Any], comm=None,
         finally:
             dispatcher.free()
 
+    if size > 1:
+        # a rank out of units sleeps until the last one ends instead of spinning in
+        # the gather (measured: rank 1 at 50-70% CPU for the 40 min of a single GDF
+        # bands chunk on rank 0, on 2 cores)
+        idle_barrier(comm)
     if root_only:
         parts = comm.gather(mine, root=0)
         if rank != 0:
