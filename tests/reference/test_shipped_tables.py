@@ -95,13 +95,40 @@ def test_shipped_ge_is_all_electron_with_the_3d_shell(qcdark_ge):
     assert light == pytest.approx([170.235, 2.50233], rel=1e-5)
 
 
+def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
+    """Ge_pbe0.hdf5 comes from jobs/ge_ae_pbe0.yaml (as Ge.hdf5 but PBE0, QCDark's
+    functional): PBE0 puts the 3d shell at -28.5 to -28.9 eV (PBE: -25.5 to -25.8),
+    and the heavy-mediator totals from 30 MeV up come within 20% of QCDark's
+    (def2-TZVP, PBE0) table (measured 1.15-1.18; PBE: 1.43-1.52).  Near threshold
+    it does worse: def2-SVP gives PBE0 Ge a 2.17 eV gap, which the scissor closes
+    by 1.5 eV, and Q = 1 comes out 1.7-2.2x (light mediator 1.5-2.0x in total), so
+    it ships beside the PBE table as the functional systematic, not instead of it."""
+    from dmca_hpc.detection.rates import electron_rates
+    t = read_table(table_for_material("Ge_pbe0"))
+    m = t.metadata
+    assert m["all_electron"] is True and m["xc"] == "PBE0" and m["basis"] == "def2-svp"
+    assert m["e_complete_ev"] == pytest.approx(35.62, abs=0.01) and t.gap_ev == pytest.approx(0.67)
+    assert m["gap_dft_ev"] == pytest.approx(2.165, abs=0.005)
+    assert not np.isnan(t.f2).any() and (t.f2 >= 0).all()
+    for mass in (30, 100, 1000, 10000):
+        tot, _ = _ge_ratios(qcdark_ge, "Ge_pbe0", mass, "heavy")
+        pbe, _ = _ge_ratios(qcdark_ge, "Ge", mass, "heavy")
+        assert abs(tot - 1) <= 0.2 and abs(tot - 1) < abs(pbe - 1), (mass, tot, pbe)
+    heavy = electron_rates(t, [10e6, 1e9], fdm="heavy").total
+    light = electron_rates(t, [10e6, 1e9], fdm="light").total
+    # regression to 5 digits: this table through this engine (shm-2021, 1e-39 cm^2)
+    assert heavy == pytest.approx([515.876, 47.8901], rel=1e-5)
+    assert light == pytest.approx([227.520, 3.14615], rel=1e-5)
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "issue 14's criterion (total and Q = 1..5 within 20% of QCDark at 3-10000 MeV, both "
     "mediators) is missed by the PBE/def2-SVP table: Q = 1, 2 are 1.20-1.26x at every mass "
     "(def2-SVP leaves PBE Ge a 0.54 eV gap where a converged basis closes it: a different "
     "band shape near the gap), and heavy totals above 30 MeV are 1.43-1.51x because PBE puts "
     "the 3d band at -25.5 eV, shallower than QCDark's PBE0 (Q = 9, 10 at 1 GeV: 4.3x, 17x). "
-    "PBE0 and def2-TZVP are the cure; neither fits the session budget yet"))
+    "PBE0 with def2-SVP (Ge_pbe0) brings the heavy totals >= 30 MeV within 20% but Q = 1 to "
+    "1.7-2.2x (a 2.17 eV PBE0/def2-SVP gap scissored by -1.5 eV): def2-TZVP is the missing part"))
 def test_shipped_ge_within_20_percent_of_qcdark(qcdark_ge):
     for fdm in ("heavy", "light"):
         for mass in (3, 10, 30, 100, 1000, 10000):
