@@ -164,10 +164,10 @@ class Engine:
         #: rotations (reciprocal basis) of the mesh for the analytic route's
         #: little-group reduction of the k set of each q (None: every k)
         self.rotations = None
+        self._ksets: dict = {}
         if self.route == "analytic" and s["use_symmetry"]:
-            from dmca_hpc.electronic import symmetry
-            rots, _, _ = symmetry.reciprocal_rotations(symmetry.atoms_from_cell(cell))
-            self.rotations = symmetry.mesh_rotations(rots, bd.kmesh)
+            from dmca_hpc.electronic.symmetry import cell_mesh_rotations
+            self.rotations = cell_mesh_rotations(cell, bd.kmesh)
         self.nocc = bd.nocc
         nc_all = bd.nbands - bd.nocc
         nc = s["n_conduction"]
@@ -252,11 +252,10 @@ class Engine:
         whole degenerate band sets, i.e. below ``e_complete_ev``."""
         if self.rotations is None:
             return np.arange(self.bd.nk), np.ones(self.bd.nk)
-        cache = self.__dict__.setdefault("_ksets", {})
-        if iq not in cache:
+        if iq not in self._ksets:
             from dmca_hpc.electronic.symmetry import pair_kset
-            cache[iq] = pair_kset(self.rotations, self.bd.kmesh, iq)
-        return cache[iq]
+            self._ksets[iq] = pair_kset(self.rotations, self.bd.kmesh, iq)
+        return self._ksets[iq]
 
     def unit_order(self, units) -> list[int] | None:
         """Dispatch order of ``units`` (indices): the analytic route's little-group
@@ -642,9 +641,8 @@ def unit_k_counts(cell, kmesh) -> list[int]:
     irreducible q; :func:`dmca_hpc.electronic.symmetry.pair_kset`), from the
     cell and the mesh alone."""
     from dmca_hpc.electronic import symmetry
-    atoms = symmetry.atoms_from_cell(cell)
-    rots = symmetry.mesh_rotations(symmetry.reciprocal_rotations(atoms)[0], kmesh)
-    ir = symmetry.irreducible_mesh(atoms, kmesh)
+    rots = symmetry.cell_mesh_rotations(cell, kmesh)
+    ir = symmetry.irreducible_mesh(symmetry.atoms_from_cell(cell), kmesh)
     return [len(symmetry.pair_kset(rots, kmesh, int(iq))[0]) for iq in ir.ibz_index]
 
 

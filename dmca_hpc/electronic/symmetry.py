@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["IrreducibleMesh", "mesh_frac", "mesh_index", "irreducible_mesh",
            "spglib_cell", "reciprocal_rotations", "atoms_from_cell", "mesh_rotations",
-           "pair_kset"]
+           "cell_mesh_rotations", "pair_kset"]
 
 
 @contextlib.contextmanager
@@ -224,6 +224,12 @@ def mesh_rotations(rotations, mesh) -> np.ndarray:
         if np.all(np.abs(s - np.round(s)) < 1e-9):
             keep.append(r)
     return np.array(keep, dtype=int).reshape(-1, 3, 3)
+
+
+def cell_mesh_rotations(cell, mesh) -> np.ndarray:
+    """:func:`mesh_rotations` of a pyscf Cell's space group (time reversal
+    included) for the Gamma-centred ``mesh``: the operations :func:`pair_kset` uses."""
+    return mesh_rotations(reciprocal_rotations(atoms_from_cell(cell))[0], mesh)
 
 
 def pair_kset(rotations, mesh, iq: int, conjugate: bool | None = None):
