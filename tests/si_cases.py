@@ -27,23 +27,27 @@ def shared_si_scf(tmp_path_factory, section=SI_DFT, tag="si_dzvp"):
 SMALL = {"q_max": 6.0, "dq": 0.2, "de": 1.0, "e_max": 30.0, "gap_ev": 1.11}
 
 
-def make_si_bands(cache_dir) -> str:
-    """bands.h5 of Si (gth-szv, 2x2x2) from the real dft and bands stages,
-    built once into ``cache_dir`` (serially, by the caller's process)."""
-    from dmca_hpc.electronic import bands
-    from dmca_hpc.electronic import scf as dft
+#: the dft section of the shared small Si case (gth-szv, 2x2x2 SCF)
+SI_SZV_DFT = {"basis": "gth-szv", "kmesh": [2, 2, 2], "ke_cutoff_hartree": 40.0,
+              "conv_tol_hartree": 1e-10, "pyscf_verbose": 0}
+
+
+def make_si_bands(cache_dir, bands: dict | None = None) -> str:
+    """bands.h5 of Si (gth-szv, 2x2x2 SCF) from the real dft and bands stages,
+    built once into ``cache_dir`` (serially, by the caller's process).
+    ``bands`` updates the bands section (default: the 2x2x2 mesh, one chunk);
+    a ``cache_dir`` that already holds the SCF of :data:`SI_SZV_DFT` (a copied
+    dft/ folder) reuses it through the stage's checkpoint."""
     from dmca_hpc.hpc.checkpoint import is_complete
-    from dmca_hpc.materials import get_material
     from dmca_hpc.hpc.parallel import SerialComm
     out = Path(cache_dir)
     p = out / "bands" / "bands.h5"
     if p.exists() and is_complete(p):
         return str(p)
     mat = get_material("Si")
-    job = {"dft": {"basis": "gth-szv", "kmesh": [2, 2, 2], "ke_cutoff_hartree": 40.0,
-                   "conv_tol_hartree": 1e-10, "pyscf_verbose": 0},
+    job = {"dft": dict(SI_SZV_DFT),
            "bands": {"kmesh": [2, 2, 2], "plots": False, "band_path_npoints": 0,
-                     "chunk_size": 8}}
+                     "chunk_size": 8, **(bands or {})}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # szv cannot reach 50 eV: known, tested below
         c1 = make_context("dft", out, mat, job, comm=SerialComm())

@@ -14,6 +14,13 @@ def add_arguments(parser):
         parser.add_argument("--" + k.replace("_", "-"), type=float, default=None,
                             help=f"formfactor.{k} (see config/schema/formfactor.schema.json)")
     parser.add_argument("--scissor", choices=["qcdark", "qedark", "none"], default=None)
+    parser.add_argument("--route", choices=["auto", "fft", "analytic"], default=None,
+                        help="formfactor.route: fft (grid; GTH bases), analytic (Gaussian "
+                             "plane-wave overlaps, no grid; any basis, all-electron included), "
+                             "auto (fft when every element has a GTH pseudopotential; the default)")
+    parser.add_argument("--precision", type=float, default=None,
+                        help="formfactor.precision [1]: relative cut of the plane-wave "
+                             "expansion of the Gaussian basis (default 1e-8)")
     parser.add_argument("--no-symmetry", action="store_true", help="full (k, k') double sum")
     parser.add_argument("--plot", default=None, help="also write the heat map PNG here")
 
@@ -28,7 +35,8 @@ def run_cli(args) -> int:
     from dmca_hpc.hpc.parallel import get_comm
     from dmca_hpc.tables import write_table
     comm = get_comm()
-    sec = {k: getattr(args, k) for k in ("dq", "de", "q_max", "e_max", "gap_ev", "scissor")
+    sec = {k: getattr(args, k) for k in ("dq", "de", "q_max", "e_max", "gap_ev", "scissor",
+                                                 "route", "precision")
            if getattr(args, k, None) is not None}
     if args.no_symmetry:
         sec["use_symmetry"] = False

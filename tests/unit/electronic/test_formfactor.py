@@ -310,6 +310,18 @@ def test_cli_hook(si_bands, tmp_path):
     t = read_table(out)
     assert t.f2.shape == (8, 10) and t.gap_ev == pytest.approx(1.11)
     assert (tmp_path / "si.png").exists()
+    # --route picks the matrix-element route; the table records it (auto: fft on GTH)
+    assert t.metadata["route"] == "fft"
+    out2 = tmp_path / "si_ana.hdf5"
+    args = p.parse_args([si_bands, "--out", str(out2), "--q-max", "4", "--dq", "0.5",
+                         "--de", "2", "--e-max", "20", "--route", "analytic"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert formfactor.run_cli(args) == 0
+    t2 = read_table(out2)
+    assert t2.metadata["route"] == "analytic"
+    # both routes are exact to their precision on a GTH basis (see the test below)
+    assert np.allclose(t2.f2, t.f2, rtol=0, atol=1e-6 * t.f2.max())
 
 
 def test_analytic_route_equals_fft_route(bd, wedge_table, tmp_path):

@@ -13,7 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from si_cases import SMALL, cached_si_bands
+from pathlib import Path
+
+from si_cases import SMALL, cached_si_bands, make_si_bands
 
 
 @pytest.fixture(scope="module")
@@ -21,26 +23,11 @@ def si444(request, tmp_path_factory):
     """Si gth-szv bands on 4x4x4 (irreducible k rotated to the mesh) from the
     cached 2x2x2 SCF of the shared Si case (its dft/ folder is reused)."""
     from dmca_hpc.electronic.bands import load_bands
-    from dmca_hpc.hpc.parallel import SerialComm
-    from dmca_hpc.materials import get_material
-    from dmca_hpc.pipeline import make_context
-    from dmca_hpc.stages import bands as bands_stage
-    from dmca_hpc.stages import dft as dft_stage
-    from pathlib import Path
     src = Path(cached_si_bands(request, tmp_path_factory.mktemp)).parent.parent
     out = tmp_path_factory.mktemp("si444")
     shutil.copytree(src / "dft", out / "dft")
-    mat = get_material("Si")
-    job = {"dft": {"basis": "gth-szv", "kmesh": [2, 2, 2], "ke_cutoff_hartree": 40.0,
-                   "conv_tol_hartree": 1e-10, "pyscf_verbose": 0},
-           "bands": {"kmesh": [4, 4, 4], "plots": False, "band_path_npoints": 0,
-                     "chunk_size": 16, "irreducible_only": True}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r1 = dft_stage.run_stage(make_context("dft", out, mat, job, comm=SerialComm()))
-        r2 = bands_stage.run_stage(make_context("bands", out, mat, job, outputs={"dft": r1},
-                                                comm=SerialComm()))
-    return load_bands(r2["bands"])
+    return load_bands(make_si_bands(out, {"kmesh": [4, 4, 4], "chunk_size": 16,
+                                          "irreducible_only": True}))
 
 
 def _fcc_rotations():
