@@ -156,7 +156,21 @@ def record_run(h5_path: str | Path) -> dict:
         raise RecordError(f"{h5_path}: attrs['material'] = {rec['material']!r} in directory "
                           f"{mat_dir.name!r}; expected <run>/<Material>/dielectric/")
     rec["material"] = mat_dir.name
-    prov = rec.pop("provenance")
+    rec.update(run_provenance(run_dir, rec.pop("provenance"), mat_dir.name, "dielectric"))
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def run_provenance(run_dir: Path, prov: dict, material: str, stage: str) -> dict:
+    """Job file, hashes, git sha, ranks and one stage's wall time [s] of one run.
+
+    ``prov``: the stage output's own provenance (its attrs), completed by the
+    run's provenance.json.  The job file is the one given on the command line
+    (relative to the repository root), else jobs/<job name>.yaml; a run started
+    from a copy of jobs/ outside the repository (a production snapshot) is
+    checked against the repository's job file of that name, and the path it was
+    run from is kept as ``job_as_run``.  Shared by the recorders of
+    tests/reference (record_target_states.py imports it)."""
+    import yaml
     if (run_dir / "provenance.json").is_file():
         prov = {**_load_json_file(run_dir / "provenance.json", "the run's provenance"), **prov}
     job_yaml = run_dir / "job.yaml"
@@ -165,32 +179,35 @@ def record_run(h5_path: str | Path) -> dict:
                           f"written by dmca-hpc run)")
     run_job = yaml.safe_load(job_yaml.read_text()) or {}
     name = run_job.get("name") or ""
-    # the job file as given on the command line (run from the repository root), else by name
     argv = [a for a in prov.get("argv", []) if a.endswith((".yaml", ".yml"))]
-    job_rel = Path(argv[0]) if argv else Path("jobs") / f"{name}.yaml"
-    job_file = job_rel if job_rel.is_absolute() else REPO / job_rel
+    as_run = Path(argv[0]) if argv else Path("jobs") / f"{name}.yaml"
+    job_file = as_run if as_run.is_absolute() else REPO / as_run
+    out: dict = {}
     try:
         job_rel = job_file.resolve().relative_to(REPO)
     except ValueError:
-        pass
+        out["job_as_run"] = str(as_run)
+        job_rel = Path("jobs") / f"{name}.yaml"
+        job_file = REPO / job_rel
     if not job_file.is_file():
         raise RecordError(f"{job_file}: job file of run {run_dir} (job {name!r}) not found; "
                           f"expected it in the repository")
     _, spec_sha = job_spec(job_file)
-    rec.update({"job": job_rel.as_posix(), "job_name": name, "job_spec_sha256": spec_sha,
+    out.update({"job": job_rel.as_posix(), "job_name": name, "job_spec_sha256": spec_sha,
                 "job_keys_differing": job_keys_differing(job_file, run_job),
                 "job_hash": prov.get("job_hash") or None, "git_sha": prov.get("git_sha") or None,
                 "nranks": prov.get("nranks"), "run_dir": str(run_dir)})
-    stage = (_load_json_file(stage_dir / "stage.json", "the stage manifest")
-             if (stage_dir / "stage.json").is_file() else {})
-    wall = stage.get("wall_seconds")
+    stage_dir = run_dir / material / stage
+    manifest = (_load_json_file(stage_dir / "stage.json", "the stage manifest")
+                if (stage_dir / "stage.json").is_file() else {})
+    wall = manifest.get("wall_seconds")
     if wall is None and (run_dir / "run.json").is_file():
         run = _load_json_file(run_dir / "run.json", "the run summary")
-        wall = ((run.get("stages") or {}).get(f"{mat_dir.name}/dielectric") or {}).get("wall_seconds")
-    rec["finished_at"] = stage.get("finished_at")
+        wall = ((run.get("stages") or {}).get(f"{material}/{stage}") or {}).get("wall_seconds")
+    out["finished_at"] = manifest.get("finished_at")
     # a wall time is a measurement of one machine's load: 0.1 s says all it can
-    rec["dielectric_wall_seconds"] = round(float(wall), 1) if wall is not None else None
-    return {k: v for k, v in rec.items() if v is not None}
+    out[f"{stage}_wall_seconds"] = round(float(wall), 1) if wall is not None else None
+    return out
 
 
 def find_runs(run_dir: Path) -> list[Path]:

@@ -222,48 +222,10 @@ def electrons_of(bd, scf_path: Path) -> dict:
 
 
 def provenance_of(run_dir: Path, mat: str, bd) -> dict:
-    """Job file, hashes, git sha, ranks and the bands stage's time of one run."""
-    import yaml
+    """Job file, hashes, git sha, ranks and the bands stage's time of one run
+    (the dielectric recorder's ``run_provenance``)."""
     prov = json.loads(bd.attrs["provenance"]) if "provenance" in bd.attrs else {}
-    if (run_dir / "provenance.json").is_file():
-        prov = {**_load_json_file(run_dir / "provenance.json", "the run's provenance"), **prov}
-    job_yaml = run_dir / "job.yaml"
-    if not job_yaml.is_file():
-        raise RecordError(f"{job_yaml}: missing; expected the run's job.yaml (a directory "
-                          f"written by dmca-hpc run)")
-    run_job = yaml.safe_load(job_yaml.read_text()) or {}
-    name = run_job.get("name") or ""
-    argv = [a for a in prov.get("argv", []) if a.endswith((".yaml", ".yml"))]
-    as_run = Path(argv[0]) if argv else Path("jobs") / f"{name}.yaml"
-    job_file = as_run if as_run.is_absolute() else REPO / as_run
-    out: dict = {}
-    try:
-        job_rel = job_file.resolve().relative_to(REPO)
-    except ValueError:
-        # started from a copy of jobs/ outside the repository: what is checked (and
-        # what the test compares with) is the repository's job file of that name
-        out["job_as_run"] = str(as_run)
-        job_rel = Path("jobs") / f"{name}.yaml"
-        job_file = REPO / job_rel
-    if not job_file.is_file():
-        raise RecordError(f"{job_file}: job file of run {run_dir} (job {name!r}) not found; "
-                          f"expected it in the repository")
-    _, spec_sha = job_spec(job_file)
-    out.update({"job": job_rel.as_posix(), "job_name": name, "job_spec_sha256": spec_sha,
-                "job_keys_differing": job_keys_differing(job_file, run_job),
-                "job_hash": prov.get("job_hash") or None, "git_sha": prov.get("git_sha") or None,
-                "nranks": prov.get("nranks"), "run_dir": str(run_dir)})
-    stage_dir = run_dir / mat / "bands"
-    stage = (_load_json_file(stage_dir / "stage.json", "the stage manifest")
-             if (stage_dir / "stage.json").is_file() else {})
-    wall = stage.get("wall_seconds")
-    if wall is None and (run_dir / "run.json").is_file():
-        run = _load_json_file(run_dir / "run.json", "the run summary")
-        wall = ((run.get("stages") or {}).get(f"{mat}/bands") or {}).get("wall_seconds")
-    out["finished_at"] = stage.get("finished_at")
-    # a wall time is a measurement of one machine's load: 0.1 s says all it can
-    out["bands_wall_seconds"] = round(float(wall), 1) if wall is not None else None
-    return out
+    return _base.run_provenance(run_dir, prov, mat, "bands")
 
 
 def record_run(h5_path: str | Path, timings: dict | None = None) -> dict:
