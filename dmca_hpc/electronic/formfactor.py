@@ -200,11 +200,7 @@ class Engine:
         #: energies the transitions are binned at [eV]: every near-degenerate set
         #: at its mean (:func:`degenerate_mean`)
         self.e_bin_ev = degenerate_mean(e_ev)
-        # valence bands a transition below e_max can start from: E_c - E_v >= gap + (VBM - E_v),
-        # so a band entirely more than e_max - gap below the VBM (a deep core shell) never does
-        top_v = e_ev[:, :bd.nocc].max(axis=0)
-        reach = top_v > self.vbm_ev + self.gap_ev - s["e_max"]
-        self.v0 = int(np.argmax(reach)) if reach.any() else bd.nocc - 1
+        self.v0 = bd.nocc - valence_window(e_ev, bd.nocc, self.gap_ev, s["e_max"])
         self.nval = bd.nocc - self.v0
         self.batch = 1
         #: most k of one unit (the analytic route's little-group sets)
@@ -339,6 +335,18 @@ class Engine:
 
 #: bands closer than this are one (near-)degenerate set for the binning [eV]
 DEGENERACY_TOL_EV = 1e-3
+
+
+def valence_window(e_ev: np.ndarray, nocc: int, gap_ev: float, e_max_ev: float) -> int:
+    """How many of the ``nocc`` occupied bands (the top ones) a transition below
+    ``e_max_ev`` can start from, for band energies ``e_ev`` [nk, nbands] in eV and
+    the (scissored) gap ``gap_ev`` [eV]: E_c - E_v >= gap + (VBM - E_v), so a band
+    lying entirely more than e_max - gap below the VBM (a deep core shell) never
+    does.  At least 1."""
+    e = np.asarray(e_ev, dtype=float).reshape(-1, np.shape(e_ev)[-1])
+    top_v = e[:, :nocc].max(axis=0)
+    reach = top_v > top_v.max() + gap_ev - e_max_ev
+    return int(nocc - np.argmax(reach)) if reach.any() else 1
 
 
 def degenerate_mean(e_ev: np.ndarray, tol_ev: float = DEGENERACY_TOL_EV) -> np.ndarray:
@@ -760,14 +768,17 @@ def unit_checkpoint_bytes(nq: int, ne: int, nocc: int, ncond: int) -> float:
                         FF_ZERO_BIN_BYTES * nq * ne + FF_POPULATED_BIN_BYTES * populated)
 
 
-def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int) -> dict:
+def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int,
+                        nval: int | None = None) -> dict:
     """Memory, disk and time of :func:`compute_table` from sizes only.
 
     Args:
         cell: pyscf Cell of the bands; s: :func:`settings`; kmesh: the bands' mesh;
-        nbands, nocc: bands in the bands file and valence bands (with
+        nbands, nocc: bands in the bands file and occupied bands (with
         ``n_conduction`` null every conduction band is used, as :class:`Engine` does);
-        n_ibz: irreducible k of the mesh.
+        n_ibz: irreducible k of the mesh; nval: the occupied bands a transition below
+        ``e_max`` can start from (:func:`valence_window`; the analytic route skips the
+        rest), None = all ``nocc`` (an upper bound, before any eigenvalues exist).
 
     Memory [bytes per rank]: what :attr:`Engine.memory_bound_mb` counts (the FFT
     route's :meth:`GridEngine.memory_bytes` for all valence and the conduction bands,
@@ -815,14 +826,15 @@ def estimate_formfactor(cell, s: dict, kmesh, nbands: int, nocc: int, n_ibz: int
         counts = unit_k_counts(cell, n) if s["use_symmetry"] else [nk] * nk
         kmax = int(max(counts))
         batch = int(max(1, min(64, (256 * 2 ** 20) // (kmax * nc * nc * 16))))
-        engine = float(ana.memory_bytes(kmax, batch=batch, nbands=nocc, nbands_p=ncond))
+        nv = nocc if nval is None else max(1, min(int(nval), nocc))
+        engine = float(ana.memory_bytes(kmax, batch=batch, nbands=nv, nbands_p=ncond))
         extra = 0.0
         units = ks
         # per (k, Q): the AO build (half the products and elements where the engine builds
-        # one Q of each +-Q pair) and the MO transform (nocc: the bands an e_max window
-        # reaches are not known before the bands exist)
+        # one Q of each +-Q pair) and the MO transform of the valence bands the e_max
+        # window reaches
         w = analytic_ao_work(ana, nq * s["dq"])
-        mo = FF_ANALYTIC_S_PER_MO * (nc * nc * nocc + nc * nocc * ncond)
+        mo = FF_ANALYTIC_S_PER_MO * (nc * nc * nv + nc * nv * ncond)
         per = {c: FF_ANALYTIC_S_PER_AO * ((0.5 if c else 1.0) * (w["products"] + w["elements"])
                                           + w["tables"]) + mo for c in (False, True)}
         conj = unit_conjugate(cell, n, s["use_symmetry"])

@@ -307,6 +307,29 @@ class _MaterialModel:
     def nocc(self) -> int:
         return int(self.facts.get("nocc") or self.cell().nelectron // 2)
 
+    def nval(self, ff: dict) -> int | None:
+        """Occupied bands the form factor's e_max window reaches (formfactor
+        settings ``ff``), from the SCF's eigenvalues when known (their spread over
+        the coarse SCF mesh, the scissor gap of the material or formfactor.gap_ev);
+        None before the SCF exists (the estimate then counts every occupied band)."""
+        mo = self.facts.get("mo_energy")
+        if mo is None:
+            return None
+        import numpy as np
+        from dmca_hpc import units as U
+        from dmca_hpc.electronic.formfactor import valence_window
+        e = np.asarray(mo, dtype=float)
+        e = e.reshape(-1, e.shape[-1]) * U.HARTREE_EV
+        nocc = self.nocc()
+        if e.shape[-1] <= nocc:
+            return None
+        gap = ff.get("gap_ev")
+        if ff.get("scissor") == "none" or gap is None:
+            gap = getattr(self.material, "scissor_gap_ev", None) if ff.get("scissor") != "none" else None
+        if gap is None:
+            gap = float(e[:, nocc].min() - e[:, :nocc].max())
+        return valence_window(e, nocc, float(gap), float(ff["e_max"]))
+
     def nbands(self) -> int:
         """Bands kept by the bands stage: the file's when known, else from the SCF's
         eigenvalues when known, else ``nocc + bands.n_conduction`` or every band of the
@@ -420,7 +443,7 @@ def _model_formfactor(mm: _MaterialModel, job: dict) -> dict:
     km = [int(x) for x in mm.bands["kmesh"]]
     n_ibz = int(mm.facts.get("n_ibz") or _n_irreducible(mm.atoms(), km,
                                                          float(mm.bands["symprec_angstrom"])))
-    e = estimate_formfactor(mm.cell(), s, km, mm.nbands(), mm.nocc(), n_ibz)
+    e = estimate_formfactor(mm.cell(), s, km, mm.nbands(), mm.nocc(), n_ibz, mm.nval(s))
     units = e["units"]
     per_pair = e["time_s"] / max(units * (int(s["kprime_block"]) if e["route"] == "fft" else 1), 1)
     nk = km[0] * km[1] * km[2]
