@@ -450,8 +450,9 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
     store = UnitStore(Path(workdir) / "units", input_hash)
     done = store.done(len(units)) if rank == 0 else None
     done = comm.bcast(done, root=0)
-    prog = Progress(f"formfactor {bd.material}", len(units), comm=comm) if progress else None
-    counter = {"n": len(done)}
+    prog = (Progress(f"formfactor {bd.material}", len(units), comm=comm, done=len(done))
+            if progress else None)
+    t_files = time.time()
 
     def work(unit):
         i = unit_index[unit]  # units.index() was quadratic in the number of units
@@ -467,9 +468,8 @@ def compute_table(bd, s: dict, workdir, input_hash: str, comm=None, on_unit=None
                     {"material": material_name or bd.material, "kpts": bd.nk,
                      "q_scan_points": st.get("q_scan_points"),
                      "form_factor_q0": st.get("form_factor_q0")})
-        counter["n"] += 1
-        if prog is not None and rank == 0:
-            prog.update(counter["n"])
+        if prog is not None and rank == 0:  # every rank's units of this run (files)
+            prog.update(len(done) + store.written_since(t_files, len(units)))
 
     t0 = time.perf_counter()
     results = map_units(work, units, comm=comm, schedule=s["schedule"], root_only=False,

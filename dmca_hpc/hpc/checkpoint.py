@@ -224,6 +224,21 @@ class UnitStore:
                 out.add(i)
         return out
 
+    def written_since(self, t_epoch: float, n: int | None = None) -> int:
+        """How many unit files (index < n if given) were written at or after
+        ``t_epoch`` [s since the epoch]: the units any rank finished in this run,
+        counted from the file names and times only (cheap enough for a progress
+        line; files of earlier runs, other inputs included, are older)."""
+        c = 0
+        for p in self.dir.glob("unit-*.h5"):
+            try:
+                i = int(p.stem.split("-")[1])
+                if (n is None or i < n) and p.stat().st_mtime >= t_epoch:
+                    c += 1
+            except (IndexError, ValueError, OSError):
+                continue
+        return c
+
     def clear(self):
         for p in self.dir.glob("unit-*.h5"):
             p.unlink()

@@ -374,25 +374,38 @@ class Progress:
     """A progress line on rank 0 only: ``stage: done/total (pct) eta``.
 
     Writes to stderr with carriage returns when it is a terminal, and one line
-    per ``every`` fraction otherwise (batch logs stay readable)."""
+    per ``every`` fraction otherwise (batch logs stay readable).  ``done``: units
+    already finished before this run (checkpoints of a resumed run): counted in
+    done/total but not in the rate the eta is taken from.  :meth:`update` sets
+    the count (all ranks' units: callers count their checkpoint files, e.g.
+    ``done + UnitStore.written_since(t0)``, because a rank sees only its own
+    results); :meth:`advance` adds one (serial loops)."""
 
-    def __init__(self, label: str, total: int, comm=None, stream=None):
+    def __init__(self, label: str, total: int, comm=None, stream=None, done: int = 0):
         self.label, self.total = label, max(int(total), 1)
         self.on = (comm or get_comm()).Get_rank() == 0
         self.stream = stream or sys.stderr
         self.t0 = time.perf_counter()
         self._last_pct = -1
+        self.start = self.done = int(done)
+
+    def advance(self, n: int = 1):
+        """One (or ``n``) more unit finished in this run."""
+        self.update(self.done + n)
 
     def update(self, done: int):
+        self.done = int(done)
         if not self.on:
             return
+        done = min(self.done, self.total)
         pct = int(100 * done / self.total)
         tty = getattr(self.stream, "isatty", lambda: False)()
         if not tty and pct // 10 == self._last_pct // 10 and done < self.total:
             return
         self._last_pct = pct
         el = time.perf_counter() - self.t0
-        eta = el / done * (self.total - done) if done else float("nan")
+        new = done - self.start
+        eta = el / new * (self.total - done) if new > 0 else float("nan")
         end = "\r" if tty and done < self.total else "\n"
         self.stream.write(f"{self.label}: {done}/{self.total} ({pct}%) "
                           f"elapsed {el:.1f} s, eta {eta:.1f} s{end}")

@@ -175,7 +175,6 @@ def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: flo
     units = [(s, min(s + chunk, len(kcart))) for s in range(0, len(kcart), chunk)]
     store = UnitStore(Path(workdir), input_hash) if workdir is not None else None
     worker = BandWorker(str(scf_path), nb)
-    progress = Progress(f"{label or 'optical'} optical limit", len(units), comm=comm)
 
     def work(unit):
         s, t = unit
@@ -195,12 +194,19 @@ def compute_transitions(scf_path, kmesh, nbands: int | None = None, dq_bohr: flo
     def on_result(r):
         if on_unit is not None:
             on_unit(r)
-        if rank == 0 and store is not None:
-            progress.update(sum(1 for _ in store.dir.glob("unit-*.h5")))
+        if rank == 0 and store is not None:  # every rank's units of this run
+            progress.update(len(done) + store.written_since(t_files, len(units)))
+        elif rank == 0:
+            progress.advance()
 
     # rank 0 decides what is done (other ranks could see its new files)
     done = comm.bcast(store.done(len(units)) if (store is not None and rank == 0) else set(),
                       root=0)
+    # resumed units count as done but not in the eta's rate; files of other inputs
+    # (a run with another mesh in the same directory) not at all
+    progress = Progress(f"{label or 'optical'} optical limit", len(units), comm=comm,
+                        done=len(done))
+    t_files = time.time()
     results = map_units(work, units, comm=comm, schedule="dynamic", on_result=on_result, skip=done)
     failed = None
     if rank == 0:

@@ -88,7 +88,8 @@ def run_stage(ctx) -> dict:
         set_threads(1)  # one core per rank: the k-chunks are the parallelism
     worker = BandWorker(plan["scf"], plan["nbands"])
     kcart = {"mesh": plan["work_kpts"], "path": plan["path_kpts"]}
-    progress = Progress(f"{name} bands", len(units), comm=comm)
+    progress = Progress(f"{name} bands", len(units), comm=comm, done=len(plan["done"]))
+    t_files = time.time()
     unit_pos = {tuple(u): j for j, u in enumerate(units)}
 
     def work(unit):
@@ -107,8 +108,8 @@ def run_stage(ctx) -> dict:
         if r.ok and r.value["gap_direct_ev"] >= 0:
             phys["band_gap_ev"] = r.value["gap_direct_ev"]
         ctx.telemetry.record_result(STAGE, r, physics=phys, unit=f"{name}:{kind}:{s}-{t}")
-        if rank == 0:  # count every rank's finished files (names only: cheap)
-            progress.update(sum(1 for _ in store.dir.glob("unit-*.h5")))
+        if rank == 0:  # every rank's units of this run, from the file names and times
+            progress.update(len(plan["done"]) + store.written_since(t_files, len(units)))
 
     results = map_units(work, units, comm=comm, schedule=sec["schedule"],
                         on_result=on_result, skip=plan["done"])

@@ -96,3 +96,44 @@ def test_scf_hash_changes_only_for_cells_with_an_ecp():
         old = config_hash({"stage": "dft", "ctx": "", "section": AE,
                            "structure": scf._structure_key(atoms)})
         assert (scf.scf_keys(atoms, AE)[0] != old) is changed, material
+
+
+@pytest.mark.parametrize("ion, charge, shells", [
+    ("I", -1, {"4d": slice(-9, -4), "5s": -4}),   # I-: [Kr] 4d10 5s2 5p6 (5p: the last 3)
+    ("Cs", 1, {"5s": -4}),                        # Cs+: [Kr] 4d10 5s2 5p6 (4d is in ECP46's core)
+])
+def test_def2_ecp_is_the_scalar_relativistic_choice(ion, charge, shells):
+    """Why the I and Cs compounds run on the def2 small-core ECPs: their semicore
+    levels (relative to the 5p HOMO, PBE, closed-shell Xe-like ions) follow an
+    all-electron scalar-relativistic calculation (spin-free X2C, uncontracted
+    Dyall valence double-zeta basis, PySCF's molecular x2c1e: the periodic code has
+    no X2C with density fitting) to 0.5 eV and to less than a quarter of the
+    relativistic shift (X2C minus the same all-electron basis without relativity),
+    which a non-relativistic all-electron basis would leave in the table.  Measured:
+    I 4d -41.85 (ECP) / -42.11 (X2C) / -44.49 eV (non-relativistic), I 5s -9.82 /
+    -9.72 / -8.37, Cs 5s -13.52 / -13.23 / -11.18: ECP errors 0.26, 0.10, 0.29 eV
+    against shifts 2.38, 1.35, 2.05 eV.  0.5 eV is below PBE's own error on
+    semicore d levels (2-4 eV too shallow: Ga 3d, Ge 3d).  (A first version asked
+    every shift to exceed 1.5 eV; the I 5s shift is 1.35 eV, so the test now
+    compares the ECP error with the shift itself.)"""
+    from pyscf import dft, gto
+    from dmca_hpc import units as U
+
+    def levels(basis, ecp, x2c):
+        mol = gto.M(atom=f"{ion} 0 0 0", basis=basis, ecp=ecp, charge=charge, verbose=0)
+        mf = dft.RKS(mol)
+        mf.xc = "PBE"
+        if x2c:
+            mf = mf.x2c1e()
+        mf.kernel()
+        assert mf.converged
+        e = mf.mo_energy[:mol.nelectron // 2] * U.HARTREE_EV
+        return e - e[-1]
+
+    ecp = levels("def2-svp", "def2-svp", False)
+    rel = levels("dyall-v2z", None, True)
+    nonrel = levels("dyall-v2z", None, False)
+    for name, sl in shells.items():
+        a, b, c = (float(np.mean(np.atleast_1d(x[sl]))) for x in (ecp, rel, nonrel))
+        assert abs(a - b) < 0.5, (ion, name, a, b)
+        assert abs(a - b) < 0.25 * abs(c - b), (ion, name, a, b, c)

@@ -85,3 +85,39 @@ def test_order_hands_units_out_largest_first_and_keeps_indices():
     assert [r.value for r in res] == [20, 30, 40]
     with pytest.raises(ValueError, match="permutation"):
         map_units(lambda x: x, [1, 2], order=[0, 0])
+
+
+def test_progress_of_a_resumed_run_counts_only_this_runs_units(tmp_path):
+    """A resumed run (or one in a directory that holds another mesh's units) must not
+    print more done than total (seen: 'GaAs optical limit: 18/8 (225%)', eta < 0, from
+    counting every unit file of the directory), and its eta comes from this run's
+    units only."""
+    import io
+    import os
+    import numpy as np
+    from dmca_hpc.hpc.checkpoint import UnitStore
+    from dmca_hpc.hpc.parallel import Progress, SerialComm
+    old = UnitStore(tmp_path, "hash-of-the-12x12x12-run")
+    for i in range(18):
+        old.save(i, {"x": np.zeros(2)}, {"x": "1"})
+    for i in range(18):  # written an hour ago
+        os.utime(old.path(i), (time.time() - 3600, time.time() - 3600))
+    new = UnitStore(tmp_path, "hash-of-the-8x8x8-run")
+    new.save(0, {"x": np.ones(2)}, {"x": "1"})
+    os.utime(new.path(0), (time.time() - 1800, time.time() - 1800))  # done by an earlier attempt
+    done = new.done(8)
+    assert done == {0}
+    t0 = time.time()
+    out = io.StringIO()
+    p = Progress("GaAs optical limit", 8, comm=SerialComm(), stream=out, done=len(done))
+    for i in (1, 2, 3):
+        new.save(i, {"x": np.ones(2)}, {"x": "1"})
+        p.update(len(done) + new.written_since(t0, 8))
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("GaAs optical limit: 4/8 (50%)"), lines
+    eta = float(lines[-1].split("eta ")[1].split(" s")[0])
+    assert eta >= 0
+    for i in range(4, 8):
+        new.save(i, {"x": np.ones(2)}, {"x": "1"})
+        p.update(len(done) + new.written_since(t0, 8))
+    assert out.getvalue().splitlines()[-1].startswith("GaAs optical limit: 8/8 (100%)")
