@@ -130,7 +130,16 @@ def main(argv=None) -> int:
     adder(parser)
     args = parser.parse_args(rest)
     from dmca_hpc.hpc.parallel import abort_on_exception
-    return int(abort_on_exception(runner)(args) or 0)
+    try:
+        return int(abort_on_exception(runner)(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`dmca-hpc rates ... --json | head`): no traceback; stdout
+        # to /dev/null so the interpreter's final flush does not raise again; 141 =
+        # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 # --- commands implemented here -------------------------------------------------

@@ -1,5 +1,5 @@
 """``dmca-hpc rates``: DM-electron event rates and charge (Q) spectra for
-one mass from a form-factor table (:mod:`dmca_hpc.detection.rates`).
+one or more masses from a form-factor table (:mod:`dmca_hpc.detection.rates`).
 Masses in MeV on the command line, cross sections in cm^2, rates in
 events / kg / year."""
 from __future__ import annotations
@@ -15,7 +15,10 @@ def add_arguments(parser):
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", help="form-factor table (our HDF5, QCDark HDF5 or QEdark text)")
     src.add_argument("--material", help="use the shipped table of this material")
-    parser.add_argument("--mass-mev", type=float, required=True, help="DM mass [MeV]")
+    parser.add_argument("--mass-mev", type=float, required=True, nargs="+", action="extend",
+                        metavar="M", help="DM mass(es) [MeV]: one gives the full charge "
+                                          "spectrum, several a table with one row per mass "
+                                          "(--json: a list)")
     parser.add_argument("--fdm", choices=FDM_CHOICES, default="heavy",
                         help="DM form factor: heavy (F=1) or light ((alpha m_e/q)^2) mediator")
     parser.add_argument("--halo", default="shm-2021",
@@ -53,8 +56,9 @@ def run_cli(args) -> int:
     from dmca_hpc.detection.rates import electron_rates, rates_json
     from dmca_hpc.response.screening import screening_eps2
     from dmca_hpc.tables import TableFormatError, load
+    masses = [float(m) for m in args.mass_mev]
     bad = number_problem([
-        ("--mass-mev", args.mass_mev, lambda v: v > 0, "a DM mass > 0 [MeV]"),
+        *[("--mass-mev", m, lambda v: v > 0, "a DM mass > 0 [MeV]") for m in masses],
         ("--sigma-e", args.sigma_e, lambda v: v > 0, "a DM-electron cross section > 0 [cm^2]"),
         ("--gap", args.gap, lambda v: v >= 0, "a band gap >= 0 [eV]"),
         ("--pair-energy", args.pair_energy, lambda v: v > 0, "an energy per electron-hole pair > 0 [eV]")])
@@ -64,20 +68,26 @@ def run_cli(args) -> int:
     try:
         table = load(args.table, args.material)
         eps2 = screening_eps2(table, args.screening, args.dielectric)
-        r = electron_rates(table, [args.mass_mev * U.MEV_EV], fdm=args.fdm, halo=args.halo,
-                           sigma_e_cm2=args.sigma_e, gap_ev=args.gap,
-                           pair_energy_ev=args.pair_energy, screening=eps2)
-        r.inputs["screening_model"] = args.screening
+        rs = []
+        for m in masses:  # one call per mass: rates_json describes one mass with its notes
+            r = electron_rates(table, [m * U.MEV_EV], fdm=args.fdm, halo=args.halo,
+                               sigma_e_cm2=args.sigma_e, gap_ev=args.gap,
+                               pair_energy_ev=args.pair_energy, screening=eps2)
+            r.inputs["screening_model"] = args.screening
+            rs.append(r)
     except (OSError, TableFormatError, ValueError, KeyError) as exc:  # OSError: missing/unreadable file
         print(f"dmca-hpc rates: error: {exc}", file=sys.stderr)
         return 2
-    out = rates_json(r)
+    outs = [rates_json(r) for r in rs]
     if args.json:
-        print(json.dumps(out, indent=1, default=str))
+        print(json.dumps(outs[0] if len(outs) == 1 else outs, indent=1, default=str))
         return 0
+    if len(outs) > 1:
+        return _print_mass_table(rs, outs, args)
+    r, out = rs[0], outs[0]
     inp = r.inputs
     print(f"DM-electron rates: {inp['material'] or 'table'} ({inp['table_source']})")
-    print(f"  m_chi = {args.mass_mev:g} MeV, F_DM = {args.fdm}, sigma_e = {args.sigma_e:g} cm^2, "
+    print(f"  m_chi = {masses[0]:g} MeV, F_DM = {args.fdm}, sigma_e = {args.sigma_e:g} cm^2, "
           f"halo = {inp['halo']['name']}")
     print(f"  gap = {inp['gap_ev']:g} eV, pair energy = {inp['pair_energy_ev']:g} eV")
     for n in out["notes"]:
@@ -86,4 +96,24 @@ def run_cli(args) -> int:
     for k, v in zip(out["Q"], out["Q_per_kg_year"]):
         if k <= 10 or v > 0:
             print(f"  Q = {k:<3d}         {v:12.5g} events/kg/year")
+    return 0
+
+
+def _print_mass_table(rs, outs, args, n_q: int = 6) -> int:
+    """Several masses: one row per mass, the total and Q = 1..n_q [events/kg/year],
+    then each mass's notes."""
+    inp = rs[0].inputs
+    print(f"DM-electron rates: {inp['material'] or 'table'} ({inp['table_source']})")
+    print(f"  F_DM = {args.fdm}, sigma_e = {args.sigma_e:g} cm^2, halo = {inp['halo']['name']}, "
+          f"gap = {inp['gap_ev']:g} eV, pair energy = {inp['pair_energy_ev']:g} eV")
+    print("  rates in events/kg/year")
+    head = "  m_chi [MeV]       total" + "".join(f"  {'Q = ' + str(q):>10s}" for q in range(1, n_q + 1))
+    print(head)
+    for m, out in zip(args.mass_mev, outs):
+        qs = dict(zip(out["Q"], out["Q_per_kg_year"]))
+        print(f"  {m:11g} {out['total_per_kg_year']:11.5g}"
+              + "".join(f"  {qs.get(q, 0.0):10.4g}" for q in range(1, n_q + 1)))
+    for m, out in zip(args.mass_mev, outs):
+        for n in out["notes"]:
+            print(f"  note ({m:g} MeV): {n}")
     return 0

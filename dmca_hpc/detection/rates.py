@@ -302,6 +302,13 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
     if q_ok is not None and float(q_ok) < table.q_ame[-1]:
         s_in = _q_sums(table, np.where(table.q_ame[:, None] <= float(q_ok), w, 0.0), masses, h)
         frac_q = 1.0 - (pref[:, None] * dq_ev * s_in).sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
+    # physics.md's bin-centre rule gives Q = 0 to the bin that straddles the gap when its
+    # centre lies below it (Ge 0.67 eV: [0.6, 0.7); diamond 5.47, SiC 2.36 eV), although a
+    # scissored table holds only transitions at E >= gap there: the total (all E bins)
+    # counts that bin, the Q spectrum does not; say so where it matters (near threshold)
+    q0_bins = (qb == 0) & (table.e_ev + table.de_ev / 2 > gap)
+    frac_q0 = (dr_de[:, q0_bins].sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
+               if q0_bins.any() else np.zeros(masses.size))
     ae = meta.get("all_electron")
     # a def2 small-core ECP (meta 'ecp' names it) keeps the semicore shells: no note
     pseudo_table = ((ae is False and "ECP" not in str(meta.get("ecp", "")))
@@ -315,6 +322,12 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
         if frac_q[i] > 0.01:
             n.append(f"{100 * frac_q[i]:.0f}% of this rate comes from q > {float(q_ok):.2f} alpha m_e, "
                      f"beyond the table's stated q validity")
+        if frac_q0[i] > 0.01:
+            lo = float(table.e_ev[q0_bins][0] - table.de_ev / 2)
+            n.append(f"{100 * frac_q0[i]:.0f}% of the total lies in the E bin "
+                     f"[{lo:.3g}, {lo + table.de_ev:.3g}) eV that straddles the gap {gap:g} eV: "
+                     f"its centre is below the gap, so the bin-centre convention (physics.md, "
+                     f"QCDark) gives it Q = 0 and the Q spectrum leaves it out")
         if pseudo_table and fdm == "heavy" and m > 30 * U.MEV_EV:
             n.append("pseudopotential table (no core or semicore structure): heavy-mediator rates "
                      "above ~30 MeV draw on high q and semicore shells and are underestimated "

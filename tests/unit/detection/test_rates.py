@@ -200,3 +200,61 @@ def test_rates_warn_when_they_draw_on_bins_outside_the_table_validity():
     assert "pseudopotential table" not in notes
     # the shipped GTH table says what it lacks for heavy-mediator GeV dark matter
     assert any("pseudopotential table" in n for n in electron_rates(load(material="Si_gth"), [1e9]).notes[0])
+
+
+def test_rates_note_the_bin_that_straddles_the_gap():
+    """physics.md's Q = 1 + floor((E - gap)/eps) on bin centres gives Q = 0 to the bin
+    that holds the gap when its centre lies below it (SiC 2.36 eV: [2.3, 2.4)); the
+    total counts it, the Q spectrum does not.  The note gives that share, which is
+    total minus the sum over Q; where the centre is above the gap (Si 1.11 eV:
+    [1.1, 1.2) centred at 1.15) the two agree and nothing is noted."""
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.tables import load
+    r = electron_rates(load(material="SiC"), [1e6, 1e8], fdm="heavy")
+    share = 1 - r.dr_dq.sum(axis=1) / r.total
+    assert share[0] > 0.3  # 1 MeV: the threshold bin carries a large part of a small rate
+    assert f"{100 * share[0]:.0f}% of the total lies in the E bin [2.3, 2.4) eV" in " ".join(r.notes[0])
+    assert share[1] < 0.01 and not any("straddles" in n for n in r.notes[1])
+    s = electron_rates(load(material="Si"), [1e6], fdm="heavy")
+    assert s.dr_dq.sum() == pytest.approx(s.total[0], rel=1e-12)
+    assert not any("straddles" in n for n in s.notes[0])
+
+
+def test_rates_cli_takes_several_masses():
+    """``--mass-mev 1 10 100`` (or the flag repeated): one row per mass in the text
+    table, a list of the single-mass JSON objects with --json, each equal to its own
+    single-mass run."""
+    import json
+    from conftest import run_cli
+    r = run_cli("rates", "--material", "Si", "--mass-mev", "10", "100", "--mass-mev", "1000",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    many = json.loads(r.stdout)
+    assert [d["mass_mev"] for d in many] == [10.0, 100.0, 1000.0]
+    one = json.loads(run_cli("rates", "--material", "Si", "--mass-mev", "100", "--json").stdout)
+    assert many[1]["total_per_kg_year"] == one["total_per_kg_year"]
+    assert many[1]["Q_per_kg_year"] == one["Q_per_kg_year"]
+    t = run_cli("rates", "--material", "Si", "--mass-mev", "10", "100")
+    assert t.returncode == 0, t.stderr
+    rows = [l.split() for l in t.stdout.splitlines() if l.strip().split()[:1] in (["10"], ["100"])]
+    assert [float(x[1]) for x in rows] == pytest.approx([d["total_per_kg_year"] for d in many[:2]],
+                                                         rel=1e-4)
+    assert "events/kg/year" in t.stdout and "m_chi [MeV]" in t.stdout
+    bad = run_cli("rates", "--material", "Si", "--mass-mev", "10", "-5")
+    assert bad.returncode == 2 and "--mass-mev -5: expected a DM mass > 0 [MeV]" in bad.stderr
+
+
+def test_cli_into_a_closed_pipe_exits_quietly():
+    """``dmca-hpc rates ... --json | head -1``: no BrokenPipeError traceback, exit 141
+    (128 + SIGPIPE) once the reader is gone."""
+    import subprocess
+    import sys
+    masses = [str(m) for m in range(1, 301)]
+    p = subprocess.Popen([sys.executable, "-m", "dmca_hpc.cli.main", "rates", "--material", "Si",
+                          "--mass-mev", *masses, "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # the reader goes away after the first bytes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
