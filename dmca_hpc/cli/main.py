@@ -28,7 +28,7 @@ COMMANDS = {
     "formfactor": ("dmca_hpc.cli.formfactor", "crystal form factor |f(q, E)|^2 table from a bands.h5 file"),
     "rates": ("dmca_hpc.cli.rates", "DM-electron event rates and charge (Q) spectra from a form-factor table"),
     "reach": ("dmca_hpc.cli.reach", "cross-section reach / limits versus DM mass, with uncertainty bands"),
-    "table": ("dmca_hpc.cli.table", "form-factor table info (shape, ranges, completeness) and export for peers (QEdark text for obscura)"),
+    "table": ("dmca_hpc.cli.table", "form-factor table info (shape, ranges, completeness), export for peers (QEdark text for obscura), and a DFT systematic from variant tables (f2_sigma)"),
     "nuclear": ("dmca_hpc.cli.nuclear", "WIMP spin-independent nuclear recoil and sterile-neutrino coherent rates"),
     "absorption": ("dmca_hpc.cli.absorption", "dark-photon and ALP absorption rates and reach"),
     "oracle": ("dmca_hpc.cli.oracle", "label structures with self-correcting Quantum ESPRESSO runs"),

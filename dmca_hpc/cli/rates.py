@@ -89,7 +89,7 @@ def run_cli(args) -> int:
     print(f"DM-electron rates: {inp['material'] or 'table'} ({inp['table_source']})")
     print(f"  m_chi = {masses[0]:g} MeV, F_DM = {args.fdm}, sigma_e = {args.sigma_e:g} cm^2, "
           f"halo = {inp['halo']['name']}")
-    print(f"  gap = {inp['gap_ev']:g} eV, pair energy = {inp['pair_energy_ev']:g} eV")
+    print(f"  gap = {inp['gap_ev']:g} eV, pair energy = {_pair(inp)}")
     for n in out["notes"]:
         print(f"  note: {n}")
     print(f"  total           {out['total_per_kg_year']:12.5g} events/kg/year")
@@ -99,13 +99,21 @@ def run_cli(args) -> int:
     return 0
 
 
+def _pair(inp) -> str:
+    """The pair energy as printed: '3.6 eV', or why there is none."""
+    e = inp.get("pair_energy_ev")
+    return f"{e:g} eV" if e else "none (no Q spectrum; --pair-energy sets one)"
+
+
 def _print_mass_table(rs, outs, args, n_q: int = 6) -> int:
-    """Several masses: one row per mass, the total and Q = 1..n_q [events/kg/year],
-    then each mass's notes."""
+    """Several masses: one row per mass, the total and Q = 1..n_q [events/kg/year]
+    (no Q columns without a pair energy), then each mass's notes."""
     inp = rs[0].inputs
+    if not inp.get("pair_energy_ev"):
+        n_q = 0
     print(f"DM-electron rates: {inp['material'] or 'table'} ({inp['table_source']})")
     print(f"  F_DM = {args.fdm}, sigma_e = {args.sigma_e:g} cm^2, halo = {inp['halo']['name']}, "
-          f"gap = {inp['gap_ev']:g} eV, pair energy = {inp['pair_energy_ev']:g} eV")
+          f"gap = {inp['gap_ev']:g} eV, pair energy = {_pair(inp)}")
     print("  rates in events/kg/year")
     head = "  m_chi [MeV]       total" + "".join(f"  {'Q = ' + str(q):>10s}" for q in range(1, n_q + 1))
     print(head)

@@ -9,6 +9,13 @@
   (:func:`dmca_hpc.tables.write_qedark_text`: no header, E outer, q inner,
   500 x 900 bins, each number divided by obscura's ``prefactor (qi + 1) / dE
   * w_k / 4``).
+* ``dmca-hpc table systematic REF --vary V [V ...] --out OUT.hdf5``: REF
+  with a per-bin 1-sigma ``f2_sigma`` from the spread of variant tables of
+  one systematic (k mesh, basis, functional;
+  :func:`dmca_hpc.tables.systematic_sigma`), its record appended to the
+  metadata list ``f2_sigma_sources``, and the rate effect printed: per mass
+  and mediator the variant/ref total-rate ratios and the relative 1-sigma
+  of the rate the new f2_sigma gives (:func:`rate_effect`).
 """
 from __future__ import annotations
 
@@ -16,6 +23,10 @@ import json
 import sys
 
 EXIT_BAD_INPUT = 2
+#: DM masses [MeV] at which ``table systematic`` reports the rate effect
+RATE_MASSES_MEV = (1.0, 10.0, 100.0, 1000.0)
+#: halo of those rates (ratios hardly depend on it; named in the output)
+RATE_HALO = "shm-2021"
 
 
 def add_arguments(parser):
@@ -47,6 +58,30 @@ def add_arguments(parser):
     exp.add_argument("--prefactor-ev", type=float, default=None,
                      help="obscura's material prefactor [eV] (default Si 2.0, Ge 1.8; needed for "
                           "other materials, which obscura itself does not read)")
+    sy = sub.add_parser("systematic", help="carry a DFT systematic (k mesh, basis, functional) "
+                                           "into a table's per-bin 1-sigma f2_sigma",
+                        description="Write REF with a per-bin 1-sigma f2_sigma built from variant "
+                                    "tables of one systematic: the envelope (maximum over "
+                                    "variants) of the difference f2_variant - f2_ref averaged "
+                                    "over a box of +-SMOOTH_Q alpha m_e and +-SMOOTH_E eV, "
+                                    "relative to the box average of f2_ref, times f2_ref "
+                                    "averaged in E; on the bins both have above REF's gap (0 "
+                                    "elsewhere), combined in quadrature with REF's own "
+                                    "f2_sigma (dmca_hpc.tables.systematic_sigma). f2 is unchanged; the record goes to the metadata "
+                                    "list f2_sigma_sources, so systematics stack when the output "
+                                    "is the next REF. 'dmca-hpc reach --uncertainty' draws it.")
+    sy.add_argument("ref", metavar="REF", help="reference table file or shipped table name "
+                                               "(its f2 is kept)")
+    sy.add_argument("--vary", nargs="+", required=True, metavar="VARIANT",
+                    help="variant table(s) (files or shipped names) of the same material and bin "
+                         "widths; fewer q or E bins are allowed")
+    sy.add_argument("--out", required=True, metavar="OUT.hdf5", help="table file to write")
+    sy.add_argument("--label", default="", help="name of the systematic (kmesh, basis, functional)")
+    sy.add_argument("--smooth-q", type=float, default=0.2, metavar="ALPHA_ME",
+                    help="half-width of the box filter in q [alpha m_e] (default 0.2; 0: none)")
+    sy.add_argument("--smooth-e", type=float, default=0.5, metavar="EV",
+                    help="half-width of the box filter in E [eV] (default 0.5; 0: none)")
+    sy.add_argument("--json", action="store_true", help="print the record as one JSON object")
 
 
 def _load(x: str | None, material: str | None = None):
@@ -139,11 +174,161 @@ def _run_export(args) -> int:
     return 0
 
 
+def rate_effect(ref, variants, sigma_new, sigma_total=None, masses_mev=RATE_MASSES_MEV,
+                halo=RATE_HALO) -> dict:
+    """What a systematic does to rates (the CLI's part: tables may not import
+    detection).  Total rates (all E bins) at sigma_e = 1e-39 cm^2 from
+    :func:`dmca_hpc.detection.rates.electron_rates`, for each mediator:
+
+    * ``variant_over_ref`` [n_variants][n_masses]: total rate of each
+      variant over ref's, both cut to the q and E bins they share (a
+      q <= 10 variant is compared with ref's q <= 10 part);
+    * ``shift`` [n_variants][n_masses]: (variant's rate - ref's rate) on
+      those bins over ref's rate on its whole table, the move a sigma
+      meant to cover the variant should reach;
+    * ``rel_sigma`` [n_masses]: rate(f2 + sigma_new) / rate(f2) - 1 over
+      ref's whole table (sigma_new is 0 where no variant has bins), the
+      relative 1-sigma of the rate that a draw of z = 1 gives
+      (rates are linear in f2); ``rel_sigma_total`` likewise for
+      ``sigma_total`` when given (the quadrature sum written).
+
+    Ratios are dimensionless; None where ref's rate is 0 (mass below
+    threshold).  Returns a JSON-ready dict."""
+    import dataclasses
+    import numpy as np
+    from dmca_hpc import units as U
+    from dmca_hpc.detection.rates import electron_rates
+    masses = np.asarray(masses_mev, dtype=float) * U.MEV_EV
+
+    def total(t, f2, fdm):
+        return electron_rates(dataclasses.replace(t, f2=f2, f2_sigma=None), masses, fdm=fdm,
+                              halo=halo).total
+
+    def ratio(a, b):
+        return [float(x / y) if y > 0 else None for x, y in zip(a, b)]
+
+    out = {"masses_mev": [float(m) for m in masses_mev], "halo": halo,
+           "quantity": "total rate (all E bins) ratio, dimensionless",
+           "variants": [str(v.metadata.get("source_file", "")) for v in variants]}
+    for fdm in ("heavy", "light"):
+        r_ref = total(ref, ref.f2, fdm)
+        ratios, shifts = [], []
+        for v in variants:
+            nq, ne = min(ref.nq, v.nq), min(ref.ne, v.ne)
+            common = r_ref if (nq, ne) == (ref.nq, ref.ne) else total(ref, ref.f2[:nq, :ne], fdm)
+            r_v = total(v, v.f2[:nq, :ne], fdm)
+            ratios.append(ratio(r_v, common))
+            shifts.append(ratio(r_v - common, r_ref))
+        d = {"variant_over_ref": ratios, "shift": shifts,
+             "rel_sigma": [None if x is None else x - 1.0
+                           for x in ratio(total(ref, ref.f2 + sigma_new, fdm), r_ref)]}
+        if sigma_total is not None:
+            d["rel_sigma_total"] = [None if x is None else x - 1.0
+                                    for x in ratio(total(ref, ref.f2 + sigma_total, fdm), r_ref)]
+        out[fdm] = d
+    return out
+
+
+def _run_systematic(args) -> int:
+    import dataclasses
+    import math
+    from pathlib import Path
+    from dmca_hpc import tables
+    from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
+    # flags first: a bad width should not wait for the tables to load
+    for flag, v, unit in (("--smooth-q", args.smooth_q, "alpha m_e"),
+                          ("--smooth-e", args.smooth_e, "eV")):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{flag} is {v:g}; expected a box half-width >= 0 [{unit}] (0: none)")
+    ref = _load(args.ref)
+    variants = [_load(v) for v in args.vary]
+    sigma, info = tables.systematic_sigma(ref, variants, args.smooth_q, args.smooth_e, args.label)
+    # the new systematic alone (the written sigma also holds ref's earlier one)
+    new = sigma if ref.f2_sigma is None else tables.systematic_sigma(
+        dataclasses.replace(ref, f2_sigma=None), variants, args.smooth_q, args.smooth_e)[0]
+    info["rate_effect"] = rate_effect(ref, variants, new,
+                                      sigma if ref.f2_sigma is not None else None)
+    files = [ref.metadata.get("source_file", "")] + [v.metadata.get("source_file", "")
+                                                      for v in variants]
+    ih = config_hash({"systematic": {k: info[k] for k in ("label", "smoothing")},
+                      "tables": [file_sha256(f) if f and Path(f).is_file() else f for f in files]})
+    info["provenance"] = provenance(ih)
+    meta = dict(ref.metadata)
+    earlier = list(meta.get("f2_sigma_sources") or [])
+    meta["f2_sigma_sources"] = earlier + [info]
+    out = dataclasses.replace(ref, f2_sigma=sigma, metadata=meta)
+    # the file's provenance stays ref's: its f2 is ref's, bit for bit; this command's is in info
+    path = tables.write_table(args.out, out, input_hash=ih, prov=ref.metadata.get("provenance"))
+    if args.json:
+        print(json.dumps(dict(info, out=str(path)), indent=1, default=str))
+        return 0
+    _print_systematic(path, ref, info, len(earlier))
+    return 0
+
+
+def _print_systematic(path, ref, info, n_earlier: int) -> None:
+    from pathlib import Path
+    sm, re_ = info["smoothing"], info["rate_effect"]
+    q0, q1 = info["q_range_ame"]
+    e0, e1 = info["e_range_ev"]
+    print(f"wrote {path}: {ref.material or 'table'} {info['ref']} with f2_sigma from "
+          f"{'systematic ' + repr(info['label']) if info['label'] else 'an unlabelled systematic'}"
+          f" ({len(info['variants'])} variant(s): {', '.join(info['variants'])})")
+    print(f"  sigma          envelope over variants of the difference to ref, relative over a "
+          f"box of +-{sm['half_width_q_ame']:g} alpha m_e x +-{sm['half_width_e_ev']:g} eV "
+          f"({sm['box_bins_q_e'][0]} x {sm['box_bins_q_e'][1]} bins), times ref's f2 (smoothed "
+          "in E); f2 unchanged")
+    print(f"  covers         q {q0:g} - {q1:g} alpha m_e, E {e0:g} - {e1:g} eV; sigma = 0 beyond "
+          "(the variants have no bins there)")
+    if info["combined_with_earlier_sigma"]:
+        print(f"  combined       in quadrature with the table's earlier f2_sigma ({n_earlier} "
+              "recorded source(s) before this one)")
+    for p in info["per_variant"]:
+        if p["identical_to_ref"]:
+            print(f"  note: {p['source']} equals the reference on its bins: it adds nothing")
+        elif p["variant_weight_not_carried"] > 1e-3:
+            print(f"  note: {100 * p['variant_weight_not_carried']:.3g}% of {p['source']}'s summed "
+                  f"|f|^2 lies below ref's gap ({info['gap_ev']:g} eV) or where ref has none: "
+                  "not carried by the sigma")
+    names = [Path(v).name or v for v in info["variants"]]
+    total = "rel_sigma_total" in re_["heavy"]
+    print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): variant/ref "
+          "ratio over the q, E bins both have (dimensionless); rel. 1-sigma = rate(f2 + "
+          "f2_sigma)/rate(f2) - 1 over the whole table [%]")
+    head = (f"  {'mass':>9}  {'F_DM':5}  " + "  ".join(f"{n[:22]:>22}" for n in names)
+            + f"  {'rel. 1-sigma':>12}" + (f"  {'total sigma':>12}" if total else ""))
+    print(head)
+
+    def fmt(x, pct=False):
+        if x is None:
+            return "no rate"
+        return f"{100 * x:.3g} %" if pct else f"{x:.4g}"
+    for i, m in enumerate(re_["masses_mev"]):
+        for fdm in ("heavy", "light"):
+            d = re_[fdm]
+            row = (f"  {_fmt(m, 'MeV'):>9}  {fdm:5}  "
+                   + "  ".join(f"{fmt(r[i]):>22}" for r in d["variant_over_ref"])
+                   + f"  {fmt(d['rel_sigma'][i], True):>12}")
+            if total:
+                row += f"  {fmt(d['rel_sigma_total'][i], True):>12}"
+            print(row)
+    for fdm in ("heavy", "light"):
+        d = re_[fdm]
+        for name, sh in zip(names, d["shift"]):
+            for m, x, sg in zip(re_["masses_mev"], sh, d["rel_sigma"]):
+                if x is not None and sg is not None and abs(x) > sg * (1 + 1e-9):
+                    print(f"  note: at {_fmt(m, 'MeV')} ({fdm}) {name} moves the rate by "
+                          f"{100 * x:+.3g} % of ref's, more than the 1-sigma {100 * sg:.3g} %: "
+                          "the sigma misses part of it (averaged away by the box, or weight "
+                          "where ref has none; smaller --smooth-q/--smooth-e keep more)")
+
+
 def run_cli(args) -> int:
-    """``dmca-hpc table info|export``; exit 2 with one line for bad input."""
+    """``dmca-hpc table info|export|systematic``; exit 2 with one line for bad input."""
     from dmca_hpc.tables import TableFormatError
     try:
-        return {"info": _run_info, "export": _run_export}[args.action](args)
+        return {"info": _run_info, "export": _run_export,
+                "systematic": _run_systematic}[args.action](args)
     except (OSError, TableFormatError, ValueError, KeyError) as exc:
         print(f"dmca-hpc table {args.action}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

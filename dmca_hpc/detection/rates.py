@@ -222,15 +222,19 @@ class ElectronRates:
         return np.arange(1, self.dr_dq.shape[1] + 1)
 
 
-def default_pair_energy(table) -> float:
+def default_pair_energy(table, required: bool = True) -> float | None:
     """Electron-hole pair energy [eV] of the table's material, from the
-    materials library (dmca_hpc.materials; physics.md values)."""
+    materials library (dmca_hpc.materials; physics.md values).  A material
+    without one (the scintillators NaI and CsI) raises ValueError, or gives
+    None when not ``required``."""
     from dmca_hpc.materials import LIBRARY, MaterialError, get_material
     mat = getattr(table, "material", "") or ""
     try:
         eps = get_material(mat).pair_energy_ev if mat else None
     except MaterialError:
         eps = None
+    if eps is None and not required:
+        return None
     if eps is None:
         known = {k: m.pair_energy_ev for k, m in LIBRARY.items() if m.pair_energy_ev}
         raise ValueError(f"no default pair energy for material {mat!r} (known [eV]: {known}); "
@@ -250,7 +254,10 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
         halo: preset name, dict or halo object (:func:`dmca_hpc.detection.halo.get_halo`).
         sigma_e_cm2: reference DM-electron cross section [cm^2].
         gap_ev: gap for the Q model (default: the table's).
-        pair_energy_ev: eps per pair [eV] (default by material).
+        pair_energy_ev: eps per pair [eV] (default by material).  A material with
+            none in the library (a scintillator: NaI, CsI) and none given gets no
+            Q spectrum (``dr_dq`` with 0 columns, a note): the total and dR/dE
+            need no pair energy.
         screening: None or |eps(q, E)|^2 array of the table's shape.
         n_q_max: number of Q bins reported (default: all up to the table's E range).
     """
@@ -270,11 +277,12 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
                          + ", ".join(f"{m / U.MEV_EV:g}" for m in bad) + " MeV ("
                          + ", ".join(f"{m:g}" for m in bad) + " eV)")
     gap = table.gap_ev if gap_ev is None else float(gap_ev)
-    eps = default_pair_energy(table) if pair_energy_ev is None else float(pair_energy_ev)
+    eps = (default_pair_energy(table, required=False) if pair_energy_ev is None
+           else float(pair_energy_ev))
     # a negative gap would count deposits below zero energy as charge ("max deposit -3.5 eV")
     if not (0 <= gap < np.inf):
         raise ValueError(f"gap must be a finite number >= 0 eV, got {gap}")
-    if not (0 < eps < np.inf):
+    if eps is not None and not (0 < eps < np.inf):
         raise ValueError(f"pair energy must be a finite number > 0 eV, got {eps}")
     w = _weights(table, fdm, screening)
     s = _q_sums(table, w, masses, h)
@@ -282,8 +290,8 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
     dq_ev = table.dq_ame * U.ALPHA_ME_EV
     dr_de = pref[:, None] * dq_ev * s
     total = dr_de.sum(axis=1) * table.de_ev
-    qb = q_bins(table.e_ev, gap, eps)
-    nQ = int(qb.max()) if n_q_max is None else int(n_q_max)
+    qb = q_bins(table.e_ev, gap, eps) if eps is not None else np.zeros(table.e_ev.shape, int)
+    nQ = (int(qb.max()) if n_q_max is None else int(n_q_max)) if eps is not None else 0
     dr_dq = np.zeros((masses.size, max(nQ, 0)))
     for k in range(1, nQ + 1):
         sel = qb == k
@@ -306,7 +314,7 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
     # centre lies below it (Ge 0.67 eV: [0.6, 0.7); diamond 5.47, SiC 2.36 eV), although a
     # scissored table holds only transitions at E >= gap there: the total (all E bins)
     # counts that bin, the Q spectrum does not; say so where it matters (near threshold)
-    q0_bins = (qb == 0) & (table.e_ev + table.de_ev / 2 > gap)
+    q0_bins = (qb == 0) & (table.e_ev + table.de_ev / 2 > gap) & (eps is not None)
     frac_q0 = (dr_de[:, q0_bins].sum(axis=1) * table.de_ev / np.where(total > 0, total, 1)
                if q0_bins.any() else np.zeros(masses.size))
     ae = meta.get("all_electron")
@@ -315,6 +323,11 @@ def electron_rates(table, masses_ev, fdm: str = "heavy", halo="shm-2021",
                     or (ae is None and str(meta.get("basis", "")).lower().startswith("gth")))
     for i, m in enumerate(masses):
         n = []
+        if eps is None:
+            n.append(f"no electron-hole pair energy for {table.material or 'this material'} "
+                     f"(a scintillator: the library has none): no Q spectrum; the total "
+                     f"(every deposit above the {gap:g} eV gap) and dR/dE need none; give "
+                     f"--pair-energy / pair_energy_ev for a Q binning")
         if frac_e[i] > 0.01:
             n.append(f"{100 * frac_e[i]:.0f}% of this rate comes from E > {float(e_ok):.1f} eV, where "
                      f"the table is incomplete (its basis has no more final states there): "

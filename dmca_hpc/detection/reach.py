@@ -92,13 +92,22 @@ def reach_from_rates(rates, exposure_kg_year: float, q_threshold: int = 1,
         raise ValueError(f"Q threshold must be >= 1, got {q_threshold}")
     sigma_ref = rates.inputs["sigma_e_cm2"]
     nQ = rates.dr_dq.shape[1]
+    if nQ == 0 and observed_counts is not None:
+        raise ValueError("observed counts per Q need a Q spectrum, and this table's material "
+                         "has no electron-hole pair energy: give pair_energy_ev / --pair-energy")
     hi = nQ if q_max is None else min(int(q_max), nQ)
     notes = []
     if observed_counts is None:
         n = 3.0 if n_events is None else float(n_events)
         if not n > 0:
             raise ValueError(f"n_events must be > 0, got {n_events}")
-        r = rate_in_q_range(rates, q_threshold, hi)
+        if nQ == 0:
+            # no Q spectrum (no pair energy: a scintillator): every deposit above the gap
+            r = np.asarray(rates.total, dtype=float)
+            notes.append("no Q spectrum (no electron-hole pair energy): the reach counts every "
+                         "deposit above the gap (the total rate), whatever the Q threshold")
+        else:
+            r = rate_in_q_range(rates, q_threshold, hi)
         with np.errstate(divide="ignore"):
             sigma = np.where(r > 0, n * sigma_ref / (exposure_kg_year * np.where(r > 0, r, 1)),
                              np.inf)

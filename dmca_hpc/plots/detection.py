@@ -42,7 +42,8 @@ def plot_spectra(results, fdms, out_dir, material="") -> dict:
     inp = results[0].value.inputs
     cap = (f"{material} {{fdm}}\nsigma_e = {inp['sigma_e_cm2']:g} cm^2, halo "
            f"{_halo_name(inp['halo'])}")
-    qcap = f", gap {inp['gap_ev']:g} eV, {inp['pair_energy_ev']:g} eV/pair"
+    qcap = (f", gap {inp['gap_ev']:g} eV, {inp['pair_energy_ev']:g} eV/pair"
+            if inp.get("pair_energy_ev") else f", gap {inp['gap_ev']:g} eV, no Q binning")
     for kind in ("dRdE", "dRdQ"):
         fig, axes = plt.subplots(1, len(fdms), figsize=(5 * len(fdms), 4.2), squeeze=False)
         for ax, fdm in zip(axes[0], fdms):

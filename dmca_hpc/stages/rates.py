@@ -120,7 +120,9 @@ def run_stage(ctx) -> dict:
         f.attrs["halo"] = json.dumps(ok[0].value.inputs["halo"])
         # the Q model of the dR/dQ plot (units in the names)
         f.attrs["gap_ev"] = float(ok[0].value.inputs["gap_ev"])
-        f.attrs["pair_energy_ev"] = float(ok[0].value.inputs["pair_energy_ev"])
+        pe = ok[0].value.inputs["pair_energy_ev"]
+        # NaN: no pair energy (a scintillator), no Q spectrum (dR_dQ has no columns)
+        f.attrs["pair_energy_ev"] = float(pe) if pe is not None else float("nan")
         f.attrs["failed_units"] = json.dumps([[list(r.unit), r.error] for r in failed])
         write_dataset(f, "E", table.e_ev, "eV", "energy bin centres")
         for fdm in fdms:

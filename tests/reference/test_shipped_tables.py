@@ -209,6 +209,11 @@ NEW_TARGETS = {
     "SiC": {"job": "jobs/sic_ae_reference.yaml", "basis": "def2-svp", "ecp": "none",
             "all_electron": True, "e_complete_ev": 48.71,
             "heavy": [926.684, 46.3917], "light": [59.0647, 1.43313]},
+    # Na all-electron, I on its def2 small-core ECP28 (4s4p4d5s5p kept): not all-electron
+    # but with the semicore shells; the 19 conduction bands of def2-SVP end 34 eV above the VBM
+    "NaI": {"job": "jobs/nai_ae_reference.yaml", "basis": "def2-svp", "ecp": "I:def2-svp(ECP28)",
+            "all_electron": False, "e_complete_ev": 33.96,
+            "heavy": [59.2181, 7.51738], "light": [4.32491, 0.130080]},
 }
 
 

@@ -258,3 +258,30 @@ def test_cli_into_a_closed_pipe_exits_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_a_scintillator_has_rates_and_reach_without_a_q_spectrum():
+    """NaI has no electron-hole pair energy in the library (a scintillator): the
+    total and dR/dE need none, so they come with a note and no Q columns; the reach
+    counts every deposit above the gap; select ranks NaI by that rate; observed
+    counts per Q are refused with the reason; a given pair energy restores Q."""
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.detection.reach import reach_from_rates
+    from dmca_hpc.detection.select import rank_targets
+    from dmca_hpc.tables import load
+    t = load(material="NaI")
+    r = electron_rates(t, [1e7, 1e9], fdm="heavy")
+    assert r.dr_dq.shape == (2, 0) and (r.total > 0).all()
+    assert r.total[0] == pytest.approx(r.dr_de[0].sum() * t.de_ev, rel=1e-12)
+    assert all(any("no electron-hole pair energy for NaI" in n for n in ns) for ns in r.notes)
+    assert not any("straddles" in n for ns in r.notes for n in ns)
+    rc = reach_from_rates(r, 1.0, n_events=2.3)
+    assert rc.rate_ref == pytest.approx(r.total, rel=1e-12)
+    assert rc.sigma_cm2[0] == pytest.approx(2.3 * 1e-39 / r.total[0], rel=1e-12)
+    with pytest.raises(ValueError, match="no electron-hole pair energy"):
+        reach_from_rates(r, 1.0, observed_counts=[0, 1])
+    q = electron_rates(t, [1e7], fdm="heavy", pair_energy_ev=5.0)
+    assert q.dr_dq.shape[1] > 0 and q.dr_dq.sum() == pytest.approx(q.total[0], rel=1e-9)
+    rows = {row["name"]: row for row in rank_targets(1e7, materials=["NaI", "Si"])["targets"]}
+    assert rows["NaI"]["status"] == "rate"
+    assert rows["NaI"]["rate_per_kg_year"] == pytest.approx(r.total[0], rel=1e-9)

@@ -42,6 +42,9 @@ def shipped():
 
 def _rate(table, mass_mev, fdm="heavy", sigma=1e-39, q_threshold=1):
     r = electron_rates(table, [mass_mev * U.MEV_EV], fdm=fdm, sigma_e_cm2=sigma)
+    if r.dr_dq.shape[1] == 0:
+        # no pair energy (a scintillator, NaI): every deposit above the gap counts
+        return float(r.total[0])
     return float(rate_in_q_range(r, q_threshold)[0])
 
 

@@ -1,0 +1,336 @@
+"""A DFT systematic carried into a table's f2_sigma (issue 14):
+:func:`dmca_hpc.tables.systematic_sigma` and ``dmca-hpc table systematic``.
+
+Expectations come from arithmetic the method must respect (a variant c x ref
+differs by (c - 1) ref; a box average of a bin-to-bin alternating sign over
+an odd box is +-1/width; rates are linear in f2, so a variant cut to q <= Q
+and scaled by c has c times the rate of ref cut the same way), from
+electron_rates run here on the shipped tables, and from reach's own bands,
+not from numbers this code printed."""
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dmca_hpc import tables
+from dmca_hpc import units as U
+from dmca_hpc.tables import FormFactorTable, TableFormatError, systematic_sigma
+
+#: synthetic grid: 40 q bins of 0.05 alpha m_e, 30 E bins of 0.1 eV
+NQ, NE, DQ, DE = 40, 30, 0.05, 0.1
+#: smoothing half-widths used with it: 2 bins in q, 2 in E (5 x 5 box)
+SQ, SE, H = 0.1, 0.2, 2
+
+
+def synthetic(f2=None, gap_ev=0.0, material="Si", source="ref.h5", **kw):
+    """A small table: by default f2 = (0.5 + q)^2 (1 + E), curved in q and
+    linear in E, so that a box in E leaves it unchanged away from the E edges."""
+    if f2 is None:
+        q = (np.arange(NQ) + 0.5) * DQ
+        e = (np.arange(NE) + 0.5) * DE
+        f2 = (0.5 + q[:, None]) ** 2 * (1.0 + e[None, :])
+    base = dict(dq_ame=DQ, de_ev=DE, vcell_ev3=1e-9, cell_mass_ev=5e10, gap_ev=gap_ev,
+                material=material, metadata={"source_file": source})
+    base.update(kw)
+    return FormFactorTable(f2=f2, **base)
+
+
+def scaled(t, c, source="var.h5", nq=None):
+    return dataclasses.replace(t, f2=c * t.f2[:nq], f2_sigma=None,
+                               metadata={"source_file": source})
+
+
+INNER = np.s_[:, H:NE - H]  # every q, E bins away from the E edges
+
+
+def test_proportional_variant_gives_the_proportional_sigma():
+    ref = synthetic()
+    sigma, info = systematic_sigma(ref, [scaled(ref, 1.1)], SQ, SE, label="kmesh")
+    assert np.allclose(sigma[INNER], 0.1 * ref.f2[INNER], rtol=1e-12, atol=0)
+    assert np.all(sigma >= 0) and sigma.shape == ref.f2.shape
+    assert info["label"] == "kmesh" and info["variants"] == ["var.h5"] and info["ref"] == "ref.h5"
+    assert info["q_range_ame"] == pytest.approx([0, NQ * DQ])
+    assert info["e_range_ev"] == pytest.approx([0, NE * DE])
+    assert info["smoothing"]["box_bins_q_e"] == [2 * H + 1, 2 * H + 1]
+    assert info["smoothing"]["half_width_q_ame"] == pytest.approx(SQ)
+    assert info["combined_with_earlier_sigma"] is False
+    json.dumps(info)  # it goes into the file's metadata
+
+
+def test_bin_to_bin_noise_cancels_in_the_smoothing():
+    """A variant that differs by +-30% alternating from bin to bin in q and E
+    (k-sampling-like noise, no systematic): the raw per-bin difference is 30%;
+    the average of (-1)^(i+j) over a 5 x 5 box is +-1/25, so the sigma is
+    0.3/25 of the table there (1/25 of the raw difference), not 30%."""
+    ref = synthetic()
+    sign = (-1.0) ** np.add.outer(np.arange(NQ), np.arange(NE))
+    noisy = dataclasses.replace(ref, f2=ref.f2 * (1 + 0.3 * sign), metadata={})
+    sigma, _ = systematic_sigma(ref, [noisy], SQ, SE)
+    inner = np.s_[H:NQ - H, H:NE - H]
+    rel = sigma[inner] / ref.f2[inner]
+    assert np.all(rel < 0.3 / 25 * 1.5)
+    assert np.all(rel > 0.3 / 25 * 0.5)
+    # without smoothing it is the raw difference
+    raw, _ = systematic_sigma(ref, [noisy], 0.0, 0.0)
+    assert np.allclose(raw, 0.3 * ref.f2, rtol=1e-12)
+
+
+def test_fewer_q_bins_give_zero_beyond_their_range():
+    ref = synthetic()
+    short = scaled(ref, 1.1, nq=NQ // 2)
+    sigma, info = systematic_sigma(ref, [short], SQ, SE)
+    assert np.array_equal(sigma[NQ // 2:], np.zeros((NQ - NQ // 2, NE)))
+    assert np.allclose(sigma[:NQ // 2, H:NE - H], 0.1 * ref.f2[:NQ // 2, H:NE - H], rtol=1e-12)
+    assert info["q_range_ame"] == pytest.approx([0, NQ // 2 * DQ])
+    assert info["per_variant"][0]["nq_ne"] == [NQ // 2, NE]
+
+
+def test_no_sigma_below_the_gap():
+    """Bins wholly below the gap hold no transitions: the smoothing must not
+    move sigma there (the draw f2 + z sigma would invent them)."""
+    ref = synthetic()
+    gap = 1.0  # E bins 0..9 lie below it
+    f2 = np.where(ref.e_ev[None, :] > gap, ref.f2, 0.0)
+    ref = synthetic(f2=f2, gap_ev=gap)
+    sigma, _ = systematic_sigma(ref, [scaled(ref, 1.1)], SQ, SE)
+    below = ref.e_ev + DE / 2 <= gap
+    assert below.sum() == 10
+    assert np.array_equal(sigma[:, below], np.zeros((NQ, 10)))
+    assert np.all(sigma[:, ~below] > 0)
+
+
+def test_earlier_sigma_adds_in_quadrature():
+    ref = synthetic()
+    ref = dataclasses.replace(ref, f2_sigma=0.2 * ref.f2)
+    sigma, info = systematic_sigma(ref, [scaled(ref, 1.1)], SQ, SE)
+    assert np.allclose(sigma[INNER], np.sqrt(0.2**2 + 0.1**2) * ref.f2[INNER], rtol=1e-12)
+    assert info["combined_with_earlier_sigma"] is True
+
+
+def test_envelope_of_two_variants_is_the_larger_one_bin_by_bin():
+    """1.1 x ref everywhere and 1.3 x ref for q > 1 alpha m_e: the sigma is
+    0.1 ref at low q and 0.3 ref at high q (the maximum, not 0.1 + 0.3 or
+    their quadrature sum), away from the step."""
+    ref = synthetic()
+    step = np.where(ref.q_ame[:, None] > 1.0, 1.3, 1.0)
+    v2 = dataclasses.replace(ref, f2=ref.f2 * step, metadata={"source_file": "v2.h5"})
+    sigma, info = systematic_sigma(ref, [scaled(ref, 1.1), v2], SQ, SE)
+    lo = ref.q_ame < 1.0 - (H + 1) * DQ
+    hi = ref.q_ame > 1.0 + (H + 1) * DQ
+    assert np.allclose(sigma[lo][:, H:NE - H], 0.1 * ref.f2[lo][:, H:NE - H], rtol=1e-12)
+    assert np.allclose(sigma[hi][:, H:NE - H], 0.3 * ref.f2[hi][:, H:NE - H], rtol=1e-12)
+    assert info["variants"] == ["var.h5", "v2.h5"]
+
+
+@pytest.mark.parametrize("change, word", [
+    ({"material": "Ge"}, "material"),
+    ({"dq_ame": 2 * DQ}, "dq"),
+    ({"de_ev": 0.05}, "dE"),
+    ({"e_min_ev": 0.05}, "lower edge"),
+])
+def test_other_material_or_binning_is_refused_naming_both(change, word):
+    ref = synthetic()
+    var = synthetic(source="other.h5", **change)
+    with pytest.raises(TableFormatError) as exc:
+        systematic_sigma(ref, [var])
+    msg = str(exc.value)
+    assert "other.h5" in msg and "ref.h5" in msg and word in msg and "\n" not in msg
+
+
+def test_bad_arguments():
+    ref = synthetic()
+    with pytest.raises(ValueError, match="at least one variant"):
+        systematic_sigma(ref, [])
+    with pytest.raises(ValueError, match="smooth_q_ame"):
+        systematic_sigma(ref, [scaled(ref, 1.1)], smooth_q_ame=-1)
+    with pytest.raises(ValueError, match="smooth_e_ev"):
+        systematic_sigma(ref, [scaled(ref, 1.1)], smooth_e_ev=float("nan"))
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+
+def table_cli(argv, capsys):
+    """``dmca-hpc table ...`` in this process: (exit code, stdout, stderr)."""
+    from dmca_hpc.cli import table as cli_table
+    p = argparse.ArgumentParser()
+    cli_table.add_arguments(p)
+    code = cli_table.run_cli(p.parse_args([str(a) for a in argv]))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def si():
+    return tables.load(material="Si")
+
+
+@pytest.fixture(scope="module")
+def si_files(tmp_path_factory, si):
+    """A Si-cell table, q <= 2 alpha m_e, E <= 15 eV, f2 of the shipped Si there
+    (so rates are those of a real spectrum), and variants: 1.1 x it, and 1.1 x
+    its q <= 1 part."""
+    d = tmp_path_factory.mktemp("syst")
+    ref = dataclasses.replace(si, f2=si.f2[:100, :150].copy(), f2_sigma=None)
+    out = {"ref": tables.write_table(d / "ref.hdf5", ref),
+           "x1.1": tables.write_table(d / "x11.hdf5", dataclasses.replace(ref, f2=1.1 * ref.f2)),
+           "short": tables.write_table(d / "short.hdf5",
+                                       dataclasses.replace(ref, f2=1.1 * ref.f2[:50])),
+           "ge": tables.write_table(d / "ge.hdf5", dataclasses.replace(ref, material="Ge")),
+           "dq": tables.write_table(d / "dq.hdf5", dataclasses.replace(ref, dq_ame=0.04))}
+    out["dir"] = d
+    return out
+
+
+def test_cli_round_trip(si_files, capsys):
+    f = si_files
+    out = f["dir"] / "with_sigma.hdf5"
+    code, text, err = table_cli(["systematic", f["ref"], "--vary", f["x1.1"], f["short"],
+                                 "--out", out, "--label", "kmesh"], capsys)
+    assert code == 0, err
+    ref = tables.read_table(f["ref"])
+    got = tables.read_table(out)
+    assert np.array_equal(got.f2, ref.f2)  # bit for bit
+    want, _ = systematic_sigma(ref, [tables.read_table(f["x1.1"]), tables.read_table(f["short"])])
+    assert np.array_equal(got.f2_sigma, want)
+    # 1.1 x ref: 0.1 of ref's f2 smoothed in E, so the summed sigma is 0.1 of the summed f2
+    # above the gap, up to the E edges of the box
+    above = ref.e_ev + ref.de_ev / 2 > ref.gap_ev
+    assert got.f2_sigma.sum() == pytest.approx(0.1 * ref.f2[:, above].sum(), rel=0.02)
+    src = got.metadata["f2_sigma_sources"]
+    assert isinstance(src, list) and len(src) == 1
+    assert src[0]["label"] == "kmesh"
+    assert src[0]["variants"] == [str(f["x1.1"]), str(f["short"])]
+    assert src[0]["smoothing"]["half_width_q_ame"] == pytest.approx(0.2)
+    assert "rate_effect" in src[0] and "provenance" in src[0]
+    assert got.material == ref.material and got.gap_ev == ref.gap_ev
+    assert "kmesh" in text and "alpha m_e" in text and "eV" in text and "MeV" in text
+    # stacking: the output as the next REF keeps the first record and adds in quadrature
+    out2 = f["dir"] / "stacked.hdf5"
+    code, _, err = table_cli(["systematic", out, "--vary", f["x1.1"], "--out", out2,
+                              "--label", "basis", "--smooth-q", "0", "--smooth-e", "0"], capsys)
+    assert code == 0, err
+    st = tables.read_table(out2)
+    assert [s["label"] for s in st.metadata["f2_sigma_sources"]] == ["kmesh", "basis"]
+    assert st.metadata["f2_sigma_sources"][1]["combined_with_earlier_sigma"] is True
+    second = np.where(ref.f2 > 0, 0.1 * ref.f2, 0.0)
+    second[:, ref.e_ev + ref.de_ev / 2 <= ref.gap_ev] = 0.0
+    assert np.allclose(st.f2_sigma, np.hypot(want, second), rtol=1e-12, atol=0)
+
+
+def test_cli_rate_ratios_over_the_common_q_range(si_files, capsys):
+    """Rates are linear in f2: the variant 1.1 x (ref's q <= 1 part) has 1.1
+    times the rate of ref's q <= 1 part at every mass and mediator, whatever
+    ref's rate above q = 1 is."""
+    f = si_files
+    code, text, err = table_cli(["systematic", f["ref"], "--vary", f["short"], "--out",
+                                 f["dir"] / "short_sigma.hdf5", "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(text)
+    assert d["q_range_ame"] == pytest.approx([0, 1.0])
+    for fdm in ("heavy", "light"):
+        r = d["rate_effect"][fdm]["variant_over_ref"][0]
+        ok = [x for x in r if x is not None]
+        assert ok and np.allclose(ok, 1.1, rtol=1e-10)
+        assert all(s >= 0 for s in d["rate_effect"][fdm]["rel_sigma"] if s is not None)
+
+
+@pytest.mark.parametrize("case", ["missing", "material", "binning"])
+def test_cli_bad_input_is_one_line_exit_2(si_files, case, capsys):
+    f = si_files
+    vary = {"missing": f["dir"] / "nope.hdf5", "material": f["ge"], "binning": f["dq"]}[case]
+    out = f["dir"] / f"bad_{case}.hdf5"
+    code, text, err = table_cli(["systematic", f["ref"], "--vary", vary, "--out", out], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(vary) in lines[0] and "Traceback" not in err
+    assert {"missing": "no such file", "material": "material", "binning": "dq"}[case] in lines[0]
+    assert not out.exists()
+
+
+def test_cli_bad_input_end_to_end(si_files):
+    r = run_cli("table", "systematic", si_files["ref"], "--vary", si_files["ge"], "--out",
+                si_files["dir"] / "e2e.hdf5", timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "ge.hdf5" in r.stderr and "material" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# real tables: the functional systematic of Ge (PBE vs PBE0)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ge_functional(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ge") / "Ge_xc.hdf5"
+    from dmca_hpc.cli import table as cli_table
+    p = argparse.ArgumentParser()
+    cli_table.add_arguments(p)
+    args = p.parse_args(["systematic", "Ge", "--vary", "Ge_pbe0", "--out", str(out),
+                         "--label", "functional"])
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli_table.run_cli(args) == 0
+    return out, buf.getvalue()
+
+
+def test_ge_pbe0_rate_ratio_matches_electron_rates(ge_functional):
+    from dmca_hpc.detection.rates import electron_rates
+    out, text = ge_functional
+    got = tables.read_table(out)
+    rec = got.metadata["f2_sigma_sources"][-1]
+    eff = rec["rate_effect"]
+    i = eff["masses_mev"].index(1000.0)
+    ge = tables.load(material="Ge")
+    pbe0 = tables.read_table(tables.table_for_material("Ge_pbe0"))
+    m = np.array([1000.0]) * U.MEV_EV
+    base = electron_rates(ge, m, fdm="heavy").total[0]
+    want = electron_rates(pbe0, m, fdm="heavy").total[0] / base
+    assert eff["heavy"]["variant_over_ref"][0][i] == pytest.approx(want, rel=1e-12)
+    # the printed row carries the same number (4 digits)
+    row = next(line for line in text.splitlines()
+               if line.split()[:3] == ["1000", "MeV", "heavy"])
+    assert float(row.split()[3]) == pytest.approx(want, rel=1e-3)
+    # the relative 1-sigma is the rate of f2 + f2_sigma over the rate of f2, minus 1,
+    # from the written file; it covers the variant's move at 1 GeV (the envelope's job)
+    up = dataclasses.replace(got, f2=got.f2 + got.f2_sigma, f2_sigma=None)
+    rel = electron_rates(up, m, fdm="heavy").total[0] / base - 1
+    assert eff["heavy"]["rel_sigma"][i] == pytest.approx(rel, rel=1e-10)
+    assert rel >= abs(want - 1)
+    assert np.array_equal(got.f2, ge.f2)
+    assert rec["settings"]["ref"]["xc"] == "PBE" and rec["settings"]["variants"][0]["xc"] == "PBE0"
+
+
+def _reach_bands(table, capsys):
+    from dmca_hpc.cli import reach as cli_reach
+    p = argparse.ArgumentParser()
+    cli_reach.add_arguments(p)
+    argv = ["--table", str(table), "--exposure", "1", "--n-masses", "2", "--mass-min-mev", "1",
+            "--mass-max-mev", "1000", "--uncertainty", "20", "--seed", "2", "--json"]
+    assert cli_reach.run_cli(p.parse_args(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_reach_band_is_wider_with_the_systematic(ge_functional, capsys):
+    """Same seed, so the same halo draws; the written f2_sigma adds one
+    correlated draw per sample, and the 68% and 95% bands of the reach widen
+    at 1 MeV and 1 GeV; the nominal curve is Ge's own.  (At 1 MeV the sigma,
+    ~170% of the rate, dwarfs the halo spread; at 1 GeV, 36% against a
+    halo sd of ln(reach) of ~0.3, 20 percentile samples widen at most seeds
+    but not all: the seed is fixed.)"""
+    out, _ = ge_functional
+    a = _reach_bands(tables.table_for_material("Ge"), capsys)
+    b = _reach_bands(out, capsys)
+    sa, sb = a["bands_sigma_cm2"], b["bands_sigma_cm2"]
+    for lo, hi in (("p16", "p84"), ("p2.5", "p97.5")):
+        wa = np.log(np.array(sa[hi]) / np.array(sa[lo]))
+        wb = np.log(np.array(sb[hi]) / np.array(sb[lo]))
+        assert np.all(wb > wa), (lo, hi, wa, wb)
+    assert np.allclose(a["sigma_cm2"], b["sigma_cm2"], rtol=1e-12)
+    assert "f2_sigma" in b["bands_description"]
