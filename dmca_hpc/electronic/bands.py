@@ -654,9 +654,25 @@ def time_per_k(ngrid: int, nao: int, route: str = "fast") -> float:
     return t * (BANDS_SLOW_FACTOR if route == "get_bands" else 1.0)
 
 
+def bvk_cells(scf_kmesh, bands_kmesh) -> int:
+    """Cells of the Born-von Karman supercell on which PySCF's GDF builds its lattice
+    sums for band k of ``bands_kmesh`` against the SCF's ``scf_kmesh`` (Gamma-centred
+    meshes): ``pyscf.pbc.tools.k2gamma.kpts_to_kmesh`` of the union, i.e. per axis the
+    least common multiple of the two meshes (3 and 10: 30; 3 and 6: 6)."""
+    import math
+    return int(np.prod([math.lcm(int(a), int(b)) for a, b in zip(scf_kmesh, bands_kmesh)]))
+
+
+#: bytes of PySCF's GDF translation table per pair of supercell images (3 float64):
+#: measured, the Si 10x10x10 bands against a 3x3x3 SCF asked numpy for "65.2 GiB for an
+#: array with shape (54000, 54000, 3)": (2 x 30^3)^2 x 24 B
+BVK_TABLE_BYTES_PER_PAIR = 24.0
+
+
 def worker_memory_bytes(ngrid: int, nao: int, nk_scf: int, n_k: int, nbands: int,
                         ncomp: int = 4, naux: int = 0, route: str = "fast",
-                        max_memory_mb: float = 4000.0, off_mesh: bool = False) -> dict:
+                        max_memory_mb: float = 4000.0, off_mesh: bool = False,
+                        bvk: int = 0) -> dict:
     """Per-rank arrays [bytes] of a :class:`BandWorker` evaluating ``n_k`` k-points at
     once: the SCF density matrices [nk_scf, nao, nao] complex; the grid's coordinates,
     weights, density and potential (``ngrid (4 + 2 ncomp) 8 B``); the AO values of the
@@ -666,7 +682,10 @@ def worker_memory_bytes(ngrid: int, nao: int, nk_scf: int, n_k: int, nbands: int
     returned.  ``ngrid``: the XC grid (:func:`dmca_hpc.electronic.scf.estimate_scf`).  With GDF
     and ``off_mesh`` k (the band path), PySCF's 3-index integrals of the chunk against the
     SCF k (``3 nk_scf n_k nao^2 naux 16 B``, the figure stages/bands checks the band path
-    with; chunks of the dense mesh ran within memory: si_ae_ccpvtz, 16 k per chunk)."""
+    with; chunks of the dense mesh ran within memory: si_ae_ccpvtz, 16 k per chunk).  With
+    GDF, PySCF's translation table on the common supercell of the SCF and band meshes
+    (``bvk`` cells, :func:`bvk_cells`): ``(2 bvk)^2 24 B`` (4.5 MB for 6^3 bands on a 3^3
+    SCF, 65 GiB for 10^3: a bands mesh that is a multiple of the SCF mesh keeps it small)."""
     block = WORKER_BLOCK_MB if route == "fast" else max_memory_mb
     parts = {"SCF density": 16.0 * nk_scf * nao * nao,
              "grid": 8.0 * ngrid * (4 + 2 * ncomp),
@@ -675,13 +694,15 @@ def worker_memory_bytes(ngrid: int, nao: int, nk_scf: int, n_k: int, nbands: int
              "H, S": 48.0 * n_k * nao * nao + 24.0 * n_k * nao * nbands}
     if route == "gdf" and off_mesh:
         parts["GDF integrals"] = 3.0 * nk_scf * n_k * nao * nao * naux * 16
+    if route == "gdf" and bvk:
+        parts["GDF supercell translations"] = BVK_TABLE_BYTES_PER_PAIR * (2.0 * bvk) ** 2
     return parts
 
 
 def estimate_bands(nk: int, n_work: int, n_path: int, chunk_size: int, nao: int, nbands: int,
                    nk_scf: int, ngrid: int, route: str = "fast", irreducible: bool = False,
                    plots: bool = True, ncomp: int = 4, naux: int = 0,
-                   max_memory_mb: float = 4000.0) -> dict:
+                   max_memory_mb: float = 4000.0, bvk: int = 0) -> dict:
     """Memory, disk and time of the bands stage from sizes only.
 
     Args:
@@ -708,7 +729,7 @@ def estimate_bands(nk: int, n_work: int, n_path: int, chunk_size: int, nao: int,
     states = 16.0 * nao * nbands
     plan = 24.0 * (2 * nk + n_work + n_path) * 2 + UNIT_BOOKKEEPING_BYTES * units
     worker = worker_memory_bytes(ngrid, nao, nk_scf, min(chunk_size, max(n_work, 1)), nbands,
-                                 ncomp, naux, route, max_memory_mb)
+                                 ncomp, naux, route, max_memory_mb, bvk=bvk)
     if n_path and route == "gdf":
         path = worker_memory_bytes(ngrid, nao, nk_scf, min(chunk_size, n_path), nbands, ncomp,
                                    naux, route, max_memory_mb, off_mesh=True)

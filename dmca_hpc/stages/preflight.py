@@ -398,7 +398,7 @@ def _model_dft(mm: _MaterialModel, job: dict) -> dict:
 
 
 def _model_bands(mm: _MaterialModel, job: dict) -> dict:
-    from dmca_hpc.electronic.bands import estimate_bands
+    from dmca_hpc.electronic.bands import bvk_cells, estimate_bands
     from pyscf import lib
     sec = mm.bands
     km = [int(x) for x in sec["kmesh"]]
@@ -411,7 +411,8 @@ def _model_bands(mm: _MaterialModel, job: dict) -> dict:
     scf = mm.scf()  # its naux is GDF's (the route 'gdf'), 0 otherwise
     e = estimate_bands(nk, n_work, n_path, int(sec["chunk_size"]), scf["nao"], mm.nbands(),
                        scf["nk"], scf["ngrid"], route, irr, bool(sec["plots"]), mm.ncomp(),
-                       scf["naux"], float(lib.param.MAX_MEMORY))
+                       scf["naux"], float(lib.param.MAX_MEMORY),
+                       bvk=bvk_cells(mm.dft["kmesh"], km) if route == "gdf" else 0)
     t_k = e["time_per_k_s"]
 
     def record_time(unit, kpts):
@@ -427,9 +428,14 @@ def _model_bands(mm: _MaterialModel, job: dict) -> dict:
             "serial": e["merge_time_s"], "fixed": e["merge_time_s"], "records": units + 1,
             "keys": {"memory": {"AO blocks": "bands.chunk_size",
                                 "GDF integrals": "bands.band_path_npoints"}.get(big, "bands.kmesh"),
+                     # (GDF supercell translations: bands.kmesh, a multiple of dft.kmesh)
                      "disk": "bands.kmesh", "time": "bands.kmesh"},
-            "detail": {"memory": f"{big} {e['parts'][big] / GIB:.3g} GiB ({_count(nk)} k x {scf['nao']} AOs x "
-                                 f"{mm.nbands()} bands)",
+            "detail": {"memory": (f"{big} {e['parts'][big] / GIB:.3g} GiB ({_count(nk)} k x {scf['nao']} AOs x "
+                                  f"{mm.nbands()} bands)" if big != "GDF supercell translations" else
+                                  f"{big} {e['parts'][big] / GIB:.3g} GiB: PySCF's GDF sums over the "
+                                  f"common supercell of dft.kmesh {list(mm.dft['kmesh'])} and "
+                                  f"bands.kmesh {km} ({_count(bvk_cells(mm.dft['kmesh'], km))} cells); "
+                                  f"a bands mesh that is a multiple of dft.kmesh keeps it small"),
                        "disk": f"{_count(units)} unit checkpoints of {e['unit_bytes'] / 1024:.3g} KiB, "
                                f"bands.h5 {e['bands_h5_bytes'] / GIB:.3g} GiB",
                        "time": f"{_count(units)} units of {e['unit_time_s']:.3g} s ({_count(n_work)} k, "

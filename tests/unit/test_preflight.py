@@ -488,3 +488,30 @@ def test_formfactor_time_counts_the_valence_window_once_the_scf_exists():
     assert after["Si/formfactor"].time_s < before
     mm2 = pf._MaterialModel(job, get_material("Si"), {"nocc": 7, "mo_energy": mo})
     assert mm2.nval({"e_max": 50.0, "gap_ev": None, "scissor": "qcdark"}) == 2
+
+
+def test_gdf_bands_on_a_mesh_incommensurate_with_the_scf_are_refused():
+    """PySCF's GDF builds its lattice sums for band k on the common supercell of the SCF
+    and band meshes; 10^3 bands on a 3^3 SCF asked numpy for "65.2 GiB for an array with
+    shape (54000, 54000, 3)" and 8^3 was OOM-killed (17 GiB).  The preflight counts that
+    table and refuses such a job up front naming bands.kmesh and the remedy; the same
+    meshes on a 2^3 SCF (a divisor) pass."""
+    from dmca_hpc.electronic.bands import bvk_cells
+    assert bvk_cells([3, 3, 3], [10, 10, 10]) == 27000 and bvk_cells([3, 3, 3], [6, 6, 6]) == 216
+    assert bvk_cells([2, 2, 2], [10, 10, 10]) == 1000
+    roomy_20 = roomy(available_memory_bytes=20 * pf.GIB)
+    for scf, bands, refused in (([3, 3, 3], [10, 10, 10], True), ([3, 3, 3], [8, 8, 8], True),
+                                ([2, 2, 2], [10, 10, 10], False), ([3, 3, 3], [6, 6, 6], False)):
+        job = load_job(ROOT / "jobs" / "si_ae_kconv.yaml",
+                       overrides={"dft.kmesh": scf, "bands.kmesh": bands})
+        est = pf.estimate_job(job, ranks=1)
+        e = by_label(est)["Si/bands"]
+        part = 24.0 * (2 * bvk_cells(scf, bands)) ** 2
+        assert e.memory_bytes > part
+        lines = pf.check(est, roomy_20, "J")
+        hit = [l for l in lines if "Si/bands" in l]
+        if refused:
+            assert hit and hit[0].startswith("J: bands.kmesh: Si/bands cannot finish: memory"), lines
+            assert "GDF supercell translations" in hit[0] and "multiple of dft.kmesh" in hit[0]
+        else:
+            assert not hit, lines
