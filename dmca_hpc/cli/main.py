@@ -103,6 +103,10 @@ def _one_line_warnings():
 
     warnings.formatwarning = fmt
     warnings.simplefilter("default")
+    # "default" shows ResourceWarnings, which Python hides unless asked: PySCF's GDF
+    # leaves a temporary HDF5 file to the garbage collector ("unclosed file
+    # <_io.BufferedRandom name='/tmp/tmp...'>"), nothing a user can act on
+    warnings.filterwarnings("ignore", category=ResourceWarning)
 
 
 def main(argv=None) -> int:
