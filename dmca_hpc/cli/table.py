@@ -132,6 +132,21 @@ def _run_info(args) -> int:
     if extra:
         print(f"  computed with  {', '.join(extra)}")
     print("  uncertainty    " + ("per-bin 1-sigma of f2 (f2_sigma)" if s["f2_sigma"] else "none"))
+    for src in (t.metadata or {}).get("f2_sigma_sources") or []:
+        # each systematic stacked into f2_sigma by `dmca-hpc table systematic`: its label,
+        # what it covers and the relative rate 1-sigma it gives at its first/last masses
+        eff = src.get("rate_effect") or {}
+        ms = eff.get("masses_mev") or []
+        rel = {f: (eff.get(f) or {}).get("rel_sigma") or [] for f in ("heavy", "light")}
+        tail = ""
+        if ms and rel["heavy"] and rel["light"]:
+            tail = (f"; rate 1-sigma heavy {100 * rel['heavy'][0]:.3g}% at {ms[0]:g} MeV, "
+                    f"{100 * rel['heavy'][-1]:.3g}% at {ms[-1]:g} MeV; light "
+                    f"{100 * rel['light'][0]:.3g}% / {100 * rel['light'][-1]:.3g}%")
+        q = src.get("q_range_ame") or [None, None]
+        print(f"    {src.get('label') or 'systematic'}: {len(src.get('per_variant') or [])} variant(s), "
+              f"q {q[0]:g} - {q[1]:g} alpha m_e" + tail if q[1] is not None else
+              f"    {src.get('label') or 'systematic'}" + tail)
     if s["format"] == "dmca-exciton":
         print(f"  exciton table  dataset {s['dataset']!r}, {s['n_k']} k slices summed with "
               f"{s['k_weights']}; dft_form_factors {'present' if s['has_dft_form_factors'] else 'absent'}"
