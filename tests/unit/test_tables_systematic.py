@@ -175,7 +175,9 @@ def si_files(tmp_path_factory, si):
     (so rates are those of a real spectrum), and variants: 1.1 x it, and 1.1 x
     its q <= 1 part."""
     d = tmp_path_factory.mktemp("syst")
-    ref = dataclasses.replace(si, f2=si.f2[:100, :150].copy(), f2_sigma=None)
+    # the shipped Si carries its own k-mesh systematic: start from its f2 alone
+    meta = {k: v for k, v in si.metadata.items() if k != "f2_sigma_sources"}
+    ref = dataclasses.replace(si, f2=si.f2[:100, :150].copy(), f2_sigma=None, metadata=meta)
     out = {"ref": tables.write_table(d / "ref.hdf5", ref),
            "x1.1": tables.write_table(d / "x11.hdf5", dataclasses.replace(ref, f2=1.1 * ref.f2)),
            "short": tables.write_table(d / "short.hdf5",
