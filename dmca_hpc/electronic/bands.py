@@ -654,13 +654,23 @@ def time_per_k(ngrid: int, nao: int, route: str = "fast") -> float:
     return t * (BANDS_SLOW_FACTOR if route == "get_bands" else 1.0)
 
 
-def bvk_cells(scf_kmesh, bands_kmesh) -> int:
+def bvk_cells(scf_kmesh, bands_kmesh, nimgs=None) -> int:
     """Cells of the Born-von Karman supercell on which PySCF's GDF builds its lattice
     sums for band k of ``bands_kmesh`` against the SCF's ``scf_kmesh`` (Gamma-centred
-    meshes): ``pyscf.pbc.tools.k2gamma.kpts_to_kmesh`` of the union, i.e. per axis the
-    least common multiple of the two meshes (3 and 10: 30; 3 and 6: 6)."""
+    meshes): ``pyscf.pbc.tools.k2gamma.kpts_to_kmesh`` of the union.  Per axis that is
+    the least common multiple of the two meshes (3 and 10: 30; 3 and 6: 6) as long as
+    both fit PySCF's bound ``2 nimgs + 1`` (``cell.nimgs``, the lattice images the basis
+    reaches); a mesh finer than the bound makes PySCF fall back to the bound itself,
+    whose supercell already spans every image the sums need (measured with
+    kpts_to_kmesh: Si def2-SVP, nimgs 5: 3 and 10 -> 30, 3 and 12 or 14 -> 11; CsI
+    def2-SVP, nimgs 7: 3 and 14 -> 42).  Without ``nimgs`` the bound is not applied."""
     import math
-    return int(np.prod([math.lcm(int(a), int(b)) for a, b in zip(scf_kmesh, bands_kmesh)]))
+    caps = [None] * 3 if nimgs is None else [2 * int(n) + 1 for n in nimgs]
+    cells = 1
+    for a, b, cap in zip(scf_kmesh, bands_kmesh, caps):
+        a, b = int(a), int(b)
+        cells *= cap if cap is not None and max(a, b) > cap else math.lcm(a, b)
+    return int(cells)
 
 
 #: bytes of PySCF's GDF translation table per pair of supercell images (3 float64):

@@ -412,7 +412,7 @@ def _model_bands(mm: _MaterialModel, job: dict) -> dict:
     e = estimate_bands(nk, n_work, n_path, int(sec["chunk_size"]), scf["nao"], mm.nbands(),
                        scf["nk"], scf["ngrid"], route, irr, bool(sec["plots"]), mm.ncomp(),
                        scf["naux"], float(lib.param.MAX_MEMORY),
-                       bvk=bvk_cells(mm.dft["kmesh"], km) if route == "gdf" else 0)
+                       bvk=bvk_cells(mm.dft["kmesh"], km, mm.cell().nimgs) if route == "gdf" else 0)
     t_k = e["time_per_k_s"]
 
     def record_time(unit, kpts):
@@ -434,7 +434,7 @@ def _model_bands(mm: _MaterialModel, job: dict) -> dict:
                                   f"{mm.nbands()} bands)" if big != "GDF supercell translations" else
                                   f"{big} {e['parts'][big] / GIB:.3g} GiB: PySCF's GDF sums over the "
                                   f"common supercell of dft.kmesh {list(mm.dft['kmesh'])} and "
-                                  f"bands.kmesh {km} ({_count(bvk_cells(mm.dft['kmesh'], km))} cells); "
+                                  f"bands.kmesh {km} ({_count(bvk_cells(mm.dft['kmesh'], km, mm.cell().nimgs))} cells); "
                                   f"a bands mesh that is a multiple of dft.kmesh keeps it small"),
                        "disk": f"{_count(units)} unit checkpoints of {e['unit_bytes'] / 1024:.3g} KiB, "
                                f"bands.h5 {e['bands_h5_bytes'] / GIB:.3g} GiB",

@@ -490,6 +490,26 @@ def test_formfactor_time_counts_the_valence_window_once_the_scf_exists():
     assert mm2.nval({"e_max": 50.0, "gap_ev": None, "scissor": "qcdark"}) == 2
 
 
+def test_gdf_supercell_model_follows_pyscf_kpts_to_kmesh():
+    """bvk_cells is checked against PySCF's own choice (k2gamma.kpts_to_kmesh of the SCF
+    and band k) on real cells: the lcm per axis while both meshes fit 2 nimgs + 1, the bound
+    beyond it (Si def2-SVP: nimgs 5, so 12^3 or 14^3 bands on a 3^3 SCF give 11^3 cells, not
+    the lcm 12^3 or 42^3 that would refuse 14^3 for a 1.7 TB table it never builds)."""
+    import numpy as np
+    from pyscf.pbc.tools.k2gamma import kpts_to_kmesh
+    from dmca_hpc.electronic.bands import bvk_cells
+    job = load_job(ROOT / "jobs" / "si_ae_kconv.yaml")
+    cell = pf._MaterialModel(job, "Si").cell()
+    for scf, bands in ((3, 10), (3, 12), (3, 14), (2, 10), (3, 6), (4, 6)):
+        kpts = np.vstack([cell.make_kpts([scf] * 3), cell.make_kpts([bands] * 3)])
+        assert bvk_cells([scf] * 3, [bands] * 3, cell.nimgs) == int(np.prod(kpts_to_kmesh(cell, kpts))), (scf, bands)
+    assert bvk_cells([3] * 3, [14] * 3, cell.nimgs) == 11 ** 3 and bvk_cells([3] * 3, [14] * 3) == 42 ** 3
+    est = pf.estimate_job(load_job(ROOT / "jobs" / "si_ae_kconv.yaml",
+                                   overrides={"dft.kmesh": [3, 3, 3], "bands.kmesh": [14, 14, 14]}), ranks=1)
+    lines = pf.check(est, roomy(available_memory_bytes=20 * pf.GIB), "J")
+    assert not [l for l in lines if "GDF supercell" in l], lines
+
+
 def test_gdf_bands_on_a_mesh_incommensurate_with_the_scf_are_refused():
     """PySCF's GDF builds its lattice sums for band k on the common supercell of the SCF
     and band meshes; 10^3 bands on a 3^3 SCF asked numpy for "65.2 GiB for an array with
