@@ -146,7 +146,6 @@ def record_run(h5_path: str | Path) -> dict:
 
     The test builds its checks from this dict whether it reads a run directory or
     the JSON, so both give the same keys."""
-    import yaml
     h5_path = Path(h5_path)
     stage_dir = h5_path.parent
     mat_dir = stage_dir.parent
@@ -231,25 +230,45 @@ ABOUT = ("dielectric-stage results of jobs/eps_*.yaml checked by "
          "tests/reference/record_target_dielectric.py RUN_DIR ... (do not edit by hand)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                    help="output directory of one run of jobs/eps_*.yaml")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                    help=f"file to write/update (default: {DEFAULT_JSON.relative_to(REPO)})")
-    args = ap.parse_args(argv)
+def recorder_args(argv, doc: str, default_json: Path, run_dir_help: str):
+    """The recorders' command line: RUN_DIR... and --json (default ``default_json``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help=run_dir_help)
+    ap.add_argument("--json", type=Path, default=default_json,
+                    help=f"file to write/update (default: {default_json.relative_to(REPO)})")
+    return ap.parse_args(argv)
 
+
+def record_into_json(run_dirs, json_path: Path, top_key: str, find, record, key_of,
+                     report, about: str, units: dict) -> int:
+    """The recorders' common loop: read ``json_path`` first (an unreadable file stops
+    before any recording, since writing over it could lose entries), record every run
+    ``find(run_dir)`` yields with ``record(path, timings)``, refuse a run whose job.yaml
+    differs from the job file or whose key (``key_of(rec)``) was given twice, merge the
+    records into ``doc[top_key]`` and write atomically; ``report(key, rec, timings)``
+    prints each record.  Returns the exit code: 2 when anything was refused."""
+    doc: dict = {top_key: {}}
+    if json_path.is_file():
+        try:
+            doc = _load_json_file(json_path, f"a {json_path.name}")
+            if not isinstance(doc.get(top_key), dict):
+                raise RecordError(f"{json_path}: key {top_key!r} missing; expected the "
+                                  f"recorder's own file")
+        except RecordError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     problems: list[str] = []
     records: dict[str, dict] = {}
-    for run_dir in args.run_dirs:
+    for run_dir in run_dirs:
         try:
-            paths = find_runs(run_dir)
+            paths = find(run_dir)
         except RecordError as exc:
             problems.append(str(exc))
             continue
         for h5 in paths:
+            timings: dict = {}
             try:
-                rec = record_run(h5)
+                rec = record(h5, timings)
             except RecordError as exc:
                 problems.append(str(exc))
                 continue
@@ -258,39 +277,39 @@ def main(argv: list[str] | None = None) -> int:
                                 f"differs from {rec['job']} at {rec['job_keys_differing']}; "
                                 f"expected a run of the job file as it stands (re-run it)")
                 continue
-            if rec["material"] in records:
-                problems.append(f"{h5}: {rec['material']} given twice (also "
-                                f"{records[rec['material']]['run_dir']}); expected one run each")
+            key = key_of(rec)
+            if key in records:
+                problems.append(f"{h5}: {key!r} given twice (also "
+                                f"{records[key]['run_dir']}); expected one run each")
                 continue
-            records[rec["material"]] = rec
-
-    doc: dict = {"materials": {}}
-    if args.json.is_file():
-        try:
-            doc = _load_json_file(args.json, "a target_dielectric.json")
-            if not isinstance(doc.get("materials"), dict):
-                raise RecordError(f"{args.json}: key 'materials' missing; expected the "
-                                  f"recorder's own file")
-        except RecordError as exc:
-            # the runs were read, but writing over a file we cannot parse could lose entries
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    doc["about"] = ABOUT
-    doc["units"] = UNITS
-    doc["materials"].update(records)
+            records[key] = rec
+            report(key, rec, timings)
+    doc["about"] = about
+    doc["units"] = units
+    doc[top_key].update(records)
     if records:
         from dmca_hpc.hpc.checkpoint import atomic_path
-        with atomic_path(args.json) as tmp:
+        with atomic_path(json_path) as tmp:
             tmp.write_text(dumps(doc))
-    for mat, rec in sorted(records.items()):
+        print(f"{sorted(records)} -> {json_path}")
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = recorder_args(argv, __doc__, DEFAULT_JSON, "output directory of one run of jobs/eps_*.yaml")
+
+    def report(mat, rec, timings):
         v = rec["values"]
         print(f"{mat}: eps_static {v['eps_static']:.4f}, eps_static_spectrum "
               f"{v['eps_static_spectrum']:.4f}, plasmon {v['plasmon_peak_ev']:.2f} eV, gap "
               f"{v['gap_ev']:.3f} eV ({rec['job']}, git {str(rec.get('git_sha'))[:10]}, "
-              f"dielectric stage {rec.get('dielectric_wall_seconds', 'n/a')} s) -> {args.json}")
-    for p in problems:
-        print(f"error: {p}", file=sys.stderr)
-    return 2 if problems else 0
+              f"dielectric stage {rec.get('dielectric_wall_seconds', 'n/a')} s)")
+
+    return record_into_json(args.run_dirs, args.json, "materials", find_runs,
+                            lambda h5, timings: record_run(h5), lambda rec: rec["material"],
+                            report, ABOUT, UNITS)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ twice gives the same bytes.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -288,76 +287,25 @@ ABOUT = ("DFT states of the production form-factor runs (jobs/*_ae_*.yaml) check
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                    help="output directory of one run (holds job.yaml and <Material>/bands/)")
-    ap.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                    help=f"file to write/update (default: {DEFAULT_JSON.relative_to(REPO)})")
-    args = ap.parse_args(argv)
+    args = _base.recorder_args(argv, __doc__, DEFAULT_JSON,
+                               "output directory of one run (holds job.yaml and <Material>/bands/)")
 
-    doc: dict = {"jobs": {}}
-    if args.json.is_file():
-        try:
-            doc = _load_json_file(args.json, "a target_states.json")
-            if not isinstance(doc.get("jobs"), dict):
-                raise RecordError(f"{args.json}: key 'jobs' missing; expected the recorder's "
-                                  f"own file")
-        except RecordError as exc:
-            # checked before the (minutes of) recording: writing over a file we
-            # cannot parse could lose entries
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    def report(key, rec, timings):
+        s, b, g, st = rec["states"], rec["bethe"], rec["gaps"], rec["structure"]
+        print(f"{key} ({rec['material']}, {rec['xc']}/{rec['basis']}, ecp "
+              f"{rec['electrons']['ecp']}): charge {s['charge']:.9f} electrons/cell "
+              f"(nelectron {rec['electrons']['nelectron']}), max|C^H S C - 1| "
+              f"{s['orthogonality_max_abs']:.2e}; {st['spacegroup']}, {st['lattice']} a = "
+              f"{st['a_conventional_angstrom']:.4f} angstrom; gap {g['gap_indirect_ev']:.4f} "
+              f"eV indirect, {g['gap_direct_ev']:.4f} eV direct, scissor "
+              f"{g['scissor_delta_ev']:+.4f} eV to {g['scissor_gap_ev']} eV; "
+              f"[{timings['states_s']:.1f} s states, {timings['bethe_s']:.1f} s Bethe]")
+        for nc, row in zip(b["n_conduction"], b["ratio"]):
+            print(f"  Bethe n_c = {nc:3d}: " + ", ".join(
+                f"|G| {q:.3f} bohr^-1: {v:.6f}" for q, v in zip(b["shells"], row)))
 
-    problems: list[str] = []
-    records: dict[str, dict] = {}
-    for run_dir in args.run_dirs:
-        try:
-            paths = find_runs(run_dir)
-        except RecordError as exc:
-            problems.append(str(exc))
-            continue
-        for h5 in paths:
-            timings: dict = {}
-            try:
-                rec = record_run(h5, timings)
-            except RecordError as exc:
-                problems.append(str(exc))
-                continue
-            if rec["job_keys_differing"]:
-                problems.append(f"{rec['run_dir']}: {rec['material']}: the run's job.yaml "
-                                f"differs from {rec['job']} at {rec['job_keys_differing']}; "
-                                f"expected a run of the job file as it stands (re-run it)")
-                continue
-            key = rec["job_name"]
-            if key in records:
-                problems.append(f"{h5}: job {key!r} given twice (also "
-                                f"{records[key]['run_dir']}); expected one run each")
-                continue
-            records[key] = rec
-            s, b, g, st = rec["states"], rec["bethe"], rec["gaps"], rec["structure"]
-            print(f"{key} ({rec['material']}, {rec['xc']}/{rec['basis']}, ecp "
-                  f"{rec['electrons']['ecp']}): charge {s['charge']:.9f} electrons/cell "
-                  f"(nelectron {rec['electrons']['nelectron']}), max|C^H S C - 1| "
-                  f"{s['orthogonality_max_abs']:.2e}; {st['spacegroup']}, {st['lattice']} a = "
-                  f"{st['a_conventional_angstrom']:.4f} angstrom; gap {g['gap_indirect_ev']:.4f} "
-                  f"eV indirect, {g['gap_direct_ev']:.4f} eV direct, scissor "
-                  f"{g['scissor_delta_ev']:+.4f} eV to {g['scissor_gap_ev']} eV; "
-                  f"[{timings['states_s']:.1f} s states, {timings['bethe_s']:.1f} s Bethe]")
-            for nc, row in zip(b["n_conduction"], b["ratio"]):
-                print(f"  Bethe n_c = {nc:3d}: " + ", ".join(
-                    f"|G| {q:.3f} bohr^-1: {v:.6f}" for q, v in zip(b["shells"], row)))
-
-    doc["about"] = ABOUT
-    doc["units"] = UNITS
-    doc["jobs"].update(records)
-    if records:
-        from dmca_hpc.hpc.checkpoint import atomic_path
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(dumps(doc))
-        print(f"{sorted(records)} -> {args.json}")
-    for p in problems:
-        print(f"error: {p}", file=sys.stderr)
-    return 2 if problems else 0
+    return _base.record_into_json(args.run_dirs, args.json, "jobs", find_runs, record_run,
+                                  lambda rec: rec["job_name"], report, ABOUT, UNITS)
 
 
 if __name__ == "__main__":
