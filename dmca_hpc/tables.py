@@ -845,13 +845,16 @@ def write_table(path: str | os.PathLike, table: FormFactorTable, input_hash: str
         f.attrs["convention"] = CONVENTION
         f.attrs["metadata"] = canonical_json(meta)
         res = f.create_group("results")
+        # lossless gzip: the shipped tables are package data (Si with f2_sigma 8.0 -> 5.0 MB,
+        # read in 30 ms)
+        packed = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
         write_dataset(res, "f2", table.f2, "1",
-                      "|f_crystal(q, E)|^2, [nq, nE], QCDark convention (w_k = 1/N_k)")
+                      "|f_crystal(q, E)|^2, [nq, nE], QCDark convention (w_k = 1/N_k)", **packed)
         write_dataset(res, "q", table.q_ame, "alpha*m_e", "q bin centres")
         write_dataset(res, "E", table.e_ev, "eV", "energy bin centres")
         if table.f2_sigma is not None:
             write_dataset(res, "f2_sigma", table.f2_sigma, "1",
-                          "1-sigma uncertainty of each bin of f2, [nq, nE]")
+                          "1-sigma uncertainty of each bin of f2, [nq, nE]", **packed)
         res.attrs["dq"] = table.dq_ame
         res.attrs["dE"] = table.de_ev
         res.attrs["VCell"] = table.vcell_ev3
