@@ -281,6 +281,23 @@ def _run_systematic(args) -> int:
     return 0
 
 
+def _distinct_names(paths) -> list[str]:
+    """Column names for ``paths``: the file names, or where those coincide (two runs'
+    tables are both formfactor.hdf5) the nearest directory that tells them apart before
+    the file name: '/p/si_ae_k8/Si/formfactor/formfactor.hdf5' -> 'si_ae_k8/.../formfactor.hdf5'."""
+    from pathlib import PurePath
+    parts = [PurePath(str(p)).parts or (str(p),) for p in paths]
+    names = [x[-1] for x in parts]
+    if len(set(names)) == len(names):
+        return names
+    for i in range(2, max(len(x) for x in parts) + 1):
+        level = [x[-i] if len(x) >= i else "" for x in parts]
+        if len(set(level)) == len(level):
+            gap = "/.../" if i > 2 else "/"
+            return [(lv + gap if lv else "") + x[-1] for lv, x in zip(level, parts)]
+    return [str(p) for p in paths]
+
+
 def _print_systematic(path, ref, info, n_earlier: int) -> None:
     from pathlib import Path
     sm, re_ = info["smoothing"], info["rate_effect"]
@@ -305,12 +322,13 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
             print(f"  note: {100 * p['variant_weight_not_carried']:.3g}% of {p['source']}'s summed "
                   f"|f|^2 lies below ref's gap ({info['gap_ev']:g} eV) or where ref has none: "
                   "not carried by the sigma")
-    names = [Path(v).name or v for v in info["variants"]]
+    names = _distinct_names(info["variants"])
+    w = max([22] + [len(n) for n in names])
     total = "rel_sigma_total" in re_["heavy"]
     print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): variant/ref "
           "ratio over the q, E bins both have (dimensionless); rel. 1-sigma = rate(f2 + "
           "f2_sigma)/rate(f2) - 1 over the whole table [%]")
-    head = (f"  {'mass':>9}  {'F_DM':5}  " + "  ".join(f"{n[:22]:>22}" for n in names)
+    head = (f"  {'mass':>9}  {'F_DM':5}  " + "  ".join(f"{n:>{w}}" for n in names)
             + f"  {'rel. 1-sigma':>12}" + (f"  {'total sigma':>12}" if total else ""))
     print(head)
 
@@ -322,7 +340,7 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
         for fdm in ("heavy", "light"):
             d = re_[fdm]
             row = (f"  {_fmt(m, 'MeV'):>9}  {fdm:5}  "
-                   + "  ".join(f"{fmt(r[i]):>22}" for r in d["variant_over_ref"])
+                   + "  ".join(f"{fmt(r[i]):>{w}}" for r in d["variant_over_ref"])
                    + f"  {fmt(d['rel_sigma'][i], True):>12}")
             if total:
                 row += f"  {fmt(d['rel_sigma_total'][i], True):>12}"

@@ -336,3 +336,14 @@ def test_reach_band_is_wider_with_the_systematic(ge_functional, capsys):
         assert np.all(wb > wa), (lo, hi, wa, wb)
     assert np.allclose(a["sigma_cm2"], b["sigma_cm2"], rtol=1e-12)
     assert "f2_sigma" in b["bands_description"]
+
+
+def test_variant_columns_are_told_apart_when_their_file_names_coincide():
+    """Variants from several runs are all formfactor.hdf5: the columns name the run
+    directory that differs, so the k-mesh study's 8^3 and 10^3 columns do not look alike."""
+    from dmca_hpc.cli.table import _distinct_names
+    assert _distinct_names(["/p/si_ae_k8/Si/formfactor/formfactor.hdf5",
+                            "/p/si_ae_k10/Si/formfactor/formfactor.hdf5"]) == [
+        "si_ae_k8/.../formfactor.hdf5", "si_ae_k10/.../formfactor.hdf5"]
+    assert _distinct_names(["a/x.h5", "b/x.h5"]) == ["a/x.h5", "b/x.h5"]
+    assert _distinct_names(["v1.h5", "dir/v2.h5"]) == ["v1.h5", "v2.h5"]
