@@ -156,11 +156,18 @@ def _add_validate(p):
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="MPI ranks the job would run on (all on this node), for the estimate of "
                         "memory per node and time")
+    _add_set(p)
     _add_max_hours(p)
     p.add_argument("--out", metavar="DIR",
                    help="output directory the job would write (default runs/<job name>): its free "
                         "disk is the limit, its telemetry of an earlier run calibrates the times, "
                         "its current stages cost nothing")
+
+
+def _add_set(p):
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job key before validation, e.g. --set dft.kmesh=[3,3,3] "
+                        "(VALUE is YAML; repeatable)")
 
 
 def _add_max_hours(p):
@@ -221,11 +228,14 @@ def _run_validate(args) -> int:
     bad = 0
     for path in args.jobs:
         try:
-            job = load_job(path)
+            job = load_job(path, overrides=_overrides(args))
         except JobError as exc:
             bad += 1
             for line in exc.problems:
                 print(line)
+        except ValueError as exc:  # a --set that names no key or whose value does not parse
+            print(f"dmca-hpc validate: {exc}")
+            return EXIT_BAD_INPUT
         else:
             bad += _print_estimate(path, job, args)
     return EXIT_BAD_INPUT if bad else 0
@@ -239,9 +249,7 @@ def _add_run(p):
     p.add_argument("job", metavar="JOB.yaml", nargs="?",
                    help="job file (default: the embedded quickstart job, jobs/quickstart.yaml)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/<job name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job key before validation, e.g. --set dft.kmesh=[3,3,3] "
-                        "(VALUE is YAML; repeatable)")
+    _add_set(p)
     p.add_argument("--material", action="append", metavar="NAME",
                    help="run only this material of the job (a library name also adds it); "
                         "repeatable; used by SLURM array jobs")
@@ -253,9 +261,9 @@ def _add_run(p):
 def _overrides(args) -> dict:
     from dmca_hpc.config import parse_set
     out = dict(parse_set(item) for item in args.set)
-    if args.material:
+    if getattr(args, "material", None):
         out["materials"] = list(args.material)
-    if args.mass_mev:
+    if getattr(args, "mass_mev", None):
         out["rates.masses_mev"] = list(args.mass_mev)
     return out
 

@@ -109,6 +109,19 @@ def test_validate_cli_exit_codes(tmp_path):
                                              "Si, Ge, GaAs, C, SiC, NaI, CsI (or a mapping with structure_file)"]
 
 
+def test_validate_takes_the_same_set_overrides_as_run(tmp_path):
+    """`validate --set` checks (and estimates) the job `run --set` would run: a bad value
+    is reported against its key, an unknown key is refused with exit 2."""
+    good = write(tmp_path, GOOD, "good.yaml")
+    r = run_cli("validate", good, "--set", "seed=-4")
+    assert r.returncode == 2 and "seed: got -4" in r.stdout, r.stdout
+    r = run_cli("validate", good, "--set", "dft.bogus=1")
+    assert r.returncode == 2 and "unknown job key 'dft.bogus'" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    r = run_cli("validate", good, "--set", "seed=5")
+    assert r.returncode == 0 and "valid" in r.stdout
+
+
 def test_run_validates_first(tmp_path):
     bad = write(tmp_path, "name: t\nmaterials: [Si]\nstages: [materials]\nseed: -4\n", "bad.yaml")
     r = run_cli("run", bad, "--out", tmp_path / "out")
