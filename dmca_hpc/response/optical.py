@@ -95,10 +95,11 @@ class OpticalTransitions:
 def _density_matrix_elements(cell, k, c_k, c_kq, qvec, nocc: int, s=None, r=None):
     """<c, k+q| exp(i q.r) |v, k> [nc, nv] to first order in q [bohr^-1]:
     C_{k+q}^dagger (S(k) + i q.R(k)) C_k (module docstring)."""
+    from dmca_hpc.electronic.bands import accurate_intor
     if s is None:
-        s = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=0, kpts=k))
+        s = accurate_intor(cell, "int1e_ovlp", k)
     if r is None:
-        r = np.asarray(cell.pbc_intor("int1e_r", comp=3, hermi=0, kpts=k))
+        r = accurate_intor(cell, "int1e_r", k, comp=3)
     op = s + 1j * np.einsum("x,xab->ab", np.asarray(qvec, float), r)
     return c_kq[:, nocc:].conj().T @ (op @ c_k[:, :nocc])
 
@@ -110,8 +111,10 @@ def transitions_at_k(worker, cell, k_cart, nocc: int, dq_bohr: float):
     k = np.asarray(k_cart, float).reshape(3)
     ks = np.vstack([k, k + dq_bohr * np.eye(3)])
     e, c = worker.bands(ks)
-    s = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=0, kpts=k))
-    r = np.asarray(cell.pbc_intor("int1e_r", comp=3, hermi=0, kpts=k))
+    from dmca_hpc.electronic.bands import accurate_intor
+    # the S the states are orthonormal with: its error enters <c|S|v>, divided by dq
+    s = accurate_intor(cell, "int1e_ovlp", k)
+    r = accurate_intor(cell, "int1e_r", k, comp=3)
     d2 = 0.0
     for a in range(3):
         m = _density_matrix_elements(cell, k, c[0], c[a + 1], dq_bohr * np.eye(3)[a], nocc, s, r)
