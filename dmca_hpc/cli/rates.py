@@ -121,7 +121,12 @@ def _print_mass_table(rs, outs, args, n_q: int = 6) -> int:
         qs = dict(zip(out["Q"], out["Q_per_kg_year"]))
         print(f"  {m:11g} {out['total_per_kg_year']:11.5g}"
               + "".join(f"  {qs.get(q, 0.0):10.4g}" for q in range(1, n_q + 1)))
+    # a note every mass shares (no pair energy, the table's validity) once, not per mass
+    common = [n for n in outs[0]["notes"] if all(n in o["notes"] for o in outs[1:])] if len(outs) > 1 else []
+    for n in common:
+        print(f"  note (every mass): {n}")
     for m, out in zip(args.mass_mev, outs):
         for n in out["notes"]:
-            print(f"  note ({m:g} MeV): {n}")
+            if n not in common:
+                print(f"  note ({m:g} MeV): {n}")
     return 0

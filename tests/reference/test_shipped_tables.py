@@ -214,6 +214,11 @@ NEW_TARGETS = {
     "NaI": {"job": "jobs/nai_ae_reference.yaml", "basis": "def2-svp", "ecp": "I:def2-svp(ECP28)",
             "all_electron": False, "e_complete_ev": 33.96,
             "heavy": [59.2181, 7.51738], "light": [4.32491, 0.130080]},
+    # CsCl structure; Cs on ECP46 (5s5p6s kept), I on ECP28; the 28 conduction bands of
+    # def2-SVP end 37.9 eV above the VBM, so the I 4d onset (~48 eV) is outside
+    "CsI": {"job": "jobs/csi_ae_reference.yaml", "basis": "def2-svp",
+            "ecp": "Cs:def2-svp(ECP46); I:def2-svp(ECP28)", "all_electron": False,
+            "e_complete_ev": 37.92, "heavy": [35.2533, 2.77193], "light": [2.54954, 0.0787487]},
 }
 
 

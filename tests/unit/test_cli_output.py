@@ -58,6 +58,17 @@ def test_rates_reports_a_bad_mass_in_mev(capsys):
         electron_rates(load(None, "Si"), [-1e7])
 
 
+def test_rates_print_a_note_all_masses_share_once(capsys):
+    """A scintillator's 'no pair energy' note holds for every mass: one line, not one per
+    mass; a note of one mass alone (the 1 GeV rate drawn from beyond the table) keeps its mass."""
+    rc, out, _ = run(capsys, "rates", "--material", "NaI", "--mass-mev", 10, 100, 1000)
+    assert rc == 0
+    lines = out.splitlines()
+    pair = [l for l in lines if "no electron-hole pair energy" in l]
+    assert len(pair) == 1 and pair[0].startswith("  note (every mass): "), pair
+    assert any(l.startswith("  note (1000 MeV): ") for l in lines), lines
+
+
 @pytest.mark.parametrize("argv", [
     ["absorption", "--table", "/nonexistent/T.hdf5"],
     ["reach", "--material", "Unobtainium", "--exposure", 1],
