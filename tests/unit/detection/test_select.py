@@ -86,7 +86,13 @@ def test_ranking_follows_the_rates(capsys, shipped):
     assert names[:len(want)] == want
     assert [r["rank"] for r in d["targets"]] == list(range(1, len(names) + 1))
     rest = d["targets"][len(want):]
-    assert rest and all(r["status"] == "no table" and r["tables"] == [] for r in rest)
+    # every library target without a shipped table (none once all seven ship) says so
+    assert {r["name"] for r in rest} == set(select.list_materials()) - set(first)
+    assert all(r["status"] == "no table" and r["tables"] == [] for r in rest)
+    # with tables for two targets only, the other five come after them, each 'no table'
+    few = select.rank_targets(1e7, tables={"Si": [first["Si"]], "Ge": [first["Ge"]]})["targets"]
+    assert [r["name"] for r in few[:2]] == sorted(["Si", "Ge"], key=lambda n: -_rate(first[n], 10.0))
+    assert len(few) == 7 and all(r["status"] == "no table" and r["tables"] == [] for r in few[2:])
     rc, text, _ = _select(capsys, "--mass-mev", 10)
     lines = text.splitlines()
     ranked = [l.split()[1] for l in lines if l[:3].strip().isdigit()]
