@@ -299,7 +299,6 @@ def _distinct_names(paths) -> list[str]:
 
 
 def _print_systematic(path, ref, info, n_earlier: int) -> None:
-    from pathlib import Path
     sm, re_ = info["smoothing"], info["rate_effect"]
     q0, q1 = info["q_range_ame"]
     e0, e1 = info["e_range_ev"]
