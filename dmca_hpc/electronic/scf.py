@@ -63,7 +63,8 @@ import numpy as np
 
 __all__ = ["DFTInputError", "SCFNotConvergedError", "section_with_defaults", "validate_section",
            "check_structure", "check_basis", "build_cell", "make_kmf", "run_scf", "load_scf",
-           "band_gap_from", "scf_keys", "pbe_band_gap_ev", "basis_ecp", "ecp_label"]
+           "band_gap_from", "scf_keys", "pbe_band_gap_ev", "basis_ecp", "ecp_label",
+           "overlap_conditioning", "conditioning_note"]
 
 #: keys that do not change the converged state (excluded from the chkfile key)
 _NON_PHYSICS_KEYS = ("max_cycles", "conv_tol_hartree", "restart_from_chkfile", "pyscf_verbose")
@@ -316,6 +317,54 @@ def band_gap_from(mo_energy, nocc: int) -> dict:
             "vbm_k": iv, "cbm_k": ic, "direct_k": idr}
 
 
+#: PySCF's "Singularity detected in the overlap matrix" threshold on cond(S) (pbc.scf.khf)
+OVERLAP_COND_WARN = 1e10
+
+
+def overlap_conditioning(s_kpts) -> dict:
+    """What PySCF's canonical orthogonalization does with the overlaps
+    ``s_kpts`` [nk, nao, nao] (dimensionless): its largest condition number,
+    how many eigenvectors it drops per k (eigenvalues below
+    ``pyscf.scf.hf.overlap_zero_eigenvalue_threshold``) and the smallest
+    eigenvalue it keeps (the amplification of rounding in the coefficients is
+    about its inverse square root)."""
+    from pyscf.scf import hf as mol_hf
+    thr = float(mol_hf.overlap_zero_eigenvalue_threshold)
+    cond, dropped, kept = [], [], []
+    for sk in np.asarray(s_kpts):
+        e = np.abs(np.linalg.eigvalsh(sk))
+        cond.append(float(e.max() / e.min()))
+        drop = e <= thr if mol_hf.remove_overlap_zero_eigenvalue else np.zeros(len(e), bool)
+        dropped.append(int(drop.sum()))
+        kept.append(float(e[~drop].min()))
+    return {"cond_max": max(cond), "dropped_per_k": dropped, "min_kept_eigenvalue": min(kept),
+            "threshold": thr, "nao": int(np.shape(s_kpts)[-1])}
+
+
+def conditioning_note(info: dict, basis: str, material: str) -> str | None:
+    """The line that explains PySCF's overlap-singularity warning (cond(S) >
+    1e10 at some k) or its silent dropping of overlap eigenvectors (below
+    1e-6: the SCF then solves in fewer functions than the basis has); None
+    when neither happens."""
+    d = np.asarray(info["dropped_per_k"])
+    warned = info["cond_max"] > OVERLAP_COND_WARN
+    if not warned and d.max() == 0:
+        return None
+    cond = (f"cond(S) up to {info['cond_max']:.1e} > 1e10, which is what PySCF's 'Singularity "
+            "detected in the overlap matrix' means" if warned
+            else f"cond(S) up to {info['cond_max']:.1e} (below PySCF's 1e10 warning)")
+    what = (f"drops {int(d.min())}-{int(d.max())} overlap eigenvectors below "
+            f"{info['threshold']:g} at {int((d > 0).sum())} of {len(d)} k (it solves in "
+            f"{info['nao'] - int(d.max())}-{info['nao'] - int(d.min())} of the {info['nao']} "
+            "functions there)" if d.max() > 0
+            else f"drops none (every eigenvalue is above {info['threshold']:g})")
+    return (f"dft: the {basis} basis is nearly linearly dependent in {material}: {cond}; "
+            f"PySCF's canonical orthogonalization {what}; smallest eigenvalue kept "
+            f"{info['min_kept_eigenvalue']:.1e}. The SCF converged; the states' orthonormality "
+            "C^H S C = 1 is what to check (tests/reference records it per target). A basis "
+            "with fewer diffuse functions avoids it.")
+
+
 def _structure_key(atoms) -> dict:
     return {"numbers": atoms.numbers.tolist(),
             "positions_angstrom": np.round(atoms.positions, 10).tolist(),
@@ -409,6 +458,10 @@ def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
             f"cycles (conv_tol {sec['conv_tol_hartree']} hartree, last E = {e_tot:.10f} hartree); "
             f"raise dft.max_cycles or dft.smearing_hartree; the last orbitals are kept in "
             f"{chkfile} and a rerun continues from them")
+    cond = overlap_conditioning(mf.get_ovlp())
+    note = conditioning_note(cond, str(sec["basis"]), material)
+    if note is not None:
+        warnings.warn(note)
     dm = np.asarray(mf.make_rdm1())
     mo_energy = np.asarray(mf.mo_energy)
     mo_coeff = np.asarray(mf.mo_coeff)
@@ -441,6 +494,10 @@ def run_scf(atoms, sec: dict, out_path: str | os.PathLike, input_hash: str,
         f.attrs["chkfile"] = chkfile or ""
         f.attrs["gap_indirect_ev"] = gap.get("gap_indirect_ev", float("nan"))
         f.attrs["gap_direct_ev"] = gap.get("gap_direct_ev", float("nan"))
+        # the overlap conditioning PySCF's canonical orthogonalization saw (unitless)
+        f.attrs["overlap_cond_max"] = cond["cond_max"]
+        f.attrs["overlap_eigvecs_dropped_per_k"] = np.array(cond["dropped_per_k"], dtype=int)
+        f.attrs["overlap_min_kept_eigenvalue"] = cond["min_kept_eigenvalue"]
         write_dataset(f, "kpts", np.asarray(kpts), "bohr^-1",
                       "cartesian k-points (2 pi included), Cell.make_kpts(kmesh) order")
         write_dataset(f, "kpts_frac", cell.get_scaled_kpts(kpts), "1",

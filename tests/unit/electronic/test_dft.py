@@ -157,3 +157,49 @@ def test_all_electron_fftdf_is_refused_up_front_and_auto_picks_gdf():
     assert dft.resolve_density_fit(dict(sec, density_fit="auto"), cell) == "GDF"
     gth = settings.with_defaults("dft", {"basis": "gth-szv"})
     assert dft.resolve_density_fit(gth, dft.build_cell(at, gth)) == "FFTDF"
+
+
+def test_linearly_dependent_basis_is_explained(tmp_path):
+    """PySCF's bare 'Singularity detected in the overlap matrix' (cond(S) > 1e10, as
+    CsI def2-SVP prints) comes with a line that says what it means: the condition
+    number, how many overlap eigenvectors PySCF's canonical orthogonalization drops
+    per k (checked against PySCF's own SCF output: the orbitals it pads with zero
+    coefficients) and the smallest eigenvalue kept; scf.h5 records them.  Ne in a
+    1.8 A cubic cell (compressed, still insulating) with aug-cc-pVTZ on a 2x1x1
+    mesh: the diffuse functions of neighbouring cells nearly coincide; at Gamma
+    PySCF drops 3 eigenvectors silently (cond 3e8), at X it drops 2 and warns
+    (cond 6e10)."""
+    import warnings
+    from ase import Atoms
+    from dmca_hpc import settings
+    at = Atoms("Ne", cell=np.eye(3) * 1.8, pbc=True)
+    sec = settings.with_defaults("dft", {"basis": "aug-cc-pvtz", "pseudo": None, "xc": "LDA",
+                                         "kmesh": [2, 1, 1], "conv_tol_hartree": 1e-7})
+    out = tmp_path / "scf.h5"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dft.run_scf(at, sec, out, "h", material="Ne", log_path=tmp_path / "pyscf.log")
+    notes = [str(w.message) for w in caught if "linearly dependent" in str(w.message)]
+    assert len(notes) == 1, [str(w.message) for w in caught]
+    assert "Singularity detected in the overlap matrix" in (tmp_path / "pyscf.log").read_text()
+    with h5py.File(out, "r") as f:
+        dropped = f.attrs["overlap_eigvecs_dropped_per_k"]
+        cond = float(f.attrs["overlap_cond_max"])
+        c = f["mo_coeff"][()]
+    # PySCF's own count: the orbitals it left out are all-zero columns
+    pyscf_dropped = (np.abs(c).max(axis=1) == 0).sum(axis=1)
+    assert list(dropped) == list(pyscf_dropped) and min(dropped) > 0
+    assert cond > 1e10
+    assert (f"cond(S) up to {cond:.1e} > 1e10" in notes[0]
+            and f"drops {min(dropped)}-{max(dropped)} overlap eigenvectors below 1e-06" in notes[0])
+
+
+def test_well_conditioned_basis_has_no_note():
+    """Si gth-szv: cond(S) far below PySCF's 1e10, no eigenvector dropped, no note."""
+    from dmca_hpc import settings
+    at = get_material("Si").atoms()
+    sec = settings.with_defaults("dft", {"basis": "gth-szv"})
+    cell = dft.build_cell(at, sec)
+    info = dft.overlap_conditioning(cell.pbc_intor("int1e_ovlp", kpts=cell.make_kpts([2, 2, 2])))
+    assert info["cond_max"] < 1e4 and max(info["dropped_per_k"]) == 0
+    assert dft.conditioning_note(info, "gth-szv", "Si") is None
