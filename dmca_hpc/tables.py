@@ -997,7 +997,8 @@ def _box_mean(a: np.ndarray, half_q: int, half_e: int) -> np.ndarray:
 
 
 def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
-                     smooth_e_ev: float = 0.5, label: str = "") -> tuple[np.ndarray, dict]:
+                     smooth_e_ev: float = 0.5, label: str = "",
+                     base: FormFactorTable | None = None) -> tuple[np.ndarray, dict]:
     """A per-bin 1-sigma of ``ref.f2`` from variant tables of one systematic
     (k mesh, basis, functional): the spread of the variants becomes the
     ``f2_sigma`` that reach's uncertainty bands draw (issue 14).
@@ -1007,6 +1008,11 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
 
         d = B_E(f2_ref) * |B(f2_variant - f2_ref)| / B(f2_ref)
 
+    (with ``base`` given, ``f2_base`` in place of ``f2_ref`` inside the
+    ratio: ``d = B_E(f2_ref) |B(f2_variant - f2_base)| / B(f2_base)``, the
+    relative move of the variants against the table they differ from in
+    this one setting, carried onto ref's shape: a basis systematic measured
+    on a 4x4x4 mesh for a 6x6x6 table, without counting the mesh change),
     with ``B`` a box average (the filter of
     :func:`scipy.ndimage.uniform_filter`, mode ``'nearest'``) of half-width
     ``smooth_q_ame`` [alpha m_e] in q and ``smooth_e_ev`` [eV] in E, rounded
@@ -1063,6 +1069,8 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
         smooth_q_ame: box half-width in q [alpha m_e], >= 0.
         smooth_e_ev: box half-width in E [eV], >= 0.
         label: name of the systematic ("kmesh", "functional", ...), kept in info.
+        base: the table the variants differ from in this systematic's setting
+            alone (same material and bins as ref; default: ref itself).
 
     Returns:
         ``(sigma, info)``: ``sigma`` [ref.nq, ref.nE], dimensionless like f2,
@@ -1090,6 +1098,9 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     for var in variants:
         _check_same_target(ref, var)
+    if base is not None:
+        _check_same_target(ref, base)
+    b0 = ref if base is None else base
     hq = int(round(smooth_q_ame / ref.dq_ame))
     he = int(round(smooth_e_ev / ref.de_ev))
     # bins wholly below the gap hold no transitions: no sigma there
@@ -1097,12 +1108,12 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
     new = np.zeros_like(ref.f2)
     per_variant = []
     for var in variants:
-        nq, ne = min(ref.nq, var.nq), min(ref.ne, var.ne)
-        r, v = ref.f2[:nq, :ne], var.f2[:nq, :ne]
-        den = _box_mean(r, hq, he)
+        nq, ne = min(ref.nq, var.nq, b0.nq), min(ref.ne, var.ne, b0.ne)
+        r, v, rb = ref.f2[:nq, :ne], var.f2[:nq, :ne], b0.f2[:nq, :ne]
+        den = _box_mean(rb, hq, he)
         keep = above_gap[:, :ne] & (den > 0)
         shape = _box_mean(r, 0, he)
-        d = np.divide(shape * np.abs(_box_mean(v - r, hq, he)), den, out=np.zeros_like(r),
+        d = np.divide(shape * np.abs(_box_mean(v - rb, hq, he)), den, out=np.zeros_like(r),
                       where=keep)
         np.maximum(new[:nq, :ne], d, out=new[:nq, :ne])
         vsum = float(v.sum())
@@ -1110,7 +1121,7 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
             "source": _table_source(var), "nq_ne": [nq, ne],
             "q_range_ame": [ref.q_min_ame, ref.q_min_ame + nq * ref.dq_ame],
             "e_range_ev": [ref.e_min_ev, ref.e_min_ev + ne * ref.de_ev],
-            "identical_to_ref": bool(np.array_equal(v, r)),
+            "identical_to_ref": bool(np.array_equal(v, rb)),
             "variant_weight_not_carried": float(v[~keep].sum()) / vsum if vsum > 0 else 0.0})
     nq_cov = max(p["nq_ne"][0] for p in per_variant)
     ne_cov = max(p["nq_ne"][1] for p in per_variant)
@@ -1124,7 +1135,9 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
     info = {
         "label": str(label), "method": SYSTEMATIC_METHOD,
         "ref": _table_source(ref), "variants": [p["source"] for p in per_variant],
-        "settings": {"ref": settings(ref), "variants": [settings(v) for v in variants]},
+        "base": None if base is None else _table_source(base),
+        "settings": {"ref": settings(ref), "variants": [settings(v) for v in variants],
+                     **({} if base is None else {"base": settings(base)})},
         "q_range_ame": [ref.q_min_ame, ref.q_min_ame + nq_cov * ref.dq_ame],
         "e_range_ev": [ref.e_min_ev, ref.e_min_ev + ne_cov * ref.de_ev],
         "beyond_range": "sigma = 0 (the variants have no bins there)",

@@ -77,6 +77,11 @@ def add_arguments(parser):
                          "widths; fewer q or E bins are allowed")
     sy.add_argument("--out", required=True, metavar="OUT.hdf5", help="table file to write")
     sy.add_argument("--label", default="", help="name of the systematic (kmesh, basis, functional)")
+    sy.add_argument("--base", default=None, metavar="BASE",
+                    help="the table the variants differ from in this setting alone (default: "
+                         "REF). Their relative difference to BASE is carried onto REF's shape: "
+                         "e.g. basis variants on a 4x4x4 mesh, BASE the same basis as REF on "
+                         "that mesh, REF the 6x6x6 table")
     sy.add_argument("--smooth-q", type=float, default=0.2, metavar="ALPHA_ME",
                     help="half-width of the box filter in q [alpha m_e] (default 0.2; 0: none)")
     sy.add_argument("--smooth-e", type=float, default=0.5, metavar="EV",
@@ -190,7 +195,7 @@ def _run_export(args) -> int:
 
 
 def rate_effect(ref, variants, sigma_new, sigma_total=None, masses_mev=RATE_MASSES_MEV,
-                halo=RATE_HALO) -> dict:
+                halo=RATE_HALO, base=None) -> dict:
     """What a systematic does to rates (the CLI's part: tables may not import
     detection).  Total rates (all E bins) at sigma_e = 1e-39 cm^2 from
     :func:`dmca_hpc.detection.rates.electron_rates`, for each mediator:
@@ -200,7 +205,8 @@ def rate_effect(ref, variants, sigma_new, sigma_total=None, masses_mev=RATE_MASS
       q <= 10 variant is compared with ref's q <= 10 part);
     * ``shift`` [n_variants][n_masses]: (variant's rate - ref's rate) on
       those bins over ref's rate on its whole table, the move a sigma
-      meant to cover the variant should reach;
+      meant to cover the variant should reach (with ``base``, both against
+      base instead of ref: the relative move the sigma carries onto ref);
     * ``rel_sigma`` [n_masses]: rate(f2 + sigma_new) / rate(f2) - 1 over
       ref's whole table (sigma_new is 0 where no variant has bins), the
       relative 1-sigma of the rate that a draw of z = 1 gives
@@ -225,15 +231,19 @@ def rate_effect(ref, variants, sigma_new, sigma_total=None, masses_mev=RATE_MASS
     out = {"masses_mev": [float(m) for m in masses_mev], "halo": halo,
            "quantity": "total rate (all E bins) ratio, dimensionless",
            "variants": [str(v.metadata.get("source_file", "")) for v in variants]}
+    b0 = ref if base is None else base
+    if base is not None:
+        out["base"] = str(base.metadata.get("source_file", ""))
     for fdm in ("heavy", "light"):
         r_ref = total(ref, ref.f2, fdm)
+        r_b0 = r_ref if base is None else total(b0, b0.f2, fdm)
         ratios, shifts = [], []
         for v in variants:
-            nq, ne = min(ref.nq, v.nq), min(ref.ne, v.ne)
-            common = r_ref if (nq, ne) == (ref.nq, ref.ne) else total(ref, ref.f2[:nq, :ne], fdm)
+            nq, ne = min(b0.nq, v.nq), min(b0.ne, v.ne)
+            common = r_b0 if (nq, ne) == (b0.nq, b0.ne) else total(b0, b0.f2[:nq, :ne], fdm)
             r_v = total(v, v.f2[:nq, :ne], fdm)
             ratios.append(ratio(r_v, common))
-            shifts.append(ratio(r_v - common, r_ref))
+            shifts.append(ratio(r_v - common, r_b0))
         d = {"variant_over_ref": ratios, "shift": shifts,
              "rel_sigma": [None if x is None else x - 1.0
                            for x in ratio(total(ref, ref.f2 + sigma_new, fdm), r_ref)]}
@@ -257,14 +267,18 @@ def _run_systematic(args) -> int:
             raise ValueError(f"{flag} is {v:g}; expected a box half-width >= 0 [{unit}] (0: none)")
     ref = _load(args.ref)
     variants = [_load(v) for v in args.vary]
-    sigma, info = tables.systematic_sigma(ref, variants, args.smooth_q, args.smooth_e, args.label)
+    base = None if args.base is None else _load(args.base)
+    sigma, info = tables.systematic_sigma(ref, variants, args.smooth_q, args.smooth_e, args.label,
+                                          base=base)
     # the new systematic alone (the written sigma also holds ref's earlier one)
     new = sigma if ref.f2_sigma is None else tables.systematic_sigma(
-        dataclasses.replace(ref, f2_sigma=None), variants, args.smooth_q, args.smooth_e)[0]
+        dataclasses.replace(ref, f2_sigma=None), variants, args.smooth_q, args.smooth_e,
+        base=base)[0]
     info["rate_effect"] = rate_effect(ref, variants, new,
-                                      sigma if ref.f2_sigma is not None else None)
-    files = [ref.metadata.get("source_file", "")] + [v.metadata.get("source_file", "")
-                                                      for v in variants]
+                                      sigma if ref.f2_sigma is not None else None, base=base)
+    files = ([ref.metadata.get("source_file", "")] + [v.metadata.get("source_file", "")
+                                                       for v in variants]
+             + ([] if base is None else [base.metadata.get("source_file", "")]))
     ih = config_hash({"systematic": {k: info[k] for k in ("label", "smoothing")},
                       "tables": [file_sha256(f) if f and Path(f).is_file() else f for f in files]})
     info["provenance"] = provenance(ih)
@@ -305,7 +319,11 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
     print(f"wrote {path}: {ref.material or 'table'} {info['ref']} with f2_sigma from "
           f"{'systematic ' + repr(info['label']) if info['label'] else 'an unlabelled systematic'}"
           f" ({len(info['variants'])} variant(s): {', '.join(info['variants'])})")
-    print(f"  sigma          envelope over variants of the difference to ref, relative over a "
+    if info.get("base"):
+        print(f"  base           {info['base']}: the variants' difference is taken to it and "
+              "carried relatively onto ref")
+    print(f"  sigma          envelope over variants of the difference to "
+          f"{'base' if info.get('base') else 'ref'}, relative over a "
           f"box of +-{sm['half_width_q_ame']:g} alpha m_e x +-{sm['half_width_e_ev']:g} eV "
           f"({sm['box_bins_q_e'][0]} x {sm['box_bins_q_e'][1]} bins), times ref's f2 (smoothed "
           "in E); f2 unchanged")
@@ -324,7 +342,8 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
     names = _distinct_names(info["variants"])
     w = max([22] + [len(n) for n in names])
     total = "rel_sigma_total" in re_["heavy"]
-    print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): variant/ref "
+    print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): variant/"
+          f"{'base' if info.get('base') else 'ref'} "
           "ratio over the q, E bins both have (dimensionless); rel. 1-sigma = rate(f2 + "
           "f2_sigma)/rate(f2) - 1 over the whole table [%]")
     head = (f"  {'mass':>9}  {'F_DM':5}  " + "  ".join(f"{n:>{w}}" for n in names)
@@ -350,7 +369,7 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
             for m, x, sg in zip(re_["masses_mev"], sh, d["rel_sigma"]):
                 if x is not None and sg is not None and abs(x) > sg * (1 + 1e-9):
                     print(f"  note: at {_fmt(m, 'MeV')} ({fdm}) {name} moves the rate by "
-                          f"{100 * x:+.3g} % of ref's, more than the 1-sigma {100 * sg:.3g} %: "
+                          f"{100 * x:+.3g} % of {'base' if info.get('base') else 'ref'}'s, more than the 1-sigma {100 * sg:.3g} %: "
                           "the sigma misses part of it (averaged away by the box, or weight "
                           "where ref has none; smaller --smooth-q/--smooth-e keep more)")
 

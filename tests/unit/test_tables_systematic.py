@@ -150,6 +150,27 @@ def test_bad_arguments():
         systematic_sigma(ref, [scaled(ref, 1.1)], smooth_e_ev=float("nan"))
 
 
+def test_base_carries_the_relative_move_onto_ref():
+    """A basis systematic measured on another mesh: variant = 1.1 x base, base a
+    different table (0.7 x ref, standing for a coarser mesh); the sigma is 0.1 of
+    ref (the variant's move against base, carried onto ref), not |1.1 x 0.7 - 1| = 0.23
+    that comparing the variant with ref directly would give; base = ref is the
+    default."""
+    ref = synthetic()
+    base = dataclasses.replace(ref, f2=0.7 * ref.f2, metadata={"source_file": "base.h5"})
+    var = scaled(base, 1.1)
+    sigma, info = systematic_sigma(ref, [var], SQ, SE, base=base)
+    assert np.allclose(sigma[INNER], 0.1 * ref.f2[INNER], rtol=1e-12, atol=0)
+    assert info["base"] == "base.h5" and info["ref"] == "ref.h5"
+    direct, info2 = systematic_sigma(ref, [var], SQ, SE)
+    assert np.allclose(direct[INNER], 0.23 * ref.f2[INNER], rtol=1e-12, atol=0)
+    assert info2["base"] is None
+    same, _ = systematic_sigma(ref, [scaled(ref, 1.1)], SQ, SE, base=ref)
+    assert np.array_equal(same, systematic_sigma(ref, [scaled(ref, 1.1)], SQ, SE)[0])
+    with pytest.raises(TableFormatError):
+        systematic_sigma(ref, [var], base=synthetic(material="Ge"))
+
+
 # ---------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------
@@ -347,3 +368,27 @@ def test_variant_columns_are_told_apart_when_their_file_names_coincide():
         "si_ae_k8/.../formfactor.hdf5", "si_ae_k10/.../formfactor.hdf5"]
     assert _distinct_names(["a/x.h5", "b/x.h5"]) == ["a/x.h5", "b/x.h5"]
     assert _distinct_names(["v1.h5", "dir/v2.h5"]) == ["v1.h5", "v2.h5"]
+
+
+def test_cli_base(si_files, capsys):
+    """--base: the variant 1.1 x base is compared with base (rate ratio 1.1 at every
+    mass: rates are linear in f2), and the sigma written onto ref is that of
+    systematic_sigma with the same base."""
+    f = si_files
+    d = f["dir"]
+    ref = tables.read_table(f["ref"])
+    base = tables.write_table(d / "base07.hdf5", dataclasses.replace(ref, f2=0.7 * ref.f2))
+    var = tables.write_table(d / "var077.hdf5", dataclasses.replace(ref, f2=0.77 * ref.f2))
+    out = d / "based.hdf5"
+    code, text, err = table_cli(["systematic", f["ref"], "--vary", var, "--base", base,
+                                 "--out", out, "--label", "basis"], capsys)
+    assert code == 0, err
+    assert "base" in text and "variant/base" in text
+    want, _ = systematic_sigma(ref, [tables.read_table(var)], base=tables.read_table(base))
+    got = tables.read_table(out)
+    assert np.array_equal(got.f2_sigma, want) and np.array_equal(got.f2, ref.f2)
+    rec = got.metadata["f2_sigma_sources"][-1]
+    assert rec["base"] == str(base) and rec["rate_effect"]["base"] == str(base)
+    for fdm in ("heavy", "light"):
+        ok = [x for x in rec["rate_effect"][fdm]["variant_over_ref"][0] if x is not None]
+        assert ok and np.allclose(ok, 1.1, rtol=1e-10)
