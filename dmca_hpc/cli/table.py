@@ -24,7 +24,7 @@ import sys
 
 EXIT_BAD_INPUT = 2
 #: DM masses [MeV] at which ``table systematic`` reports the rate effect
-RATE_MASSES_MEV = (1.0, 10.0, 100.0, 1000.0)
+RATE_MASSES_MEV = (1.0, 3.0, 10.0, 100.0, 1000.0)
 #: halo of those rates (ratios hardly depend on it; named in the output)
 RATE_HALO = "shm-2021"
 
