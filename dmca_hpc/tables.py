@@ -1008,11 +1008,16 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
 
         d = B_E(f2_ref) * |B(f2_variant - f2_ref)| / B(f2_ref)
 
-    (with ``base`` given, ``f2_base`` in place of ``f2_ref`` inside the
-    ratio: ``d = B_E(f2_ref) |B(f2_variant - f2_base)| / B(f2_base)``, the
-    relative move of the variants against the table they differ from in
-    this one setting, carried onto ref's shape: a basis systematic measured
-    on a 4x4x4 mesh for a 6x6x6 table, without counting the mesh change),
+    (with ``base`` given, ``d = B_E(f2_ref) min(1, |B(f2_variant -
+    f2_base)| / B(f2_base))``: the relative move of the variants against
+    the table they differ from in this one setting, carried onto ref's
+    shape, e.g. a basis systematic measured on a 4x4x4 mesh for a 6x6x6
+    table without counting the mesh change; capped at 100% because where
+    the base's box is nearly empty and ref's is not, the ratio says nothing
+    (measured, Si def2-TZVP vs def2-SVP on 4x4x4 for the 6x6x6 table: the
+    base's box at q = 0.33, E = 1.35 eV holds 1e-12, the variant's 1e-3, a
+    ratio of 9e8; with base = ref the product with ref's own shape keeps d
+    bounded, so no cap is applied),
     with ``B`` a box average (the filter of
     :func:`scipy.ndimage.uniform_filter`, mode ``'nearest'``) of half-width
     ``smooth_q_ame`` [alpha m_e] in q and ``smooth_e_ev`` [eV] in E, rounded
@@ -1113,8 +1118,14 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
         den = _box_mean(rb, hq, he)
         keep = above_gap[:, :ne] & (den > 0)
         shape = _box_mean(r, 0, he)
-        d = np.divide(shape * np.abs(_box_mean(v - rb, hq, he)), den, out=np.zeros_like(r),
-                      where=keep)
+        rel = np.divide(np.abs(_box_mean(v - rb, hq, he)), den, out=np.zeros_like(r),
+                        where=keep)
+        if base is not None:
+            # where the base's box is nearly empty and ref's is not (a coarser mesh
+            # misses transitions near the gap; another basis has its onset elsewhere)
+            # the ratio says nothing and can be ~1e9: at most 100% of ref there
+            np.minimum(rel, 1.0, out=rel)
+        d = shape * rel
         np.maximum(new[:nq, :ne], d, out=new[:nq, :ne])
         vsum = float(v.sum())
         per_variant.append({

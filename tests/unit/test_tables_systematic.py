@@ -171,6 +171,23 @@ def test_base_carries_the_relative_move_onto_ref():
         systematic_sigma(ref, [var], base=synthetic(material="Ge"))
 
 
+def test_base_with_an_empty_region_gives_at_most_100_percent():
+    """Where base has (almost) nothing and the variant and ref have weight (a
+    coarse mesh missing transitions near the gap), the ratio would be ~1e12; the
+    sigma is capped at ref itself there, and untouched elsewhere."""
+    ref = synthetic()
+    f2b = ref.f2.copy()
+    f2b[:, :10] = 1e-12 * ref.f2[:, :10]
+    base = dataclasses.replace(ref, f2=f2b, metadata={"source_file": "base.h5"})
+    var = dataclasses.replace(ref, f2=1.1 * ref.f2, metadata={"source_file": "var.h5"})
+    sigma, _ = systematic_sigma(ref, [var], SQ, SE, base=base)
+    shape = tables._box_mean(ref.f2, 0, H)  # ref smoothed in E: B_E(f2_ref)
+    assert np.all(sigma <= shape * (1 + 1e-12))
+    assert np.allclose(sigma[:, H:10 - H], ref.f2[:, H:10 - H], rtol=1e-12)
+    far = np.s_[:, 10 + H:NE - H]
+    assert np.allclose(sigma[far], 0.1 * ref.f2[far], rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------
