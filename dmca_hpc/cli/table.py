@@ -314,16 +314,18 @@ def _distinct_names(paths) -> list[str]:
 
 def _print_systematic(path, ref, info, n_earlier: int) -> None:
     sm, re_ = info["smoothing"], info["rate_effect"]
+    # what the variants are compared with: REF, or the --base table
+    against = "base" if info.get("base") else "ref"
     q0, q1 = info["q_range_ame"]
     e0, e1 = info["e_range_ev"]
     print(f"wrote {path}: {ref.material or 'table'} {info['ref']} with f2_sigma from "
           f"{'systematic ' + repr(info['label']) if info['label'] else 'an unlabelled systematic'}"
           f" ({len(info['variants'])} variant(s): {', '.join(info['variants'])})")
-    if info.get("base"):
+    if against == "base":
         print(f"  base           {info['base']}: the variants' difference is taken to it and "
               "carried relatively onto ref")
-    print(f"  sigma          envelope over variants of the difference to "
-          f"{'base' if info.get('base') else 'ref'}, relative over a "
+    print(f"  sigma          envelope over variants of the difference to {against}, relative "
+          "over a "
           f"box of +-{sm['half_width_q_ame']:g} alpha m_e x +-{sm['half_width_e_ev']:g} eV "
           f"({sm['box_bins_q_e'][0]} x {sm['box_bins_q_e'][1]} bins), times ref's f2 (smoothed "
           "in E); f2 unchanged")
@@ -342,8 +344,8 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
     names = _distinct_names(info["variants"])
     w = max([22] + [len(n) for n in names])
     total = "rel_sigma_total" in re_["heavy"]
-    print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): variant/"
-          f"{'base' if info.get('base') else 'ref'} "
+    print(f"  total rates (all E bins, {re_['halo']} halo, sigma_e 1e-39 cm^2): "
+          f"variant/{against} "
           "ratio over the q, E bins both have (dimensionless); rel. 1-sigma = rate(f2 + "
           "f2_sigma)/rate(f2) - 1 over the whole table [%]")
     head = (f"  {'mass':>9}  {'F_DM':5}  " + "  ".join(f"{n:>{w}}" for n in names)
@@ -369,7 +371,7 @@ def _print_systematic(path, ref, info, n_earlier: int) -> None:
             for m, x, sg in zip(re_["masses_mev"], sh, d["rel_sigma"]):
                 if x is not None and sg is not None and abs(x) > sg * (1 + 1e-9):
                     print(f"  note: at {_fmt(m, 'MeV')} ({fdm}) {name} moves the rate by "
-                          f"{100 * x:+.3g} % of {'base' if info.get('base') else 'ref'}'s, more than the 1-sigma {100 * sg:.3g} %: "
+                          f"{100 * x:+.3g} % of {against}'s, more than the 1-sigma {100 * sg:.3g} %: "
                           "the sigma misses part of it (averaged away by the box, or weight "
                           "where ref has none; smaller --smooth-q/--smooth-e keep more)")
 

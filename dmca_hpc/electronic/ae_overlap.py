@@ -1038,7 +1038,7 @@ class AnalyticEngine:
             for j in range(nk):
                 # S[j] is [nc, nq, nc]: one GEMM [nc nq, nc] @ [nc, nb] (plus the
                 # columns conj(C) of the -Q partner k = kneg[j]), then [nb', nc] @ [nc, nq nb]
-                # (one batched matmul over k measured no faster: the cost is reading S)
+                # (one batched matmul over k measured no faster: the cost is the GEMMs' arithmetic)
                 A = S[j].reshape(nc * nq, nc)
                 if partner is None:
                     R = A @ Ckc[j]
