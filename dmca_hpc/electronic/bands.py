@@ -247,7 +247,9 @@ class BandWorker:
     1e-12 hartree, tests/test_bands.py) without recomputing the density from
     the coarse-mesh density matrices for every chunk, which made
     ``get_bands`` about 2.5x slower per chunk of 4 k-points (Si gth-dzvp).
-    Anything else (hybrids, meta-GGA) uses PySCF's ``get_bands``: with FFTDF
+    Anything else (hybrids, meta-GGA) uses PySCF's ``get_bands`` (for hybrids
+    with the exchange singularity treated alike at SCF and non-SCF k,
+    :mod:`dmca_hpc.electronic.exchange`): with FFTDF
     for GTH pseudopotentials (GDF would rebuild its 3-index integrals for
     every new k set), with GDF for all-electron bases (4.8 s per k for Si
     def2-svp, 41 s with def2-tzvp: hence ``irreducible_only``).
@@ -331,6 +333,36 @@ class BandWorker:
         s = np.asarray(mf.get_ovlp(cell, kb)).reshape(len(kb), nao, nao)
         return hcore + vmat, s
 
+    def _exact_exchange_bands(self, kpts_cart):
+        """PySCF's ``get_bands`` with the off-mesh exchange singularity treated
+        alike at every band k (:mod:`dmca_hpc.electronic.exchange`): the
+        exchange without PySCF's mesh-only Madelung term, then the occupied
+        eigenvalues moved by the offset's own term.  Range-separated hybrids
+        with a long-range part are refused off the SCF mesh."""
+        from pyscf import lib
+
+        from dmca_hpc.electronic.exchange import (offmesh_occupied_shift, on_scf_mesh,
+                                                  singular_exchange_weight)
+        mf = self.mf()
+        c_x, kind = singular_exchange_weight(mf.xc, spin=self.cell.spin)
+        if kind == "none" or mf.exxdiv not in ("ewald", None):
+            # no singular exchange, or a truncated Coulomb kernel (vcut_*) that has none
+            return mf.get_bands(kpts_cart, dm_kpts=self.dm)
+        if kind == "long-range":
+            if on_scf_mesh(self.cell, self.kpts, kpts_cart).all():
+                return mf.get_bands(kpts_cart, dm_kpts=self.dm)
+            raise BandsInputError(
+                f"dft.xc = {mf.xc!r} has long-range exact exchange, whose Coulomb singularity "
+                "bands off the SCF mesh do not treat; use a global hybrid (PBE0) or a "
+                "short-range one (HSE06), or bands.kmesh equal to dft.kmesh")
+        shift = offmesh_occupied_shift(self.cell, self.kpts, kpts_cart, c_x, mf.exxdiv)
+        with lib.temporary_env(mf, exxdiv=None):
+            e, c = mf.get_bands(kpts_cart, dm_kpts=self.dm)
+        e = np.array(e, dtype=float)
+        nocc = self.cell.nelectron // 2
+        e[:, :nocc] += shift[:, None]
+        return e, c
+
     def bands(self, kpts_cart):
         """(energies [nk, nbands] hartree, coeffs [nk, nao, nbands])."""
         mf = self.mf()
@@ -339,7 +371,7 @@ class BandWorker:
             f, s = self.hamiltonian(kpts_cart)
             e, c = pbchf.eigh_with_canonical_orth(f, s)
         else:
-            e, c = mf.get_bands(np.asarray(kpts_cart), dm_kpts=self.dm)
+            e, c = self._exact_exchange_bands(np.asarray(kpts_cart))
         e = np.asarray(e)[:, :self.nbands]
         c = np.asarray(c)[:, :, :self.nbands]
         return e, c

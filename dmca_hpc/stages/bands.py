@@ -190,9 +190,13 @@ def _plan(ctx, sec: dict, name: str) -> dict:
         _check_gdf_path_memory(cell, int(mo_energy.shape[0]), min(int(sec["chunk_size"]), len(path_frac)),
                                ctx.comm.Get_size())
     units = chunk_units(len(work_kpts), len(path_frac), int(sec["chunk_size"]))
-    unit_hash = config_hash({"stage": STAGE, "ctx": ctx.input_hash, "scf": scf_hash,
-                             "nbands": nbands,
-                             "section": {k: sec[k] for k in _UNIT_KEYS}})
+    hashed = {"stage": STAGE, "ctx": ctx.input_hash, "scf": scf_hash, "nbands": nbands,
+              "section": {k: sec[k] for k in _UNIT_KEYS}}
+    if not fast:
+        # hybrid bands off the SCF mesh changed (dmca_hpc.electronic.exchange): chunks
+        # written before hold PySCF's mesh-only Madelung term and must not be reused
+        hashed["offmesh_exchange"] = "madelung-offset-1"
+    unit_hash = config_hash(hashed)
     out_hash = config_hash({"unit_hash": unit_hash, "section": sec,
                             "material_gap": _target_gap(ctx.material, sec)})
     out_path = Path(ctx.stage_dir) / "bands.h5"

@@ -102,7 +102,10 @@ def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
     (def2-TZVP, PBE0) table (measured 1.15-1.18; PBE: 1.43-1.52).  Near threshold
     it does worse: def2-SVP gives PBE0 Ge a 2.17 eV gap, which the scissor closes
     by 1.5 eV, and Q = 1 comes out 1.7-2.2x (light mediator 1.5-2.0x in total), so
-    it ships beside the PBE table as the functional systematic, not instead of it."""
+    it ships beside the PBE table as the functional systematic, not instead of it.
+    It was made before the bands stage treated the exchange's G = 0 term alike at
+    SCF and non-SCF k (README, "Hybrid bands off the SCF mesh"): these numbers are
+    that table's, to be remade with jobs/ge_ae_pbe0.yaml."""
     from dmca_hpc.detection.rates import electron_rates
     t = read_table(table_for_material("Ge_pbe0"))
     m = t.metadata
@@ -131,8 +134,10 @@ def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
     "1.7-2.2x (a 2.17 eV PBE0/def2-SVP gap scissored by -1.5 eV). def2-TZVP is not the missing "
     "part (at PBE0 on 4x4x4 it moves the totals by 0.96-1.01 and Q = 1 by 1%), nor is the gap "
     "value (the exchange-divergence term shifts all occupied levels alike and the scissor absorbs "
-    "it); the untested suspect is the band shape near the gap from the exact exchange's k "
-    "sampling (3x3x3 here, QCDark's run one 6x6x6 mesh, ~64x the cost)"))
+    "it). Ge_pbe0 predates the fix of the exchange's G = 0 term at bands k off the SCF mesh "
+    "(dmca_hpc/electronic/exchange.py, 2026-12-02), which on a 4x4x4 PBE0 mesh took Q = 1 at "
+    "10 MeV from 2.97x to 2.01x; the other suspect is the exact exchange's SCF k sampling "
+    "(3x3x3 here, QCDark's run one 6x6x6 mesh, ~64x the cost)"))
 def test_shipped_ge_within_20_percent_of_qcdark(qcdark_ge):
     for fdm in ("heavy", "light"):
         for mass in (3, 10, 30, 100, 1000, 10000):
