@@ -110,11 +110,10 @@ def offmesh_occupied_shift(cell, scf_kpts, kpts_band, c_x: float, scf_exxdiv) ->
     ``get_bands`` with ``exxdiv=None`` needs at ``kpts_band`` [bohr^-1, cartesian]
     for the SCF mesh ``scf_kpts`` (a regular mesh, any origin): -c_x (M(s) - M_ref),
     M_ref = 0 if the SCF used ``exxdiv='ewald'``, M(0) if it used None (module
-    docstring)."""
-    from pyscf.pbc import tools
-    kmesh = np.asarray(tools.pbc.get_monkhorst_pack_size(cell, scf_kpts), int)
+    docstring).  Occupied means the lowest nelectron / 2 bands at every k: an
+    insulator's integer occupations, which the shift's commuting argument needs."""
+    kmesh, k0 = _scf_mesh(cell, scf_kpts)
     a_super = cell.lattice_vectors() * kmesh[:, None]
-    k0 = np.asarray(scf_kpts, float).reshape(-1, 3)[0]
     m_ref = 0.0 if str(scf_exxdiv).lower() == "ewald" else madelung_offset(a_super, np.zeros(3))
     kb = np.asarray(kpts_band, float).reshape(-1, 3)
     return np.array([-c_x * (madelung_offset(a_super, k - k0) - m_ref) for k in kb])
@@ -123,8 +122,14 @@ def offmesh_occupied_shift(cell, scf_kpts, kpts_band, c_x: float, scf_exxdiv) ->
 def on_scf_mesh(cell, scf_kpts, kpts_band, tol: float = 1e-8) -> np.ndarray:
     """[n_band_k] bool: which band points [bohr^-1] are points of the regular SCF
     mesh ``scf_kpts`` up to a reciprocal-lattice vector."""
-    from pyscf.pbc import tools
-    kmesh = np.asarray(tools.pbc.get_monkhorst_pack_size(cell, scf_kpts), float)
-    k0 = np.asarray(scf_kpts, float).reshape(-1, 3)[0]
+    kmesh, k0 = _scf_mesh(cell, scf_kpts)
     frac = cell.get_scaled_kpts(np.asarray(kpts_band, float).reshape(-1, 3) - k0) * kmesh
     return np.all(np.abs(frac - np.round(frac)) < tol, axis=1)
+
+
+def _scf_mesh(cell, scf_kpts):
+    """(mesh size [3] ints, one mesh point [bohr^-1]) of the regular SCF mesh, by
+    PySCF's own reading (the one ``pyscf.pbc.tools.madelung`` uses)."""
+    from pyscf.pbc import tools
+    kmesh = np.asarray(tools.pbc.get_monkhorst_pack_size(cell, scf_kpts), int)
+    return kmesh, np.asarray(scf_kpts, float).reshape(-1, 3)[0]

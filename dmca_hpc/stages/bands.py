@@ -14,6 +14,7 @@ from dmca_hpc.electronic.bands import (_UNIT_KEYS, BandsInputError, BandWorker, 
                                        band_path, choose_nbands, chunk_units, density_of_states,
                                        fast_hamiltonian, gap_summary, segment_of, symmetry_kpoints,
                                        unfold_states, validate_section, write_bands)
+from dmca_hpc.electronic.exchange import singular_exchange_weight
 from dmca_hpc.plots.electronic import plot_bands
 
 STAGE = "bands"
@@ -161,7 +162,8 @@ def _plan(ctx, sec: dict, name: str) -> dict:
         e_tot = float(f.attrs["e_tot"])
         mo_energy = f["mo_energy"][()]
         cell_str = f.attrs["cell"]
-        fast = fast_hamiltonian(str(f.attrs["xc"]), str(f.attrs["pseudo"]), str(f.attrs["density_fit"]))
+        xc = str(f.attrs["xc"])
+        fast = fast_hamiltonian(xc, str(f.attrs["pseudo"]), str(f.attrs["density_fit"]))
         smat = {k: f["structure"][k][()] for k in ("cell", "positions", "numbers")}
     from ase import Atoms
     atoms = Atoms(numbers=smat["numbers"], positions=smat["positions"], cell=smat["cell"], pbc=True)
@@ -192,7 +194,7 @@ def _plan(ctx, sec: dict, name: str) -> dict:
     units = chunk_units(len(work_kpts), len(path_frac), int(sec["chunk_size"]))
     hashed = {"stage": STAGE, "ctx": ctx.input_hash, "scf": scf_hash, "nbands": nbands,
               "section": {k: sec[k] for k in _UNIT_KEYS}}
-    if not fast:
+    if singular_exchange_weight(xc)[1] != "none":
         # hybrid bands off the SCF mesh changed (dmca_hpc.electronic.exchange): chunks
         # written before hold PySCF's mesh-only Madelung term and must not be reused
         hashed["offmesh_exchange"] = "madelung-offset-1"
