@@ -1161,3 +1161,76 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
         "combined_with_earlier_sigma": earlier,
     }
     return sigma, info
+
+
+def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarray, dict]:
+    """Carry the f2_sigma of ``donor`` (an earlier make of ``ref``'s target,
+    e.g. the table before a fix of the bands stage) onto ``ref``: the same
+    relative 1-sigma per bin on ref's own shape.
+
+    Valid only when every systematic the donor records was measured against
+    a ``base`` (:func:`systematic_sigma` with ``base``): then each source's
+    sigma is ``B_E(f2_donor) * rel`` with ``rel`` a function of the variant
+    and base tables alone, so ``rel`` is recovered exactly as
+    ``f2_sigma_donor / B_E(f2_donor)`` (quadrature sums too, with one E box
+    for all sources) and the result ``B_E(f2_ref) * rel`` is what
+    :func:`systematic_sigma` with those variants and base would give for
+    ref.  A source measured against its own ref (no base) depends on that
+    ref's f2 and cannot be carried: ValueError naming it.  Where the
+    donor's E-smoothed f2 is 0 (a bin below its onset) the relative move is
+    unknown and the sigma is 0; ``info['ref_weight_without_sigma']`` gives
+    ref's share of summed |f|^2 in such bins above ref's gap.
+
+    Args:
+        ref: the table that gets the sigma (its f2 is not changed).
+        donor: a table of ref's material and bins with ``f2_sigma`` and the
+            metadata list ``f2_sigma_sources``.
+
+    Returns:
+        ``(sigma, info)``: sigma [ref.nq, ref.nE], dimensionless like f2;
+        info a JSON-ready dict: donor source, the smoothing used, the
+        sources carried (labels), ``ref_weight_without_sigma``.
+
+    Raises:
+        TableFormatError: donor of another material or binning.
+        ValueError: donor without f2_sigma or with a source that has no base.
+    """
+    _check_same_target(ref, donor)
+    src = _table_source(donor)
+    if donor.f2_sigma is None:
+        raise ValueError(f"{src}: no f2_sigma to carry (expected a table written by "
+                         "'dmca-hpc table systematic ... --base')")
+    sources = list((donor.metadata or {}).get("f2_sigma_sources") or [])
+    if not sources:
+        raise ValueError(f"{src}: f2_sigma without a metadata record f2_sigma_sources; expected "
+                         "the record of 'dmca-hpc table systematic --base' (what it measured)")
+    widths = set()
+    for i, s in enumerate(sources):
+        if not s.get("base"):
+            raise ValueError(f"{src}: f2_sigma_sources[{i}] ({s.get('label') or 'unlabelled'}) "
+                             "was measured against its own ref, not a base table: its sigma "
+                             "depends on that ref's f2 and cannot be carried; rebuild it with "
+                             "'dmca-hpc table systematic REF --vary ... --base ...'")
+        widths.add(float(s["smoothing"]["half_width_e_ev"]))
+    if len(widths) != 1:
+        raise ValueError(f"{src}: its f2_sigma sources used different E boxes "
+                         f"({sorted(widths)} eV): their quadrature sum cannot be split")
+    he = int(round(widths.pop() / donor.de_ev))
+    nq, ne = min(ref.nq, donor.nq), min(ref.ne, donor.ne)
+    shape_d = _box_mean(donor.f2[:nq, :ne], 0, he)
+    above_gap = (ref.e_ev[:ne] + 0.5 * ref.de_ev > ref.gap_ev)[None, :]
+    keep = above_gap & (shape_d > 0)
+    rel = np.divide(donor.f2_sigma[:nq, :ne], shape_d, out=np.zeros((nq, ne)), where=keep)
+    sigma = np.zeros_like(ref.f2)
+    sigma[:nq, :ne] = _box_mean(ref.f2, 0, he)[:nq, :ne] * rel
+    tot = float(ref.f2.sum())
+    lost = np.zeros(ref.f2.shape, dtype=bool)
+    lost[:nq, :ne] = above_gap & ~keep
+    info = {"carried_from": src, "labels": [s.get("label", "") for s in sources],
+            "method": "f2_sigma_ref = B_E(f2_ref) * f2_sigma_donor / B_E(f2_donor), B_E the "
+                      "sources' box average in E; 0 where B_E(f2_donor) = 0",
+            "smoothing_e_half_width_ev": he * ref.de_ev,
+            "donor_settings": {k: _to_py(donor.metadata[k]) for k in SYSTEMATIC_SETTINGS
+                               if k in (donor.metadata or {})},
+            "ref_weight_without_sigma": float(ref.f2[lost].sum()) / tot if tot > 0 else 0.0}
+    return sigma, info

@@ -72,9 +72,15 @@ def add_arguments(parser):
                                     "is the next REF. 'dmca-hpc reach --uncertainty' draws it.")
     sy.add_argument("ref", metavar="REF", help="reference table file or shipped table name "
                                                "(its f2 is kept)")
-    sy.add_argument("--vary", nargs="+", required=True, metavar="VARIANT",
-                    help="variant table(s) (files or shipped names) of the same material and bin "
-                         "widths; fewer q or E bins are allowed")
+    how = sy.add_mutually_exclusive_group(required=True)
+    how.add_argument("--vary", nargs="+", metavar="VARIANT",
+                     help="variant table(s) (files or shipped names) of the same material and bin "
+                          "widths; fewer q or E bins are allowed")
+    how.add_argument("--carry-from", metavar="DONOR",
+                     help="instead of variants: an earlier make of REF's target whose f2_sigma "
+                          "was built with --base (e.g. the table before a fix); its relative "
+                          "1-sigma per bin goes onto REF's shape and its records are kept, "
+                          "marked as carried (dmca_hpc.tables.carry_sigma)")
     sy.add_argument("--out", required=True, metavar="OUT.hdf5", help="table file to write")
     sy.add_argument("--label", default="", help="name of the systematic (kmesh, basis, functional)")
     sy.add_argument("--base", default=None, metavar="BASE",
@@ -266,6 +272,8 @@ def _run_systematic(args) -> int:
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"{flag} is {v:g}; expected a box half-width >= 0 [{unit}] (0: none)")
     ref = _load(args.ref)
+    if args.carry_from is not None:
+        return _run_carry(args, ref, _load(args.carry_from))
     variants = [_load(v) for v in args.vary]
     base = None if args.base is None else _load(args.base)
     sigma, info = tables.systematic_sigma(ref, variants, args.smooth_q, args.smooth_e, args.label,
@@ -292,6 +300,64 @@ def _run_systematic(args) -> int:
         print(json.dumps(dict(info, out=str(path)), indent=1, default=str))
         return 0
     _print_systematic(path, ref, info, len(earlier))
+    return 0
+
+
+def _run_carry(args, ref, donor) -> int:
+    """``table systematic REF --carry-from DONOR``: DONOR's relative sigma on REF."""
+    import dataclasses
+    import numpy as np
+    from dmca_hpc import tables
+    from dmca_hpc import units as U
+    from dmca_hpc.detection.rates import electron_rates
+    from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
+    sigma, carry = tables.carry_sigma(ref, donor)
+    earlier = ref.f2_sigma is not None
+    total_sigma = np.hypot(ref.f2_sigma, sigma) if earlier else sigma
+    records = []
+    for s in donor.metadata["f2_sigma_sources"]:
+        rec = json.loads(json.dumps(s, default=str))
+        masses = (rec.get("rate_effect") or {}).get("masses_mev") or list(RATE_MASSES_MEV)
+        m = np.asarray(masses, dtype=float) * U.MEV_EV
+        on_ref = {}
+        for fdm in ("heavy", "light"):
+            base = electron_rates(dataclasses.replace(ref, f2_sigma=None), m, fdm=fdm,
+                                  halo=RATE_HALO).total
+            up = electron_rates(dataclasses.replace(ref, f2=ref.f2 + sigma, f2_sigma=None), m,
+                                fdm=fdm, halo=RATE_HALO).total
+            on_ref[fdm] = [float(u / b - 1.0) if b > 0 else None for u, b in zip(up, base)]
+        rec["carried"] = dict(carry, onto=tables._table_source(ref), masses_mev=masses,
+                              rel_sigma_on_ref=on_ref,
+                              note=args.label or "relative move measured on the donor's base "
+                                                 "and variants, not re-measured for this table")
+        records.append(rec)
+    meta = dict(ref.metadata)
+    meta["f2_sigma_sources"] = list(meta.get("f2_sigma_sources") or []) + records
+    files = [ref.metadata.get("source_file", ""), donor.metadata.get("source_file", "")]
+    from pathlib import Path
+    ih = config_hash({"carry_sigma": carry["method"],
+                      "tables": [file_sha256(f) if f and Path(f).is_file() else f for f in files]})
+    for rec in records:
+        rec["carried"]["provenance"] = provenance(ih)
+    out = dataclasses.replace(ref, f2_sigma=total_sigma, metadata=meta)
+    path = tables.write_table(args.out, out, input_hash=ih, prov=ref.metadata.get("provenance"))
+    if args.json:
+        print(json.dumps({"out": str(path), "carried": records}, indent=1, default=str))
+        return 0
+    print(f"wrote {path}: {ref.material or 'table'} {tables._table_source(ref)} with the f2_sigma "
+          f"of {carry['carried_from']} carried relatively ({', '.join(carry['labels'])}); "
+          "f2 unchanged")
+    if earlier:
+        print("  combined       in quadrature with the table's own earlier f2_sigma")
+    if carry["ref_weight_without_sigma"] > 1e-3:
+        print(f"  note: {100 * carry['ref_weight_without_sigma']:.3g}% of the table's summed |f|^2 "
+              "lies where the donor has none: sigma 0 there")
+    for rec in records:
+        c = rec["carried"]
+        for fdm in ("heavy", "light"):
+            print(f"  {rec.get('label') or 'source'} {fdm:5} rate 1-sigma on this table: "
+                  + ", ".join(f"{_fmt(mm, 'MeV')} " + ("no rate" if x is None else f"{100 * x:.3g} %")
+                              for mm, x in zip(c["masses_mev"], c["rel_sigma_on_ref"][fdm])))
     return 0
 
 

@@ -97,15 +97,14 @@ def test_shipped_ge_is_all_electron_with_the_3d_shell(qcdark_ge):
 
 def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
     """Ge_pbe0.hdf5 comes from jobs/ge_ae_pbe0.yaml (as Ge.hdf5 but PBE0, QCDark's
-    functional): PBE0 puts the 3d shell at -28.5 to -28.9 eV (PBE: -25.5 to -25.8),
-    and the heavy-mediator totals from 30 MeV up come within 20% of QCDark's
-    (def2-TZVP, PBE0) table (measured 1.15-1.18; PBE: 1.43-1.52).  Near threshold
-    it does worse: def2-SVP gives PBE0 Ge a 2.17 eV gap, which the scissor closes
-    by 1.5 eV, and Q = 1 comes out 1.7-2.2x (light mediator 1.5-2.0x in total), so
-    it ships beside the PBE table as the functional systematic, not instead of it.
-    It was made before the bands stage treated the exchange's G = 0 term alike at
-    SCF and non-SCF k (README, "Hybrid bands off the SCF mesh"): these numbers are
-    that table's, to be remade with jobs/ge_ae_pbe0.yaml."""
+    functional; remade 2026-12-02 with the exchange's G = 0 term treated alike at
+    SCF and non-SCF band k, README "Hybrid bands off the SCF mesh"): PBE0 puts the
+    3d shell at -28.5 to -28.9 eV (PBE: -25.5 to -25.8).  Against QCDark's
+    (def2-TZVP, PBE0) table, same engine, heavy mediator: the total and Q = 1..5
+    within 20% at every mass 3 MeV - 10 GeV (measured: totals 1.08-1.17, Q = 1..5
+    0.98-1.18; the table made before the fix had Q = 1 at 1.7-1.8x), closer than
+    the PBE table at every mass from 30 MeV.  The light mediator misses the 20% only
+    near the gap (see the strict xfail below)."""
     from dmca_hpc.detection.rates import electron_rates
     t = read_table(table_for_material("Ge_pbe0"))
     m = t.metadata
@@ -113,15 +112,30 @@ def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
     assert m["e_complete_ev"] == pytest.approx(35.62, abs=0.01) and t.gap_ev == pytest.approx(0.67)
     assert m["gap_dft_ev"] == pytest.approx(2.165, abs=0.005)
     assert not np.isnan(t.f2).any() and (t.f2 >= 0).all()
-    for mass in (30, 100, 1000, 10000):
-        tot, _ = _ge_ratios(qcdark_ge, "Ge_pbe0", mass, "heavy")
-        pbe, _ = _ge_ratios(qcdark_ge, "Ge", mass, "heavy")
-        assert abs(tot - 1) <= 0.2 and abs(tot - 1) < abs(pbe - 1), (mass, tot, pbe)
+    for mass in (3, 10, 30, 100, 1000, 10000):
+        tot, qs = _ge_ratios(qcdark_ge, "Ge_pbe0", mass, "heavy")
+        assert abs(tot - 1) <= 0.2 and np.nanmax(np.abs(qs - 1)) <= 0.2, (mass, tot, qs)
+        if mass >= 30:
+            pbe, _ = _ge_ratios(qcdark_ge, "Ge", mass, "heavy")
+            assert abs(tot - 1) < abs(pbe - 1), (mass, tot, pbe)
     heavy = electron_rates(t, [10e6, 1e9], fdm="heavy").total
     light = electron_rates(t, [10e6, 1e9], fdm="light").total
     # regression to 5 digits: this table through this engine (shm-2021, 1e-39 cm^2)
-    assert heavy == pytest.approx([515.876, 47.8901], rel=1e-5)
-    assert light == pytest.approx([227.520, 3.14615], rel=1e-5)
+    assert heavy == pytest.approx([442.121, 45.6349], rel=1e-5)
+    assert light == pytest.approx([165.581, 2.39955], rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 14's criterion for the light mediator with Ge_pbe0 (PBE0/def2-SVP, 6x6x6 bands from a "
+    "3x3x3 SCF): Q = 1 is 1.21-1.25x QCDark at every mass and the 3 MeV total 1.24x (totals "
+    "from 10 MeV 1.16-1.18, Q = 2..5 0.98-1.23); the light mediator weighs the lowest q, i.e. the "
+    "band edges, where the def2-SVP PBE0 gap (2.17 eV, scissored by -1.50 eV) and the exchange's "
+    "3x3x3 SCF sampling (QCDark: one 6x6x6 mesh) are the remaining suspects, not measured apart"))
+def test_shipped_ge_pbe0_light_mediator_within_20_percent_of_qcdark(qcdark_ge):
+    for mass in (3, 10, 30, 100, 1000, 10000):
+        tot, qs = _ge_ratios(qcdark_ge, "Ge_pbe0", mass, "light")
+        assert abs(tot - 1) <= 0.2, (mass, tot)
+        assert np.nanmax(np.abs(qs - 1)) <= 0.2, (mass, qs)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -130,14 +144,10 @@ def test_shipped_ge_pbe0_holds_the_heavy_mediator_rates(qcdark_ge):
     "(def2-SVP leaves PBE Ge a 0.54 eV gap where a converged basis closes it: a different "
     "band shape near the gap), and heavy totals above 30 MeV are 1.43-1.51x because PBE puts "
     "the 3d band at -25.5 eV, shallower than QCDark's PBE0 (Q = 9, 10 at 1 GeV: 4.3x, 17x). "
-    "PBE0 with def2-SVP (Ge_pbe0) brings the heavy totals >= 30 MeV within 20% but Q = 1 to "
-    "1.7-2.2x (a 2.17 eV PBE0/def2-SVP gap scissored by -1.5 eV). def2-TZVP is not the missing "
-    "part (at PBE0 on 4x4x4 it moves the totals by 0.96-1.01 and Q = 1 by 1%), nor is the gap "
-    "value (the exchange-divergence term shifts all occupied levels alike and the scissor absorbs "
-    "it). Ge_pbe0 predates the fix of the exchange's G = 0 term at bands k off the SCF mesh "
-    "(dmca_hpc/electronic/exchange.py, 2026-12-02), which on a 4x4x4 PBE0 mesh took Q = 1 at "
-    "10 MeV from 2.97x to 2.01x; the other suspect is the exact exchange's SCF k sampling "
-    "(3x3x3 here, QCDark's run one 6x6x6 mesh, ~64x the cost)"))
+    "PBE0 (Ge_pbe0, remade with the off-mesh exchange fix) meets it for the heavy mediator "
+    "(totals 1.08-1.17, Q = 1..5 0.98-1.18) and misses it for the light one near the gap only "
+    "(Q = 1 1.21-1.25; its own strict xfail above): the PBE table stays the functional's "
+    "systematic"))
 def test_shipped_ge_within_20_percent_of_qcdark(qcdark_ge):
     for fdm in ("heavy", "light"):
         for mass in (3, 10, 30, 100, 1000, 10000):
@@ -305,7 +315,10 @@ def test_shipped_ge_pbe0_carries_the_basis_systematic():
     SCF 2x2x2, q <= 20, carried onto the 6x6x6 table with --base): the record names
     both bases, PBE0 and the mesh, and the rate 1-sigma of the written sigma covers the
     TZVP move at every recorded mass, both mediators (measured: total rates 0.96 - 1.01
-    of def2-SVP's: the basis is not what separates Ge_pbe0 from QCDark's table)."""
+    of def2-SVP's: the basis is not what separates Ge_pbe0 from QCDark's table).
+    That 4x4x4 pair was made before the off-mesh exchange fix; the remade table
+    carries its relative move (``table systematic --carry-from``, record key
+    ``carried``), not re-measured: the 1-sigma is checked on this table's f2."""
     import dataclasses
     from dmca_hpc import units as U
     from dmca_hpc.detection.rates import electron_rates
@@ -317,6 +330,7 @@ def test_shipped_ge_pbe0_carries_the_basis_systematic():
     assert st["base"]["xc"] == st["variants"][0]["xc"] == "PBE0"
     assert list(st["base"]["kmesh"]) == list(st["variants"][0]["kmesh"]) == [4, 4, 4]
     eff = src[0]["rate_effect"]
+    assert src[0]["carried"]["ref_weight_without_sigma"] < 1e-3
     m = np.array(eff["masses_mev"]) * U.MEV_EV
     for fdm in ("heavy", "light"):
         base = electron_rates(t, m, fdm=fdm).total

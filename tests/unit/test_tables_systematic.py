@@ -301,6 +301,91 @@ def test_cli_bad_input_end_to_end(si_files):
 
 
 # ---------------------------------------------------------------------------
+# carrying a sigma onto a remade table (tables.carry_sigma, --carry-from)
+# ---------------------------------------------------------------------------
+
+def _with_based_sigma(ref, variants, base, label="basis"):
+    sigma, info = systematic_sigma(ref, variants, SQ, SE, label=label, base=base)
+    return dataclasses.replace(ref, f2_sigma=sigma, metadata=dict(ref.metadata,
+                                                                  f2_sigma_sources=[info]))
+
+
+def test_carry_reproduces_the_systematic_of_the_same_variants_and_base():
+    """The definition of carrying: a sigma measured with a base depends on the
+    variants and the base alone, apart from ref's E-smoothed shape; carried from
+    the old make onto a remade ref it must equal what systematic_sigma gives the
+    remade ref with the same variants and base (bins where the old make has
+    weight).  The remade ref here differs in shape (a tilt in q and E), not only
+    in scale, and the variant's move (a q-dependent factor) is not uniform."""
+    old = synthetic()
+    q = (np.arange(NQ) + 0.5) * DQ
+    e = (np.arange(NE) + 0.5) * DE
+    new = dataclasses.replace(old, f2=old.f2 * (1 + 0.5 * q[:, None]) * (1.5 - 0.3 * e[None, :]),
+                              metadata={"source_file": "new.h5"})
+    base = scaled(old, 0.8, source="base.h5")
+    var = dataclasses.replace(base, f2=base.f2 * (1 + 0.3 * q[:, None]),
+                              metadata={"source_file": "var.h5"})
+    donor = _with_based_sigma(old, [var], base)
+    got, info = tables.carry_sigma(new, donor)
+    want, _ = systematic_sigma(new, [var], SQ, SE, base=base)
+    assert np.allclose(got, want, rtol=1e-10, atol=1e-14 * want.max())
+    assert info["labels"] == ["basis"] and info["carried_from"] == "ref.h5"
+    assert info["ref_weight_without_sigma"] == 0.0
+    json.dumps(info)
+
+
+def test_carry_refuses_a_sigma_measured_against_its_own_ref():
+    old = synthetic()
+    sigma, info = systematic_sigma(old, [scaled(old, 1.1)], SQ, SE, label="kmesh")
+    donor = dataclasses.replace(old, f2_sigma=sigma, metadata=dict(old.metadata,
+                                                                   f2_sigma_sources=[info]))
+    with pytest.raises(ValueError, match=r"ref\.h5: f2_sigma_sources\[0\] \(kmesh\).*base"):
+        tables.carry_sigma(synthetic(source="new.h5"), donor)
+    with pytest.raises(ValueError, match="no f2_sigma"):
+        tables.carry_sigma(synthetic(source="new.h5"), old)
+
+
+def test_cli_carry_from(si_files, capsys):
+    f = si_files
+    ref = tables.read_table(f["ref"])
+    base = tables.read_table(f["x1.1"])
+    var = dataclasses.replace(base, f2=1.05 * base.f2, metadata={"source_file": "v.h5"})
+    donor = _with_based_sigma(ref, [var], base)
+    dpath = tables.write_table(f["dir"] / "donor.hdf5", donor)
+    remade = dataclasses.replace(ref, f2=2.0 * ref.f2)
+    rpath = tables.write_table(f["dir"] / "remade.hdf5", remade)
+    out = f["dir"] / "carried.hdf5"
+    code, text, err = table_cli(["systematic", rpath, "--carry-from", dpath, "--out", out],
+                                capsys)
+    assert code == 0, err
+    got = tables.read_table(out)
+    assert np.array_equal(got.f2, tables.read_table(rpath).f2)
+    # 2 x ref with the same relative move: twice the donor's sigma
+    assert np.allclose(got.f2_sigma, 2.0 * donor.f2_sigma, rtol=1e-12, atol=0)
+    rec = got.metadata["f2_sigma_sources"]
+    assert [r["label"] for r in rec] == ["basis"] and rec[0]["carried"]["carried_from"] == str(dpath)
+    # the rate 1-sigma on the remade table equals the donor's (rates are linear in f2)
+    from dmca_hpc.detection.rates import electron_rates
+    m = np.array(rec[0]["carried"]["masses_mev"]) * U.MEV_EV
+    for fdm in ("heavy", "light"):
+        r0 = electron_rates(dataclasses.replace(donor, f2_sigma=None), m, fdm=fdm).total
+        r1 = electron_rates(dataclasses.replace(donor, f2=donor.f2 + donor.f2_sigma,
+                                                f2_sigma=None), m, fdm=fdm).total
+        a = [x for x in rec[0]["carried"]["rel_sigma_on_ref"][fdm] if x is not None]
+        b = [u / v - 1 for u, v in zip(r1, r0) if v > 0]
+        assert a and np.allclose(a, b, rtol=1e-9)
+    assert "carried" in text and "MeV" in text
+    # a donor whose sigma has no base: one line, exit 2, nothing written
+    plain = tables.write_table(f["dir"] / "plain.hdf5", dataclasses.replace(
+        ref, f2_sigma=0.1 * ref.f2, metadata=dict(ref.metadata, f2_sigma_sources=[
+            {"label": "kmesh", "base": None, "smoothing": {"half_width_e_ev": 0.5}}])))
+    bad = f["dir"] / "bad_carry.hdf5"
+    code, _, err = table_cli(["systematic", rpath, "--carry-from", plain, "--out", bad], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "base" in err
+    assert not bad.exists()
+
+
+# ---------------------------------------------------------------------------
 # real tables: the functional systematic of Ge (PBE vs PBE0)
 # ---------------------------------------------------------------------------
 
@@ -360,10 +445,11 @@ def _reach_bands(table, capsys):
 def test_reach_band_is_wider_with_the_systematic(ge_functional, capsys):
     """Same seed, so the same halo draws; the written f2_sigma adds one
     correlated draw per sample, and the 68% and 95% bands of the reach widen
-    at 1 MeV and 1 GeV; the nominal curve is Ge's own.  (At 1 MeV the sigma,
-    ~170% of the rate, dwarfs the halo spread; at 1 GeV, 36% against a
-    halo sd of ln(reach) of ~0.3, 20 percentile samples widen at most seeds
-    but not all: the seed is fixed.)"""
+    at 1 GeV, where the PBE0/PBE sigma is ~37% of the heavy-mediator rate
+    (Ge_pbe0 / Ge = 0.72 there); the nominal curve is Ge's own.  At 1 MeV the
+    sigma (~26%, PBE0/PBE 1.21 since Ge_pbe0 was remade with the off-mesh
+    exchange fix; 170% before) is below the halo spread near threshold, so 20
+    samples need not widen that band and it is not asserted."""
     out, _ = ge_functional
     a = _reach_bands(tables.table_for_material("Ge"), capsys)
     b = _reach_bands(out, capsys)
@@ -371,7 +457,7 @@ def test_reach_band_is_wider_with_the_systematic(ge_functional, capsys):
     for lo, hi in (("p16", "p84"), ("p2.5", "p97.5")):
         wa = np.log(np.array(sa[hi]) / np.array(sa[lo]))
         wb = np.log(np.array(sb[hi]) / np.array(sb[lo]))
-        assert np.all(wb > wa), (lo, hi, wa, wb)
+        assert wb[-1] > wa[-1], (lo, hi, wa, wb)   # the 1 GeV point
     assert np.allclose(a["sigma_cm2"], b["sigma_cm2"], rtol=1e-12)
     assert "f2_sigma" in b["bands_description"]
 
