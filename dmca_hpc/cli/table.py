@@ -306,26 +306,23 @@ def _run_systematic(args) -> int:
 def _run_carry(args, ref, donor) -> int:
     """``table systematic REF --carry-from DONOR``: DONOR's relative sigma on REF."""
     import dataclasses
+    from pathlib import Path
     import numpy as np
     from dmca_hpc import tables
-    from dmca_hpc import units as U
-    from dmca_hpc.detection.rates import electron_rates
     from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
     sigma, carry = tables.carry_sigma(ref, donor)
     earlier = ref.f2_sigma is not None
     total_sigma = np.hypot(ref.f2_sigma, sigma) if earlier else sigma
+    sources = donor.metadata["f2_sigma_sources"]
+    # the carried sigma's rate 1-sigma on REF (one sum of every source: computed once),
+    # at the masses the donor's first record reported
+    masses = ((sources[0].get("rate_effect") or {}).get("masses_mev")
+              or list(RATE_MASSES_MEV))
+    eff = rate_effect(ref, [], sigma, masses_mev=masses)
+    on_ref = {fdm: eff[fdm]["rel_sigma"] for fdm in ("heavy", "light")}
     records = []
-    for s in donor.metadata["f2_sigma_sources"]:
+    for s in sources:
         rec = json.loads(json.dumps(s, default=str))
-        masses = (rec.get("rate_effect") or {}).get("masses_mev") or list(RATE_MASSES_MEV)
-        m = np.asarray(masses, dtype=float) * U.MEV_EV
-        on_ref = {}
-        for fdm in ("heavy", "light"):
-            base = electron_rates(dataclasses.replace(ref, f2_sigma=None), m, fdm=fdm,
-                                  halo=RATE_HALO).total
-            up = electron_rates(dataclasses.replace(ref, f2=ref.f2 + sigma, f2_sigma=None), m,
-                                fdm=fdm, halo=RATE_HALO).total
-            on_ref[fdm] = [float(u / b - 1.0) if b > 0 else None for u, b in zip(up, base)]
         rec["carried"] = dict(carry, onto=tables._table_source(ref), masses_mev=masses,
                               rel_sigma_on_ref=on_ref,
                               note=args.label or "relative move measured on the donor's base "
@@ -334,7 +331,6 @@ def _run_carry(args, ref, donor) -> int:
     meta = dict(ref.metadata)
     meta["f2_sigma_sources"] = list(meta.get("f2_sigma_sources") or []) + records
     files = [ref.metadata.get("source_file", ""), donor.metadata.get("source_file", "")]
-    from pathlib import Path
     ih = config_hash({"carry_sigma": carry["method"],
                       "tables": [file_sha256(f) if f and Path(f).is_file() else f for f in files]})
     for rec in records:
@@ -352,12 +348,10 @@ def _run_carry(args, ref, donor) -> int:
     if carry["ref_weight_without_sigma"] > 1e-3:
         print(f"  note: {100 * carry['ref_weight_without_sigma']:.3g}% of the table's summed |f|^2 "
               "lies where the donor has none: sigma 0 there")
-    for rec in records:
-        c = rec["carried"]
-        for fdm in ("heavy", "light"):
-            print(f"  {rec.get('label') or 'source'} {fdm:5} rate 1-sigma on this table: "
-                  + ", ".join(f"{_fmt(mm, 'MeV')} " + ("no rate" if x is None else f"{100 * x:.3g} %")
-                              for mm, x in zip(c["masses_mev"], c["rel_sigma_on_ref"][fdm])))
+    for fdm in ("heavy", "light"):
+        print(f"  {fdm:5} rate 1-sigma of the carried sigma on this table: "
+              + ", ".join(f"{_fmt(mm, 'MeV')} " + ("no rate" if x is None else f"{100 * x:.3g} %")
+                          for mm, x in zip(masses, on_ref[fdm])))
     return 0
 
 
