@@ -953,7 +953,7 @@ SYSTEMATIC_SETTINGS = ("kmesh", "basis", "xc", "ecp", "all_electron", "scissor_s
                        "q_max_ame", "e_max_ev")
 
 
-def _table_source(t: FormFactorTable) -> str:
+def table_source(t: FormFactorTable) -> str:
     """The file a table came from, or a stand-in naming its material."""
     return str((t.metadata or {}).get("source_file") or f"<{t.material or 'unnamed'} table>")
 
@@ -962,7 +962,7 @@ def _check_same_target(ref: FormFactorTable, var: FormFactorTable) -> None:
     """TableFormatError naming both sources unless ``var`` is of ``ref``'s
     material and bins (same widths and lower edges; the number of bins may
     differ)."""
-    rs, vs = _table_source(ref), _table_source(var)
+    rs, vs = table_source(ref), table_source(var)
     if var.material != ref.material:
         raise TableFormatError(f"{vs}: material {var.material or 'unknown'!r} differs from the "
                                f"reference {rs} ({ref.material or 'unknown'!r}); expected variants "
@@ -1129,7 +1129,7 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
         np.maximum(new[:nq, :ne], d, out=new[:nq, :ne])
         vsum = float(v.sum())
         per_variant.append({
-            "source": _table_source(var), "nq_ne": [nq, ne],
+            "source": table_source(var), "nq_ne": [nq, ne],
             "q_range_ame": [ref.q_min_ame, ref.q_min_ame + nq * ref.dq_ame],
             "e_range_ev": [ref.e_min_ev, ref.e_min_ev + ne * ref.de_ev],
             "identical_to_ref": bool(np.array_equal(v, rb)),
@@ -1145,8 +1145,8 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
 
     info = {
         "label": str(label), "method": SYSTEMATIC_METHOD,
-        "ref": _table_source(ref), "variants": [p["source"] for p in per_variant],
-        "base": None if base is None else _table_source(base),
+        "ref": table_source(ref), "variants": [p["source"] for p in per_variant],
+        "base": None if base is None else table_source(base),
         "settings": {"ref": settings(ref), "variants": [settings(v) for v in variants],
                      **({} if base is None else {"base": settings(base)})},
         "q_range_ame": [ref.q_min_ame, ref.q_min_ame + nq_cov * ref.dq_ame],
@@ -1196,7 +1196,7 @@ def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarra
         ValueError: donor without f2_sigma or with a source that has no base.
     """
     _check_same_target(ref, donor)
-    src = _table_source(donor)
+    src = table_source(donor)
     if donor.f2_sigma is None:
         raise ValueError(f"{src}: no f2_sigma to carry (expected a table written by "
                          "'dmca-hpc table systematic ... --base')")

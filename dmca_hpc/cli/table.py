@@ -88,11 +88,15 @@ def add_arguments(parser):
                          "REF). Their relative difference to BASE is carried onto REF's shape: "
                          "e.g. basis variants on a 4x4x4 mesh, BASE the same basis as REF on "
                          "that mesh, REF the 6x6x6 table")
-    sy.add_argument("--smooth-q", type=float, default=0.2, metavar="ALPHA_ME",
+    sy.add_argument("--smooth-q", type=float, default=None, metavar="ALPHA_ME",
                     help="half-width of the box filter in q [alpha m_e] (default 0.2; 0: none)")
-    sy.add_argument("--smooth-e", type=float, default=0.5, metavar="EV",
+    sy.add_argument("--smooth-e", type=float, default=None, metavar="EV",
                     help="half-width of the box filter in E [eV] (default 0.5; 0: none)")
     sy.add_argument("--json", action="store_true", help="print the record as one JSON object")
+
+
+#: box half-widths of the systematic's smoothing when not given [alpha m_e], [eV]
+SMOOTH_Q_DEFAULT, SMOOTH_E_DEFAULT = 0.2, 0.5
 
 
 def _load(x: str | None, material: str | None = None):
@@ -267,6 +271,20 @@ def _run_systematic(args) -> int:
     from dmca_hpc import tables
     from dmca_hpc.hpc.checkpoint import config_hash, file_sha256, provenance
     # flags first: a bad width should not wait for the tables to load
+    if args.carry_from is not None:
+        # a carried sigma is the donor's, measured with the donor's base, smoothing and
+        # label: a flag that would shape it here would be silently ignored
+        given = [f for f, v in (("--base", args.base), ("--smooth-q", args.smooth_q),
+                                ("--smooth-e", args.smooth_e), ("--label", args.label or None))
+                 if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be used with --carry-from: the carried "
+                             "sigma keeps the donor's base, smoothing and label (see the donor's "
+                             "f2_sigma_sources); expected REF --carry-from DONOR --out OUT.hdf5")
+    if args.smooth_q is None:
+        args.smooth_q = SMOOTH_Q_DEFAULT
+    if args.smooth_e is None:
+        args.smooth_e = SMOOTH_E_DEFAULT
     for flag, v, unit in (("--smooth-q", args.smooth_q, "alpha m_e"),
                           ("--smooth-e", args.smooth_e, "eV")):
         if not (math.isfinite(v) and v >= 0):
@@ -323,10 +341,10 @@ def _run_carry(args, ref, donor) -> int:
     records = []
     for s in sources:
         rec = json.loads(json.dumps(s, default=str))
-        rec["carried"] = dict(carry, onto=tables._table_source(ref), masses_mev=masses,
+        rec["carried"] = dict(carry, onto=tables.table_source(ref), masses_mev=masses,
                               rel_sigma_on_ref=on_ref,
-                              note=args.label or "relative move measured on the donor's base "
-                                                 "and variants, not re-measured for this table")
+                              note="relative move measured on the donor's base "
+                                   "and variants, not re-measured for this table")
         records.append(rec)
     meta = dict(ref.metadata)
     meta["f2_sigma_sources"] = list(meta.get("f2_sigma_sources") or []) + records
@@ -340,7 +358,7 @@ def _run_carry(args, ref, donor) -> int:
     if args.json:
         print(json.dumps({"out": str(path), "carried": records}, indent=1, default=str))
         return 0
-    print(f"wrote {path}: {ref.material or 'table'} {tables._table_source(ref)} with the f2_sigma "
+    print(f"wrote {path}: {ref.material or 'table'} {tables.table_source(ref)} with the f2_sigma "
           f"of {carry['carried_from']} carried relatively ({', '.join(carry['labels'])}); "
           "f2 unchanged")
     if earlier:

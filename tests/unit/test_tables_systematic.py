@@ -383,6 +383,15 @@ def test_cli_carry_from(si_files, capsys):
     code, _, err = table_cli(["systematic", rpath, "--carry-from", plain, "--out", bad], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "base" in err
     assert not bad.exists()
+    # flags that would shape a measured sigma have no meaning for a carried one:
+    # refused by name rather than ignored
+    for extra, name in ((["--base", str(rpath)], "--base"), (["--smooth-q", "0.3"], "--smooth-q"),
+                        (["--smooth-e", "0"], "--smooth-e"), (["--label", "basis"], "--label")):
+        code, _, err = table_cli(["systematic", rpath, "--carry-from", dpath, "--out", bad]
+                                 + extra, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert name in err and "--carry-from" in err
+        assert not bad.exists()
 
 
 # ---------------------------------------------------------------------------
