@@ -89,13 +89,14 @@ def add_arguments(parser):
                          "e.g. basis variants on a 4x4x4 mesh, BASE the same basis as REF on "
                          "that mesh, REF the 6x6x6 table")
     sy.add_argument("--smooth-q", type=float, default=None, metavar="ALPHA_ME",
-                    help="half-width of the box filter in q [alpha m_e] (default 0.2; 0: none)")
+                    help=f"half-width of the box filter in q [alpha m_e] (default {SMOOTH_Q_DEFAULT:g}; 0: none)")
     sy.add_argument("--smooth-e", type=float, default=None, metavar="EV",
-                    help="half-width of the box filter in E [eV] (default 0.5; 0: none)")
+                    help=f"half-width of the box filter in E [eV] (default {SMOOTH_E_DEFAULT:g}; 0: none)")
     sy.add_argument("--json", action="store_true", help="print the record as one JSON object")
 
 
 #: box half-widths of the systematic's smoothing when not given [alpha m_e], [eV]
+#: (tables.systematic_sigma's defaults; None on the parser tells "not given" apart)
 SMOOTH_Q_DEFAULT, SMOOTH_E_DEFAULT = 0.2, 0.5
 
 
