@@ -951,6 +951,8 @@ SYSTEMATIC_METHOD = ("per-bin maximum over variants (envelope) of B_E(f2_ref) * 
 #: metadata keys that say how a table was computed (compared in the info)
 SYSTEMATIC_SETTINGS = ("kmesh", "basis", "xc", "ecp", "all_electron", "scissor_scheme",
                        "q_max_ame", "e_max_ev")
+#: of SYSTEMATIC_SETTINGS, the ones that say how far a table reaches, not how it was made
+_RANGE_SETTINGS = ("q_max_ame", "e_max_ev")
 
 
 def table_source(t: FormFactorTable) -> str:
@@ -1165,18 +1167,27 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
 
 def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarray, dict]:
     """Carry the f2_sigma of ``donor`` (an earlier make of ``ref``'s target,
-    e.g. the table before a fix of the bands stage) onto ``ref``: the same
-    relative 1-sigma per bin on ref's own shape.
+    e.g. the table before a fix of the bands stage, or the same target in
+    another basis) onto ``ref``: the same relative 1-sigma per bin on ref's
+    own shape.
 
-    Valid only when every systematic the donor records was measured against
-    a ``base`` (:func:`systematic_sigma` with ``base``): then each source's
+    For a systematic the donor records as measured against a ``base``
+    (:func:`systematic_sigma` with ``base``) each source's
     sigma is ``B_E(f2_donor) * rel`` with ``rel`` a function of the variant
     and base tables alone, so ``rel`` is recovered exactly as
     ``f2_sigma_donor / B_E(f2_donor)`` (quadrature sums too, with one E box
     for all sources) and the result ``B_E(f2_ref) * rel`` is what
     :func:`systematic_sigma` with those variants and base would give for
-    ref.  A source measured against its own ref (no base) depends on that
-    ref's f2 and cannot be carried: ValueError naming it.  Where the
+    ref.  A source measured against its own ref (no base) is the relative
+    move from the donor's setting to the variants' (``rel`` a function of
+    the variants and the donor's f2): it is carried as if the donor were
+    its base, which holds when ref sits at the donor's setting in every
+    key the source's variants vary (e.g. a k-mesh sigma measured on a
+    def2-SVP 6x6x6 table carried onto a cc-pVTZ 6x6x6 one: the k-mesh move
+    is taken as independent of the basis); otherwise, or when the source
+    records no settings, ValueError naming the source and the key.
+    ``q_max_ame`` and ``e_max_ev`` are ranges, not settings, and are not
+    compared.  Where the
     donor's E-smoothed f2 is 0 (a bin below its onset) the relative move is
     unknown and the sigma is 0; ``info['ref_weight_without_sigma']`` gives
     ref's share of summed |f|^2 in such bins above ref's gap.
@@ -1193,7 +1204,9 @@ def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarra
 
     Raises:
         TableFormatError: donor of another material or binning.
-        ValueError: donor without f2_sigma or with a source that has no base.
+        ValueError: donor without f2_sigma, or with a source that has no base
+            and either records no varied setting or varied one at which ref
+            differs from the donor.
     """
     _check_same_target(ref, donor)
     src = table_source(donor)
@@ -1205,12 +1218,30 @@ def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarra
         raise ValueError(f"{src}: f2_sigma without a metadata record f2_sigma_sources; expected "
                          "the record of 'dmca-hpc table systematic --base' (what it measured)")
     widths = set()
+    as_base = []
+    ref_meta = ref.metadata or {}
     for i, s in enumerate(sources):
         if not s.get("base"):
-            raise ValueError(f"{src}: f2_sigma_sources[{i}] ({s.get('label') or 'unlabelled'}) "
-                             "was measured against its own ref, not a base table: its sigma "
-                             "depends on that ref's f2 and cannot be carried; rebuild it with "
-                             "'dmca-hpc table systematic REF --vary ... --base ...'")
+            name = f"{src}: f2_sigma_sources[{i}] ({s.get('label') or 'unlabelled'})"
+            rebuild = ("; rebuild it with 'dmca-hpc table systematic REF --vary ... --base ...'")
+            st = s.get("settings") or {}
+            own, varied = st.get("ref") or {}, set()
+            for v in st.get("variants") or []:
+                # a key one side lacks is unknown there (older records), not a difference
+                varied |= {k for k in set(v) & set(own)
+                           if k not in _RANGE_SETTINGS and v[k] != own[k]}
+            if not varied:
+                raise ValueError(f"{name} was measured against its own ref, not a base table, "
+                                 "and records no setting its variants vary: what it moved "
+                                 f"from is unknown and it cannot be carried{rebuild}")
+            for k in sorted(varied):
+                mine = _to_py(ref_meta[k]) if k in ref_meta else None
+                if mine != own.get(k):
+                    raise ValueError(
+                        f"{name} was measured against its own ref at {k} = {own.get(k)!r}; "
+                        f"{table_source(ref)} has {k} = {mine!r}: the move it measured does "
+                        f"not start from this table's setting and cannot be carried{rebuild}")
+            as_base.append({"label": s.get("label", ""), "varied": sorted(varied)})
         widths.add(float(s["smoothing"]["half_width_e_ev"]))
     if len(widths) != 1:
         raise ValueError(f"{src}: its f2_sigma sources used different E boxes "
@@ -1232,5 +1263,6 @@ def carry_sigma(ref: FormFactorTable, donor: FormFactorTable) -> tuple[np.ndarra
             "smoothing_e_half_width_ev": he * ref.de_ev,
             "donor_settings": {k: _to_py(donor.metadata[k]) for k in SYSTEMATIC_SETTINGS
                                if k in (donor.metadata or {})},
-            "ref_weight_without_sigma": float(ref.f2[lost].sum()) / tot if tot > 0 else 0.0}
+            "ref_weight_without_sigma": float(ref.f2[lost].sum()) / tot if tot > 0 else 0.0,
+            "donor_as_base": as_base}
     return sigma, info

@@ -77,10 +77,12 @@ def add_arguments(parser):
                      help="variant table(s) (files or shipped names) of the same material and bin "
                           "widths; fewer q or E bins are allowed")
     how.add_argument("--carry-from", metavar="DONOR",
-                     help="instead of variants: an earlier make of REF's target whose f2_sigma "
-                          "was built with --base (e.g. the table before a fix); its relative "
-                          "1-sigma per bin goes onto REF's shape and its records are kept, "
-                          "marked as carried (dmca_hpc.tables.carry_sigma)")
+                     help="instead of variants: a table of REF's target with an f2_sigma (the "
+                          "table before a fix, or another basis); its relative 1-sigma per bin "
+                          "goes onto REF's shape and its records are kept, marked as carried. "
+                          "A source measured without --base is accepted only where REF has "
+                          "DONOR's value of the setting it varies, e.g. the same k mesh "
+                          "(dmca_hpc.tables.carry_sigma)")
     sy.add_argument("--out", required=True, metavar="OUT.hdf5", help="table file to write")
     sy.add_argument("--label", default="", help="name of the systematic (kmesh, basis, functional)")
     sy.add_argument("--base", default=None, metavar="BASE",
@@ -124,6 +126,7 @@ def _fmt(v, unit="", digits=4):
 
 
 def _run_info(args) -> int:
+    from pathlib import Path
     from dmca_hpc import tables
     t = _load(args.table)
     s = tables.table_summary(t)
@@ -148,21 +151,34 @@ def _run_info(args) -> int:
     if extra:
         print(f"  computed with  {', '.join(extra)}")
     print("  uncertainty    " + ("per-bin 1-sigma of f2 (f2_sigma)" if s["f2_sigma"] else "none"))
+    def rate_tail(ms, rel):
+        if not (ms and rel["heavy"] and rel["light"]):
+            return ""
+        return (f"rate 1-sigma heavy {100 * rel['heavy'][0]:.3g}% at {ms[0]:g} MeV, "
+                f"{100 * rel['heavy'][-1]:.3g}% at {ms[-1]:g} MeV; light "
+                f"{100 * rel['light'][0]:.3g}% / {100 * rel['light'][-1]:.3g}%")
+
+    carried_seen = {}
     for src in (t.metadata or {}).get("f2_sigma_sources") or []:
         # each systematic stacked into f2_sigma by `dmca-hpc table systematic`: its label,
         # what it covers and the relative rate 1-sigma it gives at its first/last masses
         eff = src.get("rate_effect") or {}
-        ms = eff.get("masses_mev") or []
-        rel = {f: (eff.get(f) or {}).get("rel_sigma") or [] for f in ("heavy", "light")}
-        tail = ""
-        if ms and rel["heavy"] and rel["light"]:
-            tail = (f"; rate 1-sigma heavy {100 * rel['heavy'][0]:.3g}% at {ms[0]:g} MeV, "
-                    f"{100 * rel['heavy'][-1]:.3g}% at {ms[-1]:g} MeV; light "
-                    f"{100 * rel['light'][0]:.3g}% / {100 * rel['light'][-1]:.3g}%")
+        tail = rate_tail(eff.get("masses_mev") or [],
+                         {f: (eff.get(f) or {}).get("rel_sigma") or [] for f in ("heavy", "light")})
+        carried = src.get("carried") or {}
+        if tail and carried:
+            # a carried record's rate_effect was measured on the donor, not on this table
+            tail = f"measured on {Path(str(carried.get('carried_from', '?'))).name}: {tail}"
+        tail = f"; {tail}" if tail else ""
         q = src.get("q_range_ame") or [None, None]
         print(f"    {src.get('label') or 'systematic'}: {len(src.get('per_variant') or [])} variant(s), "
               f"q {q[0]:g} - {q[1]:g} alpha m_e" + tail if q[1] is not None else
               f"    {src.get('label') or 'systematic'}" + tail)
+        if carried.get("carried_from") and carried.get("rel_sigma_on_ref"):
+            carried_seen[carried["carried_from"]] = carried
+    for key, carried in carried_seen.items():
+        on = rate_tail(carried.get("masses_mev") or [], carried["rel_sigma_on_ref"])
+        print(f"    carried from {Path(key).name} onto this table (its sources together): {on}")
     if s["format"] == "dmca-exciton":
         print(f"  exciton table  dataset {s['dataset']!r}, {s['n_k']} k slices summed with "
               f"{s['k_weights']}; dft_form_factors {'present' if s['has_dft_form_factors'] else 'absent'}"

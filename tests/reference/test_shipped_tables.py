@@ -167,15 +167,16 @@ def test_material_aliases_find_the_shipped_table():
         table_for_material("Unobtainium")
 
 
-def test_shipped_si_is_all_electron_and_keeps_the_high_q_weight():
-    """Si.hdf5 comes from jobs/si_ae_reference.yaml (all-electron def2-SVP, PBE,
-    analytic route); Si_gth.hdf5 is the earlier GTH table.  The all-electron
+def test_shipped_si_svp_is_all_electron_and_keeps_the_high_q_weight():
+    """Si_svp.hdf5 comes from jobs/si_ae_reference.yaml (all-electron def2-SVP, PBE,
+    analytic route; the default Si table until the cc-pVTZ one, which reaches 50 eV,
+    took its name); Si_gth.hdf5 is the earlier GTH table.  The all-electron
     valence states carry the core's high-momentum structure: the E-integrated
     |f|^2 at q = 10 alpha m_e is 5% of its peak, against 1e-8 for the GTH
     pseudo-wavefunctions, and heavy-mediator rates above ~30 MeV rise by 1.2-1.4x
     while the light-mediator rates (low q) stay within the 4% basis systematic."""
     from dmca_hpc.detection.rates import electron_rates
-    t, g = read_table(table_for_material("Si")), read_table(table_for_material("Si_gth"))
+    t, g = read_table(table_for_material("Si_svp")), read_table(table_for_material("Si_gth"))
     m = t.metadata
     assert m["all_electron"] is True and m["route"] == "analytic" and m["basis"] == "def2-svp"
     assert m["q_complete_ame"] == pytest.approx(20.0) and m["e_complete_ev"] == pytest.approx(37.35, abs=0.01)
@@ -281,20 +282,22 @@ def test_shipped_new_target_table(name):
     assert light == pytest.approx(spec["light"], rel=1e-5)
 
 
-def test_shipped_si_ccpvtz_is_complete_to_50_ev_and_moves_as_the_basis_study_says():
-    """Si_ccpvtz.hdf5 comes from jobs/si_ae_ccpvtz.yaml (all-electron cc-pVTZ PBE, 6x6x6
-    from a 3x3x3 SCF, analytic route, q <= 20 alpha m_e; 32.6 min on 2 ranks, 2026-12-02):
-    its conduction bands reach past 50 eV (issue 14's E <= 50 eV complete, which the
-    def2-SVP Si.hdf5, 37.3 eV, is not).  Its rates over Si.hdf5's (same mesh, same
-    engine) are the basis move on the production mesh; Si.hdf5's basis f2_sigma was
-    measured on 4x4x4 and carried, so the 6x6x6 move must lie within that record's
-    rate 1-sigma at every recorded mass, both mediators (measured: heavy 1.029, 1.045,
-    1.040, 1.007, 1.003, light 1.030-1.051 at 1, 3, 10, 100, 1000 MeV; the 4x4x4
-    cc-pVTZ / SVP move was 1.004-1.042 heavy, 1.015-1.047 light)."""
+def test_shipped_si_is_cc_pvtz_complete_to_50_ev_and_moves_as_the_basis_study_says():
+    """Si.hdf5, the default Si table, comes from jobs/si_ae_ccpvtz.yaml (all-electron
+    cc-pVTZ PBE, 6x6x6 from a 3x3x3 SCF, analytic route, q <= 20 alpha m_e; 32.6 min on
+    2 ranks, 2026-12-02): its conduction bands reach past 50 eV (issue 14's E <= 50 eV
+    complete, which the def2-SVP Si_svp.hdf5, 37.3 eV, is not).  Its rates over
+    Si_svp's (same mesh, same engine) are the basis move on the production mesh;
+    Si_svp's basis f2_sigma was measured on 4x4x4 and carried, so the 6x6x6 move must
+    lie within that record's rate 1-sigma at every recorded mass, both mediators
+    (measured: heavy 1.029, 1.045, 1.040, 1.007, 1.003, light 1.030-1.051 at 1, 3, 10,
+    100, 1000 MeV; the 4x4x4 cc-pVTZ / SVP move was 1.004-1.042 heavy, 1.015-1.047
+    light)."""
     from dmca_hpc import units as U
     from dmca_hpc.detection.rates import electron_rates
-    t = read_table(table_for_material("Si_ccpvtz"))
-    svp = read_table(table_for_material("Si"))
+    assert table_for_material("si").name == "Si.hdf5"
+    t = read_table(table_for_material("Si"))
+    svp = read_table(table_for_material("Si_svp"))
     m = t.metadata
     assert m["all_electron"] is True and m["route"] == "analytic" and m["basis"] == "cc-pvtz"
     assert list(m["kmesh"]) == [6, 6, 6] and m["q_max_ame"] == pytest.approx(20.0)
@@ -314,8 +317,45 @@ def test_shipped_si_ccpvtz_is_complete_to_50_ev_and_moves_as_the_basis_study_say
     assert light == pytest.approx([369.646, 5.80632], rel=1e-5)
 
 
+def test_shipped_si_carries_the_k_mesh_and_basis_systematics_of_si_svp():
+    """Si.hdf5's f2_sigma is Si_svp's, carried relatively (dmca-hpc table systematic
+    Si_ccpvtz --carry-from Si_svp, 2026-12-03): the k-mesh move (6^3 -> 8^3, 10^3,
+    measured on the def2-SVP table against itself) applies because Si.hdf5 sits on the
+    same 6^3 mesh; the basis move (def2-SVP -> TZVP, cc-pVTZ on 4^3) was measured with
+    a base.  Per bin the relative sigma is the donor's (E-box smoothed shapes), so the
+    rate 1-sigma on Si.hdf5 must cover what it covered on Si_svp: the 10^3 shift at 1
+    and 10 MeV and each basis variant's move at 1 - 1000 MeV, both mediators; and it
+    must equal the record's own rel_sigma_on_ref (rates are linear in f2)."""
+    import dataclasses
+    from dmca_hpc import units as U
+    from dmca_hpc.detection.rates import electron_rates
+    t = read_table(table_for_material("Si"))
+    src = t.metadata["f2_sigma_sources"]
+    assert [s["label"] for s in src] == ["kmesh", "basis"]
+    carried = [s["carried"] for s in src]
+    assert all(c["carried_from"].endswith("Si_svp.hdf5") for c in carried)
+    assert carried[0]["donor_as_base"] == [{"label": "kmesh", "varied": ["kmesh"]}]
+    assert t.f2_sigma is not None and not t.f2_sigma[:, :int(t.gap_ev / t.de_ev) - 1].any()
+    ms = np.array(carried[0]["masses_mev"])
+    for fdm in ("heavy", "light"):
+        base = electron_rates(t, ms * U.MEV_EV, fdm=fdm).total
+        up = electron_rates(dataclasses.replace(t, f2=t.f2 + t.f2_sigma), ms * U.MEV_EV,
+                            fdm=fdm).total
+        rel = up / base - 1.0
+        assert rel == pytest.approx(carried[0]["rel_sigma_on_ref"][fdm], rel=1e-9)
+        at = {m: r for m, r in zip(ms, rel)}
+        k = src[0]["rate_effect"]
+        assert k["masses_mev"][:2] == [1.0, 10.0]
+        shift10 = np.array(k[fdm]["variant_over_ref"][1][:2]) - 1.0   # 10^3 at 1, 10 MeV
+        assert at[1.0] >= abs(shift10[0]) and at[10.0] >= abs(shift10[1]), (fdm, at, shift10)
+        b = src[1]["rate_effect"]
+        for ratios in b[fdm]["variant_over_ref"]:
+            moves = {m: abs(r - 1.0) for m, r in zip(b["masses_mev"], ratios) if m in at}
+            assert len(moves) >= 3 and all(at[m] >= d for m, d in moves.items()), (fdm, at, moves)
+
+
 def test_shipped_si_carries_the_basis_systematic():
-    """Si.hdf5's second f2_sigma source is the basis (jobs/si_ae_basis.yaml: def2-TZVP and
+    """Si_svp.hdf5's second f2_sigma source is the basis (jobs/si_ae_basis.yaml: def2-TZVP and
     cc-pVTZ against def2-SVP, all on 4x4x4, q <= 20, carried onto the 6x6x6 table with
     --base): its record names the three bases and the mesh, covers q <= 20 alpha m_e,
     and the rate 1-sigma of the whole written sigma covers each variant's move at every
@@ -324,7 +364,7 @@ def test_shipped_si_carries_the_basis_systematic():
     import dataclasses
     from dmca_hpc import units as U
     from dmca_hpc.detection.rates import electron_rates
-    t = read_table(table_for_material("Si"))
+    t = read_table(table_for_material("Si_svp"))
     rec = t.metadata["f2_sigma_sources"][1]
     assert rec["label"] == "basis" and rec["combined_with_earlier_sigma"] is True
     st = rec["settings"]
@@ -387,7 +427,7 @@ def test_shipped_ge_pbe0_carries_the_basis_systematic():
 
 
 def test_shipped_si_carries_the_k_mesh_systematic():
-    """Si.hdf5's f2_sigma is the k-mesh systematic (dmca-hpc table systematic Si --vary
+    """Si_svp.hdf5's f2_sigma is the k-mesh systematic (dmca-hpc table systematic Si --vary
     the 8^3 and 10^3 tables of jobs/si_ae_kconv.yaml, q <= 10 alpha m_e, SCF on 2^3):
     f2 is the production table's; sigma is 0 below the gap (beyond q = 10 only the basis
     systematic stacked on it contributes); and the
@@ -396,7 +436,7 @@ def test_shipped_si_carries_the_k_mesh_systematic():
     1 MeV rate is not converged in the mesh, 8^3 -> 10^3 still moves it 12%)."""
     import dataclasses
     from dmca_hpc.detection.rates import electron_rates
-    t = read_table(table_for_material("Si"))
+    t = read_table(table_for_material("Si_svp"))
     src = t.metadata["f2_sigma_sources"]
     assert [s["label"] for s in src] == ["kmesh", "basis"]
     kms = [v["kmesh"] for v in src[0]["settings"]["variants"]]

@@ -334,13 +334,40 @@ def test_carry_reproduces_the_systematic_of_the_same_variants_and_base():
     json.dumps(info)
 
 
-def test_carry_refuses_a_sigma_measured_against_its_own_ref():
-    old = synthetic()
-    sigma, info = systematic_sigma(old, [scaled(old, 1.1)], SQ, SE, label="kmesh")
-    donor = dataclasses.replace(old, f2_sigma=sigma, metadata=dict(old.metadata,
-                                                                   f2_sigma_sources=[info]))
-    with pytest.raises(ValueError, match=r"ref\.h5: f2_sigma_sources\[0\] \(kmesh\).*base"):
-        tables.carry_sigma(synthetic(source="new.h5"), donor)
+def test_carry_of_a_sigma_measured_against_its_own_ref():
+    """A sigma measured with no base is the move from the donor's own setting
+    (k mesh 6x6x6) to the variants'.  Onto a table at that same setting (another
+    basis, another shape) it carries as if the donor were the base: equal to
+    systematic_sigma(new, variants, base=donor) where the move is below 100%
+    (no clamp).  Onto a table at another k mesh the move does not start from
+    its setting: refused, naming the key.  A record without settings: refused."""
+    q = (np.arange(NQ) + 0.5) * DQ
+    e = (np.arange(NE) + 0.5) * DE
+    meta = {"source_file": "ref.h5", "kmesh": [6, 6, 6], "basis": "def2-svp"}
+    old = synthetic(metadata=meta)
+    var = dataclasses.replace(old, f2=old.f2 * (1 + 0.3 * q[:, None]),
+                              metadata={"source_file": "k8.h5", "kmesh": [8, 8, 8],
+                                        "basis": "def2-svp", "ecp": "none", "q_max_ame": 1.0})
+    sigma, info = systematic_sigma(old, [var], SQ, SE, label="kmesh")
+    donor = dataclasses.replace(old, f2_sigma=sigma, metadata=dict(meta, f2_sigma_sources=[info]))
+    new = dataclasses.replace(old, f2=old.f2 * (1 + 0.5 * q[:, None]) * (1.5 - 0.3 * e[None, :]),
+                              metadata={"source_file": "new.h5", "kmesh": [6, 6, 6],
+                                        "basis": "cc-pvtz", "ecp": "none", "q_max_ame": 2.0})
+    got, cinfo = tables.carry_sigma(new, donor)
+    want, _ = systematic_sigma(new, [var], SQ, SE, base=old)
+    assert np.allclose(got, want, rtol=1e-10, atol=1e-14 * want.max())
+    # basis, ecp (absent from the donor's own record) and q_max differ and do not count
+    assert cinfo["donor_as_base"] == [{"label": "kmesh", "varied": ["kmesh"]}]
+    json.dumps(cinfo)
+    other = dataclasses.replace(new, metadata=dict(new.metadata, kmesh=[4, 4, 4]))
+    with pytest.raises(ValueError, match=r"ref\.h5: f2_sigma_sources\[0\] \(kmesh\).*"
+                                         r"kmesh = \[6, 6, 6\].*kmesh = \[4, 4, 4\]"):
+        tables.carry_sigma(other, donor)
+    bare = dict(info)
+    bare.pop("settings")
+    donor_bare = dataclasses.replace(donor, metadata=dict(meta, f2_sigma_sources=[bare]))
+    with pytest.raises(ValueError, match=r"\(kmesh\).*own ref, not a base.*cannot be carried"):
+        tables.carry_sigma(new, donor_bare)
     with pytest.raises(ValueError, match="no f2_sigma"):
         tables.carry_sigma(synthetic(source="new.h5"), old)
 

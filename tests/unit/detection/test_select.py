@@ -128,29 +128,36 @@ def test_below_every_gap_nothing_is_viable(capsys):
 
 def test_completeness_attributes_and_the_warning_beyond_e_complete(capsys, shipped):
     """The row states the table's own e_complete_ev / q_complete_ame (read
-    here with h5py), and at 1 GeV the all-electron Si rate draws > 1% from
-    E > e_complete: the share select reports equals the rate lost when the
-    table is cut at e_complete (a second rate evaluation), and rates' note
-    about it is printed."""
-    with h5py.File(DATA_DIR / "Si.hdf5") as f:
+    here with h5py), and at 1 GeV the all-electron Ge rate (def2-SVP, complete to
+    34.9 eV) draws > 1% from E > e_complete: the share select reports equals the
+    rate lost when the table is cut at e_complete (a second rate evaluation), and
+    rates' note about it is printed.  (Si.hdf5, cc-pVTZ, is complete over its whole
+    0-50 eV range: no incompleteness warning for it, asserted too.)"""
+    with h5py.File(DATA_DIR / "Ge.hdf5") as f:
         meta = json.loads(f.attrs["metadata"])
     e_ok, q_ok = meta["e_complete_ev"], meta["q_complete_ame"]
     rc, out, _ = _select(capsys, "--mass-mev", 1000, "--json")
-    si = next(r for r in json.loads(out)["targets"] if r["name"] == "Si")["tables"][0]
-    assert si["e_complete_ev"] == e_ok and si["q_complete_ame"] == q_ok
-    t = shipped["Si"]
+    rows = {r["name"]: r for r in json.loads(out)["targets"]}
+    ge = rows["Ge"]["tables"][0]
+    assert ge["e_complete_ev"] == e_ok and ge["q_complete_ame"] == q_ok
+    assert rows["Si"]["tables"][0]["share_beyond_e_complete"] == 0.0
+    t = shipped["Ge"]
     cut = FormFactorTable(f2=np.where(t.e_ev[None, :] > e_ok, 0.0, t.f2), dq_ame=t.dq_ame,
                           de_ev=t.de_ev, vcell_ev3=t.vcell_ev3, cell_mass_ev=t.cell_mass_ev,
-                          gap_ev=t.gap_ev, material="Si")
+                          gap_ev=t.gap_ev, material="Ge")
     full = electron_rates(t, [1e9]).total[0]
     kept = electron_rates(cut, [1e9]).total[0]
-    assert si["share_beyond_e_complete"] == pytest.approx(1 - kept / full, rel=1e-9)
-    assert si["share_beyond_e_complete"] > 0.01
+    assert ge["share_beyond_e_complete"] == pytest.approx(1 - kept / full, rel=1e-9)
+    assert ge["share_beyond_e_complete"] > 0.01
     rc, text, _ = _select(capsys, "--mass-mev", 1000)
-    assert f"warning (Si.hdf5): {100 * si['share_beyond_e_complete']:.0f}% of this rate comes from " \
+    assert f"warning (Ge.hdf5): {100 * ge['share_beyond_e_complete']:.0f}% of this rate comes from " \
            f"E > {e_ok:.1f} eV, where the table is incomplete" in text
-    # at 10 MeV (max deposit 35 eV < e_complete) there is nothing to warn about
-    rc, text, _ = _select(capsys, "--mass-mev", 10)
+    # Si.hdf5 still gets the kinematic warning (1 GeV can deposit 3.5 keV, the
+    # table stops at 50 eV), but not the incompleteness one
+    assert not [l for l in text.splitlines()
+                if "warning (Si.hdf5)" in l and "where the table is incomplete" in l]
+    # at 3 MeV (max deposit 10.5 eV < e_complete) there is nothing to warn about
+    rc, text, _ = _select(capsys, "--mass-mev", 3)
     assert "where the table is incomplete" not in text
 
 
