@@ -1044,13 +1044,13 @@ def systematic_sigma(ref: FormFactorTable, variants, smooth_q_ame: float = 0.2,
     difference puts sigma where f2_ref is small or 0: below the gap (the
     draw f2 + z sigma would invent transitions there) and at the lowest q,
     where f2 ~ q^2 rises across the box and the light mediator weighs
-    1/q^4 (Ge vs Ge_pbe0, 1 MeV, light: a rate 1-sigma of +1440% for a
+    1/q^4 (Ge_pbe vs the pre-fix PBE0 Ge, 1 MeV, light: a rate 1-sigma of +1440% for a
     PBE0/PBE rate ratio of 2.97).  The box's relative difference
     ``|B(d)| / B(f2_ref)`` is applied to the table's own shape in q (which
     is physics) but to its shape smoothed in E (near the gap a 6x6x6 table
     is spiky in E, whole 0.1 eV bins empty where the variant has weight:
     k sampling, not physics).  That sigma covers the measured rate moves:
-    Ge_pbe0 vs Ge, heavy / light, 1 MeV: +166% / +213% against rate ratios
+    pre-fix PBE0 vs Ge_pbe, heavy / light, 1 MeV: +166% / +213% against rate ratios
     2.64 / 2.97; 10 MeV: 16% / 36% against 1.08 / 1.34; 1 GeV: 36% / 30%
     against 0.76 / 1.26.
 

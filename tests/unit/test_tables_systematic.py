@@ -422,7 +422,7 @@ def test_cli_carry_from(si_files, capsys):
 
 
 # ---------------------------------------------------------------------------
-# real tables: the functional systematic of Ge (PBE vs PBE0)
+# real tables: the functional systematic of Ge (Ge_pbe, PBE, vs Ge.hdf5, PBE0)
 # ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -431,7 +431,7 @@ def ge_functional(tmp_path_factory):
     from dmca_hpc.cli import table as cli_table
     p = argparse.ArgumentParser()
     cli_table.add_arguments(p)
-    args = p.parse_args(["systematic", "Ge", "--vary", "Ge_pbe0", "--out", str(out),
+    args = p.parse_args(["systematic", "Ge_pbe", "--vary", "Ge", "--out", str(out),
                          "--label", "functional"])
     import contextlib
     import io
@@ -448,8 +448,8 @@ def test_ge_pbe0_rate_ratio_matches_electron_rates(ge_functional):
     rec = got.metadata["f2_sigma_sources"][-1]
     eff = rec["rate_effect"]
     i = eff["masses_mev"].index(1000.0)
-    ge = tables.load(material="Ge")
-    pbe0 = tables.read_table(tables.table_for_material("Ge_pbe0"))
+    ge = tables.load(material="Ge_pbe")
+    pbe0 = tables.read_table(tables.table_for_material("Ge"))
     m = np.array([1000.0]) * U.MEV_EV
     base = electron_rates(ge, m, fdm="heavy").total[0]
     want = electron_rates(pbe0, m, fdm="heavy").total[0] / base
@@ -482,12 +482,12 @@ def test_reach_band_is_wider_with_the_systematic(ge_functional, capsys):
     """Same seed, so the same halo draws; the written f2_sigma adds one
     correlated draw per sample, and the 68% and 95% bands of the reach widen
     at 1 GeV, where the PBE0/PBE sigma is ~37% of the heavy-mediator rate
-    (Ge_pbe0 / Ge = 0.72 there); the nominal curve is Ge's own.  At 1 MeV the
-    sigma (~26%, PBE0/PBE 1.21 since Ge_pbe0 was remade with the off-mesh
+    (PBE0 Ge / Ge_pbe = 0.72 there); the nominal curve is Ge_pbe's own.  At 1 MeV the
+    sigma (~26%, PBE0/PBE 1.21 since the PBE0 table was remade with the off-mesh
     exchange fix; 170% before) is below the halo spread near threshold, so 20
     samples need not widen that band and it is not asserted."""
     out, _ = ge_functional
-    a = _reach_bands(tables.table_for_material("Ge"), capsys)
+    a = _reach_bands(tables.table_for_material("Ge_pbe"), capsys)
     b = _reach_bands(out, capsys)
     sa, sb = a["bands_sigma_cm2"], b["bands_sigma_cm2"]
     for lo, hi in (("p16", "p84"), ("p2.5", "p97.5")):
